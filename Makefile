@@ -1,0 +1,57 @@
+# BACKBEAT developer commands. Every target prepares what it needs (virtualenv, npm tools).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+NODE_STAMP := node_modules/.installed
+PYTEST_ARGS ?=
+
+.PHONY: help run test test-fast lint typecheck proto proto-check buf-lint buf-breaking bench infra-check clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $@
+
+$(NODE_STAMP): package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+run: $(STAMP)  ## run the whole system locally (embedded Redis x3 + NATS, pulse x2, reverb, agents)
+	$(BIN)/backbeat up $(ARGS)
+
+test: lint  ## lint, type-check, then the whole test suite (unit + integration + fault)
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+test-fast: $(STAMP)  ## only the fast unit tests
+	$(BIN)/pytest -m "not integration and not fault" $(PYTEST_ARGS)
+
+lint: $(STAMP) $(NODE_STAMP) proto-check buf-lint  ## ruff, mypy --strict, buf lint, generated-code freshness
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+proto: $(STAMP)  ## regenerate control_plane/backbeat/v1 from proto/
+	$(BIN)/python tools/protogen.py
+
+proto-check: $(STAMP)
+	$(BIN)/python tools/protogen.py --check
+
+buf-lint: $(NODE_STAMP)
+	npx --no-install buf lint
+
+buf-breaking: $(NODE_STAMP)  ## compare proto/ with the main branch (FILE rules)
+	npx --no-install buf breaking --against '.git#branch=main'
+
+bench: $(STAMP)  ## run every benchmark in bench/ and write bench/results/
+	$(BIN)/python -m bench $(ARGS)
+
+clean:
+	rm -rf $(VENV) node_modules .pytest_cache .mypy_cache .ruff_cache bench/results
