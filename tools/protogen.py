@@ -57,16 +57,22 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         generate(Path(tmp))
         fresh = {p.name: p.read_text() for p in (Path(tmp) / PACKAGE).iterdir() if p.is_file()}
-    current = {
-        p.name: p.read_text() for p in (OUT_ROOT / PACKAGE).iterdir() if p.is_file()
-    } if (OUT_ROOT / PACKAGE).exists() else {}
+    current = (
+        {p.name: p.read_text() for p in (OUT_ROOT / PACKAGE).iterdir() if p.is_file()}
+        if (OUT_ROOT / PACKAGE).exists()
+        else {}
+    )
     stale = False
     for name in sorted(fresh.keys() | current.keys()):
         if fresh.get(name) != current.get(name):
             stale = True
             diff = difflib.unified_diff(
-                current.get(name, "").splitlines(), fresh.get(name, "").splitlines(),
-                f"committed/{name}", f"fresh/{name}", lineterm="", n=1,
+                current.get(name, "").splitlines(),
+                fresh.get(name, "").splitlines(),
+                f"committed/{name}",
+                f"fresh/{name}",
+                lineterm="",
+                n=1,
             )
             print("\n".join(list(diff)[:20]))
     if stale:

@@ -1,0 +1,1 @@
+"""Benchmarks. Each figure is printed next to a baseline measured in the same run."""

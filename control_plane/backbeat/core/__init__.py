@@ -1,0 +1,31 @@
+"""The pure core of BACKBEAT: time model, hybrid logical clock, wire codecs and claim rules.
+
+Nothing in this package does I/O, so the serverless rollup and the SDK can import it without
+pulling in servers.
+"""
+
+from backbeat.core.hlc import ClockSkewError, HLCTimestamp, HybridLogicalClock
+from backbeat.core.timeline import (
+    DEFAULT_PHASES,
+    MAX_TEMPO_BPM,
+    MAX_TEMPO_STEP,
+    MIN_TEMPO_BPM,
+    Phase,
+    TempoError,
+    Timeline,
+    window_id,
+)
+
+__all__ = [
+    "DEFAULT_PHASES",
+    "MAX_TEMPO_BPM",
+    "MAX_TEMPO_STEP",
+    "MIN_TEMPO_BPM",
+    "ClockSkewError",
+    "HLCTimestamp",
+    "HybridLogicalClock",
+    "Phase",
+    "TempoError",
+    "Timeline",
+    "window_id",
+]

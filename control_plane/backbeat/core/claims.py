@@ -1,0 +1,140 @@
+"""Validation of incoming status claims: every claim is accepted or rejected with a fixed reason."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, Final
+
+from backbeat.core.messages import TASK_STATES, CodecError, StatusClaim
+
+
+class RejectReason(StrEnum):
+    """Why a claim was rejected. The list is fixed: dashboards and alerts key on these values."""
+
+    MALFORMED = "malformed"  # not JSON, wrong type discriminator, missing field, wrong field type
+    UNKNOWN_STATE = "unknown_state"  # state is not one of TaskState
+    OUT_OF_RANGE = "out_of_range"  # progress outside [0, 1], negative beat, absurd beats_left
+    TOO_OLD = "too_old"  # beat_index older than the retention horizon
+    IN_FUTURE = "in_future"  # beat_index further ahead of the current beat than allowed
+    OVERSIZED = "oversized"  # payload or a field longer than its limit
+    BAD_SIGNATURE = "bad_signature"  # signature missing where required, unknown key, or wrong
+    WRONG_CLUSTER = "wrong_cluster"  # names another cluster
+    CLOCK_SKEW = "clock_skew"  # HLC stamp too far ahead of the receiver's clock
+
+
+REJECT_REASONS: Final = tuple(r.value for r in RejectReason)
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimLimits:
+    max_payload_bytes: int = 4096
+    max_id_chars: int = 256
+    max_notes_chars: int = 1024
+    #: A claim may be at most this many beats older than the current beat (late claims for
+    #: reported windows are still accepted inside this horizon).
+    max_age_beats: int = 64
+    #: ...and at most this many beats ahead of it (agents' clocks are slightly ahead at times).
+    max_future_beats: int = 2
+    max_abs_beats_left: int = 1_000_000
+
+
+DEFAULT_LIMITS: Final = ClaimLimits()
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimVerdict:
+    """The outcome of validating one payload: a claim, or a reason and a human-readable detail."""
+
+    claim: StatusClaim | None
+    reason: RejectReason | None = None
+    detail: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.reason is None
+
+
+def _reject(reason: RejectReason, detail: str) -> ClaimVerdict:
+    return ClaimVerdict(None, reason, detail)
+
+
+#: Checks a claim's signature; returns an error message, or None when the claim is acceptable.
+SignatureCheck = Callable[[StatusClaim], str | None]
+
+
+def validate_claim(
+    payload: bytes | str | Mapping[str, Any] | StatusClaim,
+    *,
+    current_beat: int,
+    cluster_id: str = "",
+    limits: ClaimLimits = DEFAULT_LIMITS,
+    check_signature: SignatureCheck | None = None,
+) -> ClaimVerdict:
+    """Decode and validate one claim against the current beat. Never raises on bad input."""
+    if isinstance(payload, bytes | str) and len(payload) > limits.max_payload_bytes:
+        return _reject(
+            RejectReason.OVERSIZED,
+            f"payload is {len(payload)} bytes; the limit is {limits.max_payload_bytes}",
+        )
+    if isinstance(payload, StatusClaim):
+        claim = payload
+    else:
+        try:
+            claim = StatusClaim.decode(payload)
+        except CodecError as exc:
+            return _reject(RejectReason.MALFORMED, str(exc))
+        except (TypeError, ValueError, RecursionError) as exc:  # defensive: never crash ingest
+            return _reject(RejectReason.MALFORMED, f"undecodable payload: {exc}")
+
+    for name in ("agent_id", "task_id"):
+        value: str = getattr(claim, name)
+        if not value:
+            return _reject(RejectReason.MALFORMED, f"{name}: must not be empty")
+        if len(value) > limits.max_id_chars:
+            return _reject(
+                RejectReason.OVERSIZED, f"{name}: {len(value)} chars; limit {limits.max_id_chars}"
+            )
+    if len(claim.notes) > limits.max_notes_chars:
+        return _reject(
+            RejectReason.OVERSIZED,
+            f"notes: {len(claim.notes)} chars; limit {limits.max_notes_chars}",
+        )
+    if claim.state not in TASK_STATES:
+        return _reject(
+            RejectReason.UNKNOWN_STATE,
+            f"state: {claim.state[:64]!r} is not one of {', '.join(sorted(TASK_STATES))}",
+        )
+    if not (math.isfinite(claim.progress) and 0.0 <= claim.progress <= 1.0):
+        return _reject(RejectReason.OUT_OF_RANGE, f"progress: {claim.progress} is not in [0, 1]")
+    if claim.beat_index < 0:
+        return _reject(RejectReason.OUT_OF_RANGE, f"beat_index: {claim.beat_index} is negative")
+    if abs(claim.beats_left) > limits.max_abs_beats_left:
+        return _reject(
+            RejectReason.OUT_OF_RANGE,
+            f"beats_left: {claim.beats_left} exceeds ±{limits.max_abs_beats_left}",
+        )
+    if cluster_id and claim.cluster_id and claim.cluster_id != cluster_id:
+        return _reject(
+            RejectReason.WRONG_CLUSTER,
+            f"cluster_id: {claim.cluster_id[:64]!r} is not this cluster ({cluster_id!r})",
+        )
+    if claim.beat_index < current_beat - limits.max_age_beats:
+        return _reject(
+            RejectReason.TOO_OLD,
+            f"beat_index: {claim.beat_index} is more than {limits.max_age_beats} beats before "
+            f"the current beat {current_beat}",
+        )
+    if claim.beat_index > current_beat + limits.max_future_beats:
+        return _reject(
+            RejectReason.IN_FUTURE,
+            f"beat_index: {claim.beat_index} is more than {limits.max_future_beats} beats after "
+            f"the current beat {current_beat}",
+        )
+    if check_signature is not None:
+        problem = check_signature(claim)
+        if problem is not None:
+            return _reject(RejectReason.BAD_SIGNATURE, problem)
+    return ClaimVerdict(claim)

@@ -1,0 +1,44 @@
+"""Redis key names. Every key of a cluster shares one hash tag, so scripts never CROSSSLOT."""
+
+from __future__ import annotations
+
+
+def cluster_prefix(cluster_id: str) -> str:
+    """``backbeat:{<cluster>}``: the hash tag shared by every key of the cluster."""
+    return f"backbeat:{{{cluster_id}}}"
+
+
+# -- pulse (fenced state) ------------------------------------------------------------------
+
+
+def lock(cluster_id: str) -> str:
+    """The Redlock resource, set on every Redis master."""
+    return f"{cluster_prefix(cluster_id)}:leader"
+
+
+def term(cluster_id: str) -> str:
+    """The fencing term counter, kept on every Redis master."""
+    return f"{cluster_prefix(cluster_id)}:term"
+
+
+def pulse_state(cluster_id: str) -> str:
+    """Hash: timeline, beat and HLC high-water marks, written only through the fenced CAS."""
+    return f"{cluster_prefix(cluster_id)}:pulse"
+
+
+def beat_stats(cluster_id: str, window_id: str) -> str:
+    """Hash: per-window emission stats written by the leader (max drift, degraded beats, terms)."""
+    return f"{cluster_prefix(cluster_id)}:w:{window_id}:beats"
+
+
+# -- reverb (claims buffer) ----------------------------------------------------------------
+
+
+def window_prefix(cluster_id: str, window_id: str) -> str:
+    """Prefix of every key that belongs to one window's claims."""
+    return f"{cluster_prefix(cluster_id)}:w:{window_id}"
+
+
+def dead_letters(cluster_id: str) -> str:
+    """Stream of rejected claims: raw payload, reason, detail, arrival time."""
+    return f"{cluster_prefix(cluster_id)}:deadletter"

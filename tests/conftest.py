@@ -1,0 +1,76 @@
+"""Shared fixtures: real Redis-compatible and NATS servers on free ports, started per session.
+
+Tests that need a server of their own (to kill, pause or restart it) use the ``*_factory``
+fixtures, which stop whatever they started when the test ends.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from backbeat.embedded import NatsServer, RedisServer
+
+
+@pytest.fixture(scope="session")
+def redis_servers() -> Iterator[list[RedisServer]]:
+    """Three independent Redis masters (no replication), as Redlock wants them."""
+    servers = [RedisServer() for _ in range(3)]
+    try:
+        for server in servers:
+            server.start()
+        yield servers
+    finally:
+        for server in servers:
+            server.close()
+
+
+@pytest.fixture(scope="session")
+def redis_server(redis_servers: list[RedisServer]) -> RedisServer:
+    return redis_servers[0]
+
+
+@pytest.fixture(scope="session")
+def nats_server() -> Iterator[NatsServer]:
+    with NatsServer() as server:
+        yield server  # type: ignore[misc]
+
+
+@pytest.fixture
+def redis_factory() -> Iterator[Callable[..., RedisServer]]:
+    """Start private Redis servers (e.g. to kill or restart); all are stopped after the test."""
+    started: list[RedisServer] = []
+
+    def start(**kwargs: object) -> RedisServer:
+        server = RedisServer(**kwargs)  # type: ignore[arg-type]
+        started.append(server)
+        server.start()
+        return server
+
+    yield start
+    for server in started:
+        server.close()
+
+
+@pytest.fixture
+def nats_factory() -> Iterator[Callable[[], NatsServer]]:
+    """Start private NATS servers with JetStream; all are stopped after the test."""
+    started: list[NatsServer] = []
+
+    def start() -> NatsServer:
+        server = NatsServer()
+        started.append(server)
+        server.start()
+        return server
+
+    yield start
+    for server in started:
+        server.close()
+
+
+@pytest.fixture
+def cluster_id(request: pytest.FixtureRequest) -> str:
+    """A cluster id unique to the test, so tests sharing servers never see each other's keys."""
+    name = request.node.name.replace("[", "-").replace("]", "").replace("/", "-")
+    return f"t-{name}"[:60]

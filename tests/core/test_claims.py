@@ -1,0 +1,100 @@
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from backbeat.core.claims import REJECT_REASONS, ClaimLimits, RejectReason, validate_claim
+from backbeat.core.messages import StatusClaim
+
+from .test_messages import SEED_STATUSCLAIM
+
+NOW = 1234
+
+
+def claim(**changes: Any) -> bytes:
+    obj = json.loads(SEED_STATUSCLAIM) | changes
+    return json.dumps(obj).encode()
+
+
+def test_seed_claim_is_accepted() -> None:
+    verdict = validate_claim(SEED_STATUSCLAIM.encode(), current_beat=NOW)
+    assert verdict.ok
+    assert verdict.claim is not None
+    assert verdict.claim.task_id == "task:123"
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        (b"not json", RejectReason.MALFORMED),
+        (b"\x00\x01\x02\xff", RejectReason.MALFORMED),
+        (claim(beat_index="x"), RejectReason.MALFORMED),
+        (claim(agent_id=""), RejectReason.MALFORMED),
+        (claim(state="sleeping"), RejectReason.UNKNOWN_STATE),
+        (claim(progress=1.5), RejectReason.OUT_OF_RANGE),
+        (claim(progress=-0.1), RejectReason.OUT_OF_RANGE),
+        (claim(beat_index=-1), RejectReason.OUT_OF_RANGE),
+        (claim(beats_left=10**9), RejectReason.OUT_OF_RANGE),
+        (claim(beat_index=NOW - 65), RejectReason.TOO_OLD),
+        (claim(beat_index=NOW + 3), RejectReason.IN_FUTURE),
+        (claim(notes="x" * 2000), RejectReason.OVERSIZED),
+        (claim(notes="x" * 5000), RejectReason.OVERSIZED),
+        (claim(agent_id="a" * 300), RejectReason.OVERSIZED),
+        (claim(cluster_id="other"), RejectReason.WRONG_CLUSTER),
+    ],
+)
+def test_bad_claims_get_their_reason(payload: bytes, reason: RejectReason) -> None:
+    verdict = validate_claim(payload, current_beat=NOW, cluster_id="chorus")
+    assert verdict.reason is reason
+    assert verdict.claim is None
+    assert verdict.detail
+
+
+def test_signature_check_is_applied_last() -> None:
+    def refuse(c: StatusClaim) -> str | None:
+        return f"no valid signature for {c.agent_id}"
+
+    verdict = validate_claim(claim(), current_beat=NOW, check_signature=refuse)
+    assert verdict.reason is RejectReason.BAD_SIGNATURE
+    assert "agent:xyz" in verdict.detail
+
+
+def test_limits_are_configurable() -> None:
+    tight = ClaimLimits(max_age_beats=1)
+    assert validate_claim(claim(beat_index=NOW - 2), current_beat=NOW, limits=tight).reason == (
+        RejectReason.TOO_OLD
+    )
+
+
+def test_reason_codes_are_fixed() -> None:
+    assert set(REJECT_REASONS) >= {
+        "malformed", "unknown_state", "out_of_range", "too_old", "in_future", "oversized",
+        "bad_signature",
+    }  # fmt: skip
+
+
+@given(st.one_of(st.binary(max_size=600), st.text(max_size=600)))
+def test_garbage_never_raises(payload: bytes | str) -> None:
+    verdict = validate_claim(payload, current_beat=NOW)
+    assert verdict.ok or verdict.reason is not None
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner),
+    max_leaves=10,
+)
+
+
+@given(st.dictionaries(st.sampled_from(list(json.loads(SEED_STATUSCLAIM))), json_values))
+def test_field_fuzz_is_accepted_or_rejected_with_a_reason(changes: dict[str, Any]) -> None:
+    obj = json.loads(SEED_STATUSCLAIM) | changes
+    verdict = validate_claim(json.dumps(obj), current_beat=NOW)
+    if verdict.ok:
+        assert verdict.claim is not None
+    else:
+        assert verdict.reason in set(RejectReason)
