@@ -27,7 +27,12 @@ def pulse_state(cluster_id: str) -> str:
 
 
 def beat_stats(cluster_id: str, window_id: str) -> str:
-    """Hash: per-window emission stats written by the leader (max drift, degraded beats, terms)."""
+    """Hash of per-window emission stats, written by the leader with each beat (fenced).
+
+    Fields: ``beats`` (count emitted), ``degraded_beats`` (count flagged degraded),
+    ``max_drift_us`` (largest |emitted - scheduled| in microseconds, integer) and one field
+    ``term:<n>`` = ``1`` per leadership term that emitted a beat in the window.
+    """
     return f"{cluster_prefix(cluster_id)}:w:{window_id}:beats"
 
 

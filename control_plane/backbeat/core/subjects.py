@@ -1,0 +1,55 @@
+"""NATS subjects and JetStream stream names of a cluster."""
+
+from __future__ import annotations
+
+import re
+
+_CLUSTER_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def check_cluster_id(cluster_id: str) -> str:
+    """Cluster ids become NATS subject tokens and Redis hash tags: keep them plain."""
+    if not _CLUSTER_RE.fullmatch(cluster_id):
+        raise ValueError(
+            f"cluster id {cluster_id!r} must be 1-64 characters of letters, digits, '-' or '_'"
+        )
+    return cluster_id
+
+
+def beat(cluster_id: str) -> str:
+    """Every beat, core NATS (fire and forget)."""
+    return f"backbeat.{cluster_id}.beat"
+
+
+def downbeat(cluster_id: str) -> str:
+    """Downbeats, JetStream (durable; Nats-Msg-Id de-duplicates across failover)."""
+    return f"backbeat.{cluster_id}.downbeat"
+
+
+def claims(cluster_id: str) -> str:
+    """Status claims from agents (core NATS; ingest replicas share a queue group)."""
+    return f"backbeat.{cluster_id}.claims"
+
+
+def bar(cluster_id: str, window_id: str) -> str:
+    """The one BarReport of a window (JetStream, one message per subject)."""
+    return f"backbeat.{cluster_id}.bar.{window_id}"
+
+
+def bars_wildcard(cluster_id: str) -> str:
+    return f"backbeat.{cluster_id}.bar.*"
+
+
+def _stream_token(cluster_id: str) -> str:
+    return check_cluster_id(cluster_id).upper().replace("-", "_")
+
+
+def downbeat_stream(cluster_id: str) -> str:
+    return f"BACKBEAT_{_stream_token(cluster_id)}_DOWNBEATS"
+
+
+def bar_stream(cluster_id: str) -> str:
+    return f"BACKBEAT_{_stream_token(cluster_id)}_BARS"
+
+
+CLAIMS_QUEUE_GROUP = "backbeat-reverb-ingest"
