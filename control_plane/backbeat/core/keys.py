@@ -47,3 +47,17 @@ def window_prefix(cluster_id: str, window_id: str) -> str:
 def dead_letters(cluster_id: str) -> str:
     """Stream of rejected claims: raw payload, reason, detail, arrival time."""
     return f"{cluster_prefix(cluster_id)}:deadletter"
+
+
+# -- security ------------------------------------------------------------------------------
+
+
+def rotations(cluster_id: str) -> str:
+    """Stream of signing-key rotation events, one entry per rotation that fell due.
+
+    Fields: ``time_ns`` (when the rotation ran, integer ns since the epoch), ``due_ns`` (when
+    it was scheduled), ``key_id`` (the key version that took over, "" when none did), ``ok``
+    (``1`` or ``0``) and ``detail`` (human-readable reason when not ok). The rollup counts the
+    entries with ``due_ns`` inside a window for ``secret_rotations_ok``.
+    """
+    return f"{cluster_prefix(cluster_id)}:rotations"

@@ -1,0 +1,438 @@
+"""HMAC-SHA256 signatures for BeatFrames and StatusClaims, and the keyring that verifies them.
+
+A signed message carries ``key_id`` (which key version signed it) and ``signature`` (lowercase
+hex of HMAC-SHA256 over the message's *canonical form*). The canonical form is defined here,
+independently of JSON, so that a Go or Node client can produce the same bytes without copying
+Python's float or JSON formatting:
+
+* line 1: the message's ``type`` discriminator (``backbeat.beatframe.v1`` or
+  ``backbeat.statusclaim.v1``) followed by ``\\n`` — a frame's signature is never a claim's;
+* then one line ``<field>=<value>\\n`` per signed field, in the fixed order of
+  ``FRAME_FIELDS`` / ``CLAIM_FIELDS`` below (every field except ``key_id`` and ``signature``);
+* values: integers in decimal (``-`` for negatives, no leading zeros); booleans ``true`` /
+  ``false``; floats as the 16 lowercase hex digits of their IEEE-754 binary64 bits, big-endian
+  (so ``120`` and ``120.0`` sign alike and no decimal formatting is involved); strings as
+  ``<UTF-8 byte length>:<UTF-8 bytes>`` (newlines inside strings stay unambiguous); timestamps
+  as integer nanoseconds since the Unix epoch (the wire carries them as RFC 3339 with up to
+  nanosecond precision); an absent optional field as ``null``.
+
+Example (a frame)::
+
+    backbeat.beatframe.v1
+    cluster_id=17:chorus-production
+    beat_index=1234
+    downbeat=true
+    ...
+    tempo_bpm=405e000000000000
+
+Key versions live in a ``Keyring``. Signing uses the newest key that is active now. A key
+verifies a message while the verifier's clock is inside the key's window:
+``[activates − clock_skew, retired + grace)``, where ``retired`` is the earlier of the key's
+own expiry and the activation of the next newer key. Verification uses the *receiver's* clock,
+never a time taken from the message (an attacker holding an old, retired key could otherwise
+back-date a forgery).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import re
+import struct
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, replace
+from enum import StrEnum
+from typing import Any, Final
+
+from backbeat.core.messages import BEATFRAME_TYPE, STATUSCLAIM_TYPE, BeatFrame, StatusClaim
+from backbeat.core.rfc3339 import format_ns, parse_ns
+
+#: Signed fields of a BeatFrame, in canonical order, with how each is encoded.
+FRAME_FIELDS: Final[tuple[tuple[str, str], ...]] = (
+    ("cluster_id", "str"),
+    ("beat_index", "int"),
+    ("downbeat", "bool"),
+    ("phase", "str"),
+    ("hlc", "str"),
+    ("deadline_ns", "int"),
+    ("tempo_bpm", "float"),
+    ("window_id", "str"),
+    ("term", "int"),
+    ("degraded", "bool"),
+    ("scheduled_ns", "int?"),
+    ("emitted_ns", "int?"),
+    ("bar_start_beat", "int?"),
+    ("timeline_revision", "int"),
+)
+
+#: Signed fields of a StatusClaim, in canonical order.
+CLAIM_FIELDS: Final[tuple[tuple[str, str], ...]] = (
+    ("agent_id", "str"),
+    ("task_id", "str"),
+    ("beat_index", "int"),
+    ("state", "str"),
+    ("beats_left", "int"),
+    ("progress", "float"),
+    ("hlc", "str"),
+    ("notes", "str"),
+    ("cluster_id", "str"),
+)
+
+#: Fields that carry the signature itself and are therefore not signed.
+UNSIGNED_FIELDS: Final = frozenset({"key_id", "signature"})
+
+#: Key versions shorter than this are refused: HMAC-SHA256 wants a full 256-bit key.
+MIN_KEY_BYTES: Final = 32
+DEFAULT_GRACE_NS: Final = 30 * 1_000_000_000
+DEFAULT_CLOCK_SKEW_NS: Final = 5 * 1_000_000_000
+
+_KEY_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+_SIGNATURE_RE = re.compile(r"[0-9a-f]{64}")
+
+
+class SigningError(ValueError):
+    """No key can sign now, or a key or keyring document is invalid."""
+
+
+def _encode_value(name: str, kind: str, value: object) -> bytes:
+    if value is None:
+        if not kind.endswith("?"):
+            raise SigningError(f"{name}: required field is None")
+        return b"null"
+    if kind in ("int", "int?"):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise SigningError(f"{name}: expected an integer, got {type(value).__name__}")
+        return str(value).encode()
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise SigningError(f"{name}: expected a boolean, got {type(value).__name__}")
+        return b"true" if value else b"false"
+    if kind == "float":
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise SigningError(f"{name}: expected a number, got {type(value).__name__}")
+        return struct.pack(">d", float(value)).hex().encode()
+    if kind == "str":
+        if not isinstance(value, str):
+            raise SigningError(f"{name}: expected a string, got {type(value).__name__}")
+        raw = value.encode("utf-8", "surrogatepass")
+        return str(len(raw)).encode() + b":" + raw
+    raise AssertionError(f"unknown canonical kind {kind!r}")
+
+
+def _canonical(type_name: str, fields: tuple[tuple[str, str], ...], message: object) -> bytes:
+    parts = [type_name.encode(), b"\n"]
+    for name, kind in fields:
+        parts += [name.encode(), b"=", _encode_value(name, kind, getattr(message, name)), b"\n"]
+    return b"".join(parts)
+
+
+def canonical_frame(frame: BeatFrame) -> bytes:
+    """The bytes a BeatFrame's signature covers (see the module docstring)."""
+    return _canonical(BEATFRAME_TYPE, FRAME_FIELDS, frame)
+
+
+def canonical_claim(claim: StatusClaim) -> bytes:
+    """The bytes a StatusClaim's signature covers (see the module docstring)."""
+    return _canonical(STATUSCLAIM_TYPE, CLAIM_FIELDS, claim)
+
+
+def hmac_hex(secret: bytes, content: bytes) -> str:
+    return hmac.new(secret, content, hashlib.sha256).hexdigest()
+
+
+# -- keys and keyring -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SigningKey:
+    """One key version. ``expires_ns`` None means "until a newer key takes over"."""
+
+    key_id: str
+    secret: bytes
+    activates_ns: int
+    expires_ns: int | None = None
+
+    def __post_init__(self) -> None:
+        if not _KEY_ID_RE.fullmatch(self.key_id):
+            raise SigningError(
+                f"key id {self.key_id!r} must be 1-64 characters of letters, digits or ._:-"
+            )
+        if len(self.secret) < MIN_KEY_BYTES:
+            raise SigningError(
+                f"key {self.key_id!r} is {len(self.secret)} bytes; at least {MIN_KEY_BYTES} needed"
+            )
+        if self.expires_ns is not None and self.expires_ns <= self.activates_ns:
+            raise SigningError(f"key {self.key_id!r} expires before it activates")
+
+    def __repr__(self) -> str:  # never print key material
+        return (
+            f"SigningKey(key_id={self.key_id!r}, secret=<{len(self.secret)} bytes>, "
+            f"activates_ns={self.activates_ns}, expires_ns={self.expires_ns})"
+        )
+
+
+class VerifyStatus(StrEnum):
+    VALID = "valid"
+    UNSIGNED = "unsigned"  # no signature (or no key id) on the message
+    UNKNOWN_KEY = "unknown_key"  # key id not in the keyring
+    TAMPERED = "tampered"  # signature malformed or does not match the content
+    EXPIRED = "expired"  # the key was retired longer ago than the grace period
+    NOT_YET_VALID = "not_yet_valid"  # the key activates later than now + clock skew
+
+
+@dataclass(frozen=True, slots=True)
+class Verification:
+    status: VerifyStatus
+    key_id: str = ""
+    detail: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.status is VerifyStatus.VALID
+
+
+class Keyring:
+    """An immutable set of key versions. Build a new one to add or drop keys."""
+
+    __slots__ = ("_by_id", "_ordered", "_retired", "clock_skew_ns", "grace_ns")
+
+    def __init__(
+        self,
+        keys: Iterable[SigningKey] = (),
+        *,
+        grace_ns: int = DEFAULT_GRACE_NS,
+        clock_skew_ns: int = DEFAULT_CLOCK_SKEW_NS,
+    ) -> None:
+        ordered = sorted(keys, key=lambda k: (k.activates_ns, k.key_id))
+        by_id: dict[str, SigningKey] = {}
+        for key in ordered:
+            if key.key_id in by_id:
+                raise SigningError(f"key id {key.key_id!r} appears twice in the keyring")
+            by_id[key.key_id] = key
+        self._ordered = tuple(ordered)
+        self._by_id = by_id
+        self.grace_ns = grace_ns
+        self.clock_skew_ns = clock_skew_ns
+        # A key retires when it expires or when the next newer key activates, whichever is first.
+        retired: dict[str, int | None] = {}
+        for i, key in enumerate(ordered):
+            successor = next(
+                (k.activates_ns for k in ordered[i + 1 :] if k.activates_ns > key.activates_ns),
+                None,
+            )
+            ends = [t for t in (key.expires_ns, successor) if t is not None]
+            retired[key.key_id] = min(ends) if ends else None
+        self._retired = retired
+
+    @property
+    def keys(self) -> tuple[SigningKey, ...]:
+        """Key versions, oldest activation first."""
+        return self._ordered
+
+    def __len__(self) -> int:
+        return len(self._ordered)
+
+    def __contains__(self, key_id: object) -> bool:
+        return key_id in self._by_id
+
+    def __repr__(self) -> str:
+        return f"Keyring({[k.key_id for k in self._ordered]}, grace_ns={self.grace_ns})"
+
+    def get(self, key_id: str) -> SigningKey | None:
+        return self._by_id.get(key_id)
+
+    def retired_ns(self, key_id: str) -> int | None:
+        """When ``key_id`` stops signing (None: not yet known)."""
+        return self._retired[key_id]
+
+    def signing_key(self, now_ns: int) -> SigningKey:
+        """The newest key active at ``now_ns``. Raises SigningError when there is none."""
+        for key in reversed(self._ordered):
+            if key.activates_ns <= now_ns and (key.expires_ns is None or now_ns < key.expires_ns):
+                return key
+        raise SigningError(f"no signing key is active at {format_ns(now_ns)}")
+
+    def newest(self) -> SigningKey | None:
+        return self._ordered[-1] if self._ordered else None
+
+    def verify(self, content: bytes, key_id: str, signature: str, at_ns: int) -> Verification:
+        """Check ``signature`` over ``content`` with key ``key_id`` at the verifier's ``at_ns``."""
+        if not signature or not key_id:
+            return Verification(VerifyStatus.UNSIGNED, key_id, "message carries no signature")
+        key = self._by_id.get(key_id)
+        if key is None:
+            return Verification(
+                VerifyStatus.UNKNOWN_KEY, key_id, f"key id {key_id[:64]!r} is not in the keyring"
+            )
+        if not _SIGNATURE_RE.fullmatch(signature):
+            return Verification(
+                VerifyStatus.TAMPERED, key_id, "signature is not 64 lowercase hex characters"
+            )
+        if not hmac.compare_digest(hmac_hex(key.secret, content), signature):
+            return Verification(
+                VerifyStatus.TAMPERED, key_id, f"signature does not match the content ({key_id})"
+            )
+        if at_ns < key.activates_ns - self.clock_skew_ns:
+            return Verification(
+                VerifyStatus.NOT_YET_VALID,
+                key_id,
+                f"key {key_id} activates at {format_ns(key.activates_ns)}",
+            )
+        retired = self._retired[key_id]
+        if retired is not None and at_ns >= retired + self.grace_ns:
+            return Verification(
+                VerifyStatus.EXPIRED,
+                key_id,
+                f"key {key_id} retired at {format_ns(retired)} "
+                f"(grace {self.grace_ns / 1e9:g} s has passed)",
+            )
+        return Verification(VerifyStatus.VALID, key_id)
+
+    def without_expired(self, now_ns: int) -> Keyring:
+        """A copy without keys that can no longer verify anything at ``now_ns``."""
+        keep = [
+            k
+            for k in self._ordered
+            if (r := self._retired[k.key_id]) is None or now_ns < r + self.grace_ns
+        ]
+        return Keyring(keep, grace_ns=self.grace_ns, clock_skew_ns=self.clock_skew_ns)
+
+    # -- the keyring document (how key versions are stored in a secret) --------------------
+
+    def to_document(self) -> str:
+        """JSON: ``{"keys": [{"id", "secret" (hex), "activates_at", "expires_at"?}, ...]}``."""
+        keys: list[dict[str, Any]] = []
+        for key in self._ordered:
+            entry: dict[str, Any] = {
+                "id": key.key_id,
+                "secret": key.secret.hex(),
+                "activates_at": format_ns(key.activates_ns),
+            }
+            if key.expires_ns is not None:
+                entry["expires_at"] = format_ns(key.expires_ns)
+            keys.append(entry)
+        return json.dumps({"keys": keys}, separators=(",", ":"), sort_keys=True)
+
+    @classmethod
+    def from_document(
+        cls,
+        text: str,
+        *,
+        grace_ns: int = DEFAULT_GRACE_NS,
+        clock_skew_ns: int = DEFAULT_CLOCK_SKEW_NS,
+    ) -> Keyring:
+        """Parse a keyring document (see ``to_document``). Raises SigningError naming the fault."""
+        try:
+            obj = json.loads(text)
+        except ValueError as exc:
+            raise SigningError(f"keyring document is not JSON: {exc}") from None
+        if not isinstance(obj, Mapping) or not isinstance(obj.get("keys"), list):
+            raise SigningError('keyring document must be an object with a "keys" list')
+        keys = []
+        for i, entry in enumerate(obj["keys"]):
+            where = f"keys[{i}]"
+            if not isinstance(entry, Mapping):
+                raise SigningError(f"{where}: expected an object")
+            key_id, secret_hex, activates = (
+                entry.get("id"),
+                entry.get("secret"),
+                entry.get("activates_at"),
+            )
+            expires = entry.get("expires_at")
+            if not isinstance(key_id, str) or not isinstance(secret_hex, str):
+                raise SigningError(f"{where}: id and secret (hex) must be strings")
+            if not isinstance(activates, str) or not (expires is None or isinstance(expires, str)):
+                raise SigningError(f"{where}: activates_at/expires_at must be RFC 3339 strings")
+            try:
+                secret = bytes.fromhex(secret_hex)
+                activates_ns = parse_ns(activates)
+                expires_ns = None if expires is None else parse_ns(expires)
+            except ValueError as exc:
+                raise SigningError(f"{where}: {exc}") from None
+            keys.append(SigningKey(key_id, secret, activates_ns, expires_ns))
+        return cls(keys, grace_ns=grace_ns, clock_skew_ns=clock_skew_ns)
+
+
+# -- hooks for the components ---------------------------------------------------------------
+
+#: Where a component gets the current keyring from (a rotating source, or a fixed one).
+KeyringProvider = Callable[[], Keyring]
+Clock = Callable[[], int]
+
+
+def _provider(keyring: Keyring | KeyringProvider) -> KeyringProvider:
+    if isinstance(keyring, Keyring):
+        fixed = keyring
+        return lambda: fixed
+    return keyring
+
+
+def sign_frame(frame: BeatFrame, keyring: Keyring, *, now_ns: int | None = None) -> BeatFrame:
+    """The frame with ``key_id`` and ``signature`` set by the newest key active now."""
+    key = keyring.signing_key(time.time_ns() if now_ns is None else now_ns)
+    return replace(frame, key_id=key.key_id, signature=hmac_hex(key.secret, canonical_frame(frame)))
+
+
+def sign_claim(claim: StatusClaim, keyring: Keyring, *, now_ns: int | None = None) -> StatusClaim:
+    """The claim with ``key_id`` and ``signature`` set by the newest key active now."""
+    key = keyring.signing_key(time.time_ns() if now_ns is None else now_ns)
+    return replace(claim, key_id=key.key_id, signature=hmac_hex(key.secret, canonical_claim(claim)))
+
+
+def verify_frame(frame: BeatFrame, keyring: Keyring, *, now_ns: int) -> Verification:
+    return keyring.verify(canonical_frame(frame), frame.key_id, frame.signature, now_ns)
+
+
+def verify_claim(claim: StatusClaim, keyring: Keyring, *, now_ns: int) -> Verification:
+    return keyring.verify(canonical_claim(claim), claim.key_id, claim.signature, now_ns)
+
+
+def frame_signer(
+    keyring: Keyring | KeyringProvider, *, clock: Clock = time.time_ns
+) -> Callable[[BeatFrame], BeatFrame]:
+    """``sign_frame(frame) -> frame`` for the pulse; picks up rotated keyrings on every call."""
+    current = _provider(keyring)
+
+    def sign(frame: BeatFrame) -> BeatFrame:
+        return sign_frame(frame, current(), now_ns=clock())
+
+    return sign
+
+
+def frame_verifier(
+    keyring: Keyring | KeyringProvider, *, clock: Clock = time.time_ns
+) -> Callable[[BeatFrame], Verification]:
+    """For the SDK: the verification of a received frame at the receiver's clock."""
+    current = _provider(keyring)
+
+    def verify(frame: BeatFrame) -> Verification:
+        return verify_frame(frame, current(), now_ns=clock())
+
+    return verify
+
+
+def claim_signature_check(
+    keyring: Keyring | KeyringProvider,
+    *,
+    require_signature: bool = True,
+    clock: Clock = time.time_ns,
+) -> Callable[[StatusClaim], str | None]:
+    """A ``backbeat.core.claims.SignatureCheck`` for the ingest: None, or why the claim fails.
+
+    The message starts with the verification status (``tampered: ...``, ``unknown_key: ...``)
+    so dead letters say which failure it was. Unsigned claims pass when ``require_signature``
+    is False (mixed fleets during a roll-out).
+    """
+    current = _provider(keyring)
+
+    def check(claim: StatusClaim) -> str | None:
+        if not require_signature and not claim.signature and not claim.key_id:
+            return None
+        result = verify_claim(claim, current(), now_ns=clock())
+        if result.ok:
+            return None
+        return f"{result.status.value}: {result.detail}"
+
+    return check
