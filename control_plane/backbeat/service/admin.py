@@ -1,0 +1,120 @@
+"""The HTTP admin server of a component: /health, /ready, /metrics and its own /api/v1 routes.
+
+Mutating routes (POST/PUT/DELETE) require ``Authorization: Bearer <token>`` when the server
+has a token source; the comparison is constant-time.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from backbeat.service.rpc import TokenSource, token_matches
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+ReadyCheck = Callable[[], tuple[bool, str]]
+
+
+def json_response(payload: Any, status: int = 200) -> web.Response:
+    return web.Response(
+        text=json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n",
+        status=status,
+        content_type="application/json",
+    )
+
+
+def error_response(status: int, reason: str, message: str) -> web.Response:
+    return json_response({"error": {"reason": reason, "message": message}}, status=status)
+
+
+class AdminServer:
+    """aiohttp server bound to ``host:port`` (port 0 picks a free port; see ``.port``)."""
+
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        registry: CollectorRegistry | None = None,
+        ready: ReadyCheck | None = None,
+        token: TokenSource | None = None,
+        component: str = "backbeat",
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.registry = registry
+        self._ready = ready or (lambda: (True, "ready"))
+        self._token = token
+        self._component = component
+        self._app = web.Application(client_max_size=64 * 1024)
+        self._app.router.add_get("/health", self._health)
+        self._app.router.add_get("/ready", self._readiness)
+        self._app.router.add_get("/metrics", self._metrics)
+        self._runner: web.AppRunner | None = None
+
+    def add_route(self, method: str, path: str, handler: Handler) -> None:
+        """Add a route; POST/PUT/PATCH/DELETE routes are wrapped with the bearer-token check."""
+        if method.upper() in {"POST", "PUT", "PATCH", "DELETE"}:
+            handler = self._authorized(handler)
+        self._app.router.add_route(method.upper(), path, handler)
+
+    def _authorized(self, handler: Handler) -> Handler:
+        async def wrapped(request: web.Request) -> web.StreamResponse:
+            if self._token is not None:
+                header = request.headers.get("Authorization", "")
+                scheme, _, presented = header.partition(" ")
+                if scheme.lower() != "bearer" or not presented:
+                    return error_response(401, "UNAUTHENTICATED", "missing bearer token")
+                if not token_matches(presented.strip(), self._token()):
+                    return error_response(403, "PERMISSION_DENIED", "invalid bearer token")
+            return await handler(request)
+
+        return wrapped
+
+    async def _health(self, _: web.Request) -> web.Response:
+        # Liveness: the event loop answers. Readiness is separate.
+        return json_response({"status": "ok", "component": self._component})
+
+    async def _readiness(self, _: web.Request) -> web.Response:
+        ok, detail = self._ready()
+        return json_response(
+            {"status": "ready" if ok else "not_ready", "detail": detail}, status=200 if ok else 503
+        )
+
+    async def _metrics(self, _: web.Request) -> web.Response:
+        body = generate_latest(self.registry) if self.registry else generate_latest()
+        response = web.Response(body=body)
+        response.content_type = CONTENT_TYPE_LATEST.split(";")[0]
+        response.charset = "utf-8"
+        return response
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    async def start(self) -> None:
+        if self._runner is not None:
+            return
+        runner = web.AppRunner(self._app, access_log=None, handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, self.host, self.port)
+        await site.start()
+        if runner.addresses:  # the port actually bound (port 0 picks a free one)
+            self.port = int(runner.addresses[0][1])
+        self._runner = runner
+
+    async def close(self) -> None:
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
+
+    async def __aenter__(self) -> AdminServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
