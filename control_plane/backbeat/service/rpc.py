@@ -17,6 +17,7 @@ from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
+from opentelemetry.instrumentation.grpc import aio_server_interceptor
 
 ERROR_DOMAIN = "backbeat.dev"
 
@@ -118,8 +119,9 @@ class GrpcServer:
         self.host = host
         self.port = port
         self._credentials = credentials
+        # Every server is traced: the OpenTelemetry interceptor continues the caller's trace.
         self._server = grpc.aio.server(
-            interceptors=list(interceptors),
+            interceptors=[aio_server_interceptor(), *interceptors],  # type: ignore[no-untyped-call]
             options=[("grpc.max_receive_message_length", 4 * 1024 * 1024), *options],
         )
         self._health = health_aio.HealthServicer()

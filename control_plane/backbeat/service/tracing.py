@@ -1,0 +1,103 @@
+"""OpenTelemetry tracing: provider set-up from the standard OTEL_* variables, and propagation.
+
+Exporters follow ``OTEL_TRACES_EXPORTER``: ``otlp`` (protocol from
+``OTEL_EXPORTER_OTLP_PROTOCOL``: ``grpc`` default, or ``http/protobuf``), ``console``, or
+``none``. When the variable is unset, spans are exported over OTLP only if
+``OTEL_EXPORTER_OTLP_ENDPOINT`` (or the traces-specific endpoint) is set; otherwise tracing
+stays on in-process (context still propagates) and nothing is exported.
+
+Context travels as W3C ``traceparent``/``tracestate`` in NATS headers, in the fields of
+claims buffered in Redis, and in gRPC metadata (via the gRPC instrumentation interceptors).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from opentelemetry import context as otel_context
+from opentelemetry import propagate, trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
+
+_configured = False
+
+
+def _exporter_from_env() -> SpanExporter | None:
+    choice = os.environ.get("OTEL_TRACES_EXPORTER", "").strip().lower()
+    if not choice:
+        endpoint = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or os.environ.get(
+            "OTEL_EXPORTER_OTLP_ENDPOINT"
+        )
+        choice = "otlp" if endpoint else "none"
+    if choice == "none":
+        return None
+    if choice == "console":
+        return ConsoleSpanExporter()
+    if choice == "otlp":
+        protocol = os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc").strip().lower()
+        if protocol.startswith("http"):
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+            return OTLPSpanExporter()
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
+            OTLPSpanExporter as GrpcOTLPSpanExporter,
+        )
+
+        return GrpcOTLPSpanExporter()
+    raise ValueError(f"OTEL_TRACES_EXPORTER={choice!r}: use otlp, console or none")
+
+
+def configure_tracing(
+    service_name: str,
+    *,
+    cluster_id: str = "",
+    node_id: str = "",
+    processor: SpanProcessor | None = None,
+) -> TracerProvider:
+    """Install a TracerProvider for this process (once; later calls return the same one).
+
+    ``processor`` adds an extra span processor (tests pass an in-memory exporter's).
+    """
+    global _configured  # noqa: PLW0603 - one provider per process, by OpenTelemetry's design
+    current = trace.get_tracer_provider()
+    if _configured and isinstance(current, TracerProvider):
+        if processor is not None:
+            current.add_span_processor(processor)
+        return current
+    attributes: dict[str, Any] = {
+        "service.name": os.environ.get("OTEL_SERVICE_NAME") or service_name,
+        "service.namespace": "backbeat",
+    }
+    if cluster_id:
+        attributes["backbeat.cluster"] = cluster_id
+    if node_id:
+        attributes["service.instance.id"] = node_id
+    provider = TracerProvider(resource=Resource.create(attributes))
+    exporter = _exporter_from_env()
+    if exporter is not None:
+        provider.add_span_processor(BatchSpanProcessor(exporter))
+    if processor is not None:
+        provider.add_span_processor(processor)
+    trace.set_tracer_provider(provider)
+    _configured = True
+    return provider
+
+
+def inject_headers(headers: dict[str, str] | None = None) -> dict[str, str]:
+    """Headers carrying the current trace context (``traceparent``/``tracestate``)."""
+    carrier: dict[str, str] = dict(headers or {})
+    propagate.inject(carrier)
+    return carrier
+
+
+def extract_context(headers: Mapping[str, str] | None) -> otel_context.Context:
+    """The trace context carried by ``headers`` (empty context when there is none)."""
+    return propagate.extract(dict(headers or {}))
+
+
+def traceparent() -> str:
+    """The current span's ``traceparent`` value, or "" outside a span."""
+    return inject_headers().get("traceparent", "")
