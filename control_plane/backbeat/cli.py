@@ -18,6 +18,10 @@ from backbeat import __version__
 COMMANDS: dict[str, tuple[str, str]] = {
     "version": ("backbeat.cli", "print the version"),
     "up": ("backbeat.up", "run the whole system locally (embedded servers when no URLs given)"),
+    "status": ("backbeat.ctl.status", "leader, term, tempo, last beat; latest windows"),
+    "tempo": ("backbeat.ctl.tempo", "change the tempo at the next downbeat (±10 % a step)"),
+    "windows": ("backbeat.ctl.windows", "list windows, or show one in detail"),
+    "reports": ("backbeat.ctl.reports", "print bar reports (--follow for new ones)"),
 }
 
 
