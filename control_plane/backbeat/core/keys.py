@@ -49,6 +49,85 @@ def dead_letters(cluster_id: str) -> str:
     return f"{cluster_prefix(cluster_id)}:deadletter"
 
 
+# Per-window keys (``window_prefix`` + suffix). The ingest's Lua builds the same names from
+# the prefix; tests check that the two agree.
+WINDOW_KEY_SUFFIXES = ("agg", "claims", "dedupe", "agents", "ontime", "helped", "keyids")
+
+
+def window_aggregate(cluster_id: str, window_id: str) -> str:
+    """Hash: a window's counters (accepted, duplicate, late, state:<s>, rejected:<reason>,
+    signed), bounds (from_beat, to_beat), seal (sealed, sealed_ns, beat-stats snapshot
+    ``beats.<field>``) and report (reported, reported_ns, report)."""
+    return f"{window_prefix(cluster_id, window_id)}:agg"
+
+
+def window_claims(cluster_id: str, window_id: str) -> str:
+    """Stream of a window's accepted claims: ``c`` (INT-B JSON), ``tp`` (traceparent, if any)."""
+    return f"{window_prefix(cluster_id, window_id)}:claims"
+
+
+def window_dedupe(cluster_id: str, window_id: str) -> str:
+    """Set of ``agent US task US beat`` of every claim seen for the window."""
+    return f"{window_prefix(cluster_id, window_id)}:dedupe"
+
+
+def window_agents(cluster_id: str, window_id: str) -> str:
+    """Set of agent ids with at least one accepted claim in the window."""
+    return f"{window_prefix(cluster_id, window_id)}:agents"
+
+
+def window_on_time(cluster_id: str, window_id: str) -> str:
+    """Set of task ids that reached review/done in the window with beats_left >= 0."""
+    return f"{window_prefix(cluster_id, window_id)}:ontime"
+
+
+def window_helped(cluster_id: str, window_id: str) -> str:
+    """Set of task ids whose help promise was fulfilled by a claim in the window."""
+    return f"{window_prefix(cluster_id, window_id)}:helped"
+
+
+def window_key_ids(cluster_id: str, window_id: str) -> str:
+    """Set of signing key ids seen on the window's accepted claims."""
+    return f"{window_prefix(cluster_id, window_id)}:keyids"
+
+
+def windows_index(cluster_id: str) -> str:
+    """Sorted set: window_id scored by from_beat, every window known to the store."""
+    return f"{cluster_prefix(cluster_id)}:windows"
+
+
+def windows_pending(cluster_id: str) -> str:
+    """Sorted set: window_id scored by from_beat, windows not yet reported."""
+    return f"{cluster_prefix(cluster_id)}:windows:pending"
+
+
+def windows_reported(cluster_id: str) -> str:
+    """Sorted set: window_id scored by report time (ms), to forget windows past retention."""
+    return f"{cluster_prefix(cluster_id)}:windows:reported"
+
+
+def late_claims(cluster_id: str) -> str:
+    """Stream of late claims: ``window`` (their own window), ``counted_in``, ``c``, ``tp``."""
+    return f"{cluster_prefix(cluster_id)}:late"
+
+
+def waiting_promises(cluster_id: str) -> str:
+    """Hash: task_id -> ``<waiting beat>:<deadline beat>`` of open help promises."""
+    return f"{cluster_prefix(cluster_id)}:waiting"
+
+
+def ingest_totals(cluster_id: str) -> str:
+    """Hash: cluster-wide ingest counters (received, accepted, duplicate, late, rejected,
+    rejected:<reason>, unassigned), updated atomically with the writes they count."""
+    return f"{cluster_prefix(cluster_id)}:ingest"
+
+
+def ingest_batch(cluster_id: str, batch_id: str) -> str:
+    """String: the outcome of an applied batch (short-lived), so a retried batch is not
+    applied twice."""
+    return f"{cluster_prefix(cluster_id)}:batch:{batch_id}"
+
+
 # -- security ------------------------------------------------------------------------------
 
 

@@ -1,0 +1,316 @@
+"""The Lua scripts of the window store. Every write of a claim happens in one of them, so the
+per-window aggregates never disagree with the buffered claims they summarise.
+
+Keys are built inside the scripts from the cluster prefix ``backbeat:{<cluster>}`` (passed as
+ARGV[1]); KEYS[1] is always a key of the same hash tag, which routes the script to the right
+slot. The names must match ``backbeat.core.keys`` (checked by the tests).
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+#: Fields of one record in the append batch (claims and rejects share the stride).
+RECORD_STRIDE: Final = 11
+
+# ARGV: prefix, batch_id, now_ms, late_horizon_ms, dead_letter_maxlen, batch_ttl_s,
+#   nwin, nwin × (window_id, from_beat, to_beat),
+#   ncand, ncand × window index (late/reject targets, oldest first),
+#   nrec, nrec × record (RECORD_STRIDE fields):
+#     claim : 'c', window index, agent, task, beat, state, beats_left, signed '1'|'0',
+#             key_id, payload, traceparent
+#     reject: 'r', reason, detail, payload, traceparent, received_ns, size, '', '', '', ''
+# Returns one character per record: a(ccepted) d(uplicate) l(ate) r(ejected).
+APPEND: Final = r"""
+local prefix = ARGV[1]
+local batch_id = ARGV[2]
+local now_ms = tonumber(ARGV[3])
+local late_horizon_ms = tonumber(ARGV[4])
+local dl_maxlen = ARGV[5]
+local batch_ttl = tonumber(ARGV[6])
+
+local batch_key = nil
+if batch_id ~= '' then
+  batch_key = prefix .. ':batch:' .. batch_id
+  local done = redis.call('GET', batch_key)
+  if done then return done end
+end
+
+local i = 7
+local nwin = tonumber(ARGV[i]); i = i + 1
+local wins = {}
+for w = 1, nwin do
+  wins[w] = {id = ARGV[i], from = ARGV[i + 1], to = ARGV[i + 2],
+             p = prefix .. ':w:' .. ARGV[i] .. ':'}
+  i = i + 3
+end
+local ncand = tonumber(ARGV[i]); i = i + 1
+local cands = {}
+for c = 1, ncand do cands[c] = tonumber(ARGV[i]); i = i + 1 end
+
+local sealed = {}
+local function is_sealed(w)
+  local s = sealed[w]
+  if s == nil then
+    s = redis.call('HGET', wins[w].p .. 'agg', 'sealed') == '1'
+    sealed[w] = s
+  end
+  return s
+end
+
+-- Late claims and rejects are counted in the oldest not-yet-sealed candidate window.
+local target = nil
+local function target_window()
+  if target == nil then
+    target = 0
+    for _, w in ipairs(cands) do
+      if not is_sealed(w) then target = w; break end
+    end
+  end
+  return target
+end
+
+local counts = {}   -- window index -> field -> increment
+local touched = {}  -- window index -> true (register in the indexes)
+local function bump(w, field)
+  local c = counts[w]
+  if c == nil then c = {}; counts[w] = c; touched[w] = true end
+  c[field] = (c[field] or 0) + 1
+end
+local totals = {}
+local function total(field)
+  totals[field] = (totals[field] or 0) + 1
+end
+local function add_member(sets, w, member)
+  local s = sets[w]
+  if s == nil then s = {}; sets[w] = s end
+  s[member] = true
+end
+local agents, ontime, helped, keyids = {}, {}, {}, {}
+
+-- Open help promises, cached for the batch: task -> {start, deadline} | false.
+local waiting_key = prefix .. ':waiting'
+local waiting = {}
+local waiting_dirty = {}
+local function promise(task)
+  local p = waiting[task]
+  if p == nil then
+    local raw = redis.call('HGET', waiting_key, task)
+    if raw then
+      local s, d = string.match(raw, '^(-?%d+):(-?%d+)$')
+      p = {tonumber(s), tonumber(d)}
+    else
+      p = false
+    end
+    waiting[task] = p
+  end
+  return p
+end
+
+local late_stream = prefix .. ':late'
+local late_minid = tostring(now_ms - late_horizon_ms)
+local dead_stream = prefix .. ':deadletter'
+
+local nrec = tonumber(ARGV[i]); i = i + 1
+local out = {}
+for k = 1, nrec do
+  local kind = ARGV[i]
+  total('received')
+  if kind == 'c' then
+    local w = tonumber(ARGV[i + 1])
+    local agent, task, beat, state = ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5]
+    local left = tonumber(ARGV[i + 6])
+    local payload, tp = ARGV[i + 9], ARGV[i + 10]
+    local win = wins[w]
+    local dedupe = win.p .. 'dedupe'
+    local fresh = redis.call('SADD', dedupe, agent .. '\31' .. task .. '\31' .. beat)
+    if is_sealed(w) then
+      -- The window is sealed (its report is being or has been published): late.
+      if fresh == 1 and redis.call('PTTL', dedupe) == -1 then
+        local ttl = redis.call('PTTL', win.p .. 'agg')
+        if ttl > 0 then redis.call('PEXPIRE', dedupe, ttl) end
+      end
+      local t = target_window()
+      local field = 'late'
+      if fresh == 0 then field = 'duplicate' end
+      out[k] = string.sub(field, 1, 1)
+      total(field)
+      if t > 0 then bump(t, field) else total('unassigned') end
+      if fresh == 1 then
+        local counted_in = ''
+        if t > 0 then counted_in = wins[t].id end
+        redis.call('XADD', late_stream, 'MINID', '~', late_minid, '*',
+                   'window', win.id, 'counted_in', counted_in, 'c', payload, 'tp', tp)
+      end
+    elseif fresh == 0 then
+      out[k] = 'd'
+      total('duplicate')
+      bump(w, 'duplicate')
+    else
+      out[k] = 'a'
+      total('accepted')
+      bump(w, 'accepted')
+      bump(w, 'state:' .. state)
+      if tp ~= '' then
+        redis.call('XADD', win.p .. 'claims', '*', 'c', payload, 'tp', tp)
+      else
+        redis.call('XADD', win.p .. 'claims', '*', 'c', payload)
+      end
+      add_member(agents, w, agent)
+      if ARGV[i + 7] == '1' then
+        bump(w, 'signed')
+        if ARGV[i + 8] ~= '' then add_member(keyids, w, ARGV[i + 8]) end
+      end
+      local b = tonumber(beat)
+      if (state == 'review' or state == 'done') and left >= 0 then
+        add_member(ontime, w, task)
+      end
+      if state == 'waiting' then
+        if left >= 0 then
+          local p = promise(task)
+          local deadline = b + left
+          if (not p) or p[2] < b then
+            waiting[task] = {b, deadline}
+          else
+            waiting[task] = {math.min(p[1], b), math.min(p[2], deadline)}
+          end
+          waiting_dirty[task] = true
+        end
+      elseif state == 'executing' or state == 'review' or state == 'done' then
+        local p = promise(task)
+        if p then
+          if b > p[1] and b <= p[2] then
+            add_member(helped, w, task)
+            waiting[task] = false
+            waiting_dirty[task] = true
+          elseif b > p[2] then
+            waiting[task] = false
+            waiting_dirty[task] = true
+          end
+        end
+      end
+    end
+  else
+    local t = target_window()
+    local reason = ARGV[i + 1]
+    out[k] = 'r'
+    total('rejected')
+    total('rejected:' .. reason)
+    local counted_in = ''
+    if t > 0 then
+      bump(t, 'rejected:' .. reason)
+      counted_in = wins[t].id
+    else
+      total('unassigned')
+    end
+    redis.call('XADD', dead_stream, 'MAXLEN', '~', dl_maxlen, '*',
+               'reason', reason, 'detail', ARGV[i + 2], 'payload', ARGV[i + 3],
+               'tp', ARGV[i + 4], 'received_ns', ARGV[i + 5], 'size', ARGV[i + 6],
+               'counted_in', counted_in)
+  end
+  i = i + 11
+end
+
+local function sadd_all(key, set)
+  local members = {}
+  for m in pairs(set) do
+    members[#members + 1] = m
+    if #members >= 1000 then
+      redis.call('SADD', key, unpack(members)); members = {}
+    end
+  end
+  if #members > 0 then redis.call('SADD', key, unpack(members)) end
+end
+
+for w in pairs(touched) do
+  local win = wins[w]
+  local agg = win.p .. 'agg'
+  redis.call('HSET', agg, 'from_beat', win.from, 'to_beat', win.to)
+  for field, n in pairs(counts[w]) do redis.call('HINCRBY', agg, field, n) end
+  redis.call('ZADD', prefix .. ':windows', 'NX', win.from, win.id)
+  if redis.call('HGET', agg, 'reported') ~= '1' then
+    redis.call('ZADD', prefix .. ':windows:pending', 'NX', win.from, win.id)
+  end
+end
+for w, s in pairs(agents) do sadd_all(wins[w].p .. 'agents', s) end
+for w, s in pairs(ontime) do sadd_all(wins[w].p .. 'ontime', s) end
+for w, s in pairs(helped) do sadd_all(wins[w].p .. 'helped', s) end
+for w, s in pairs(keyids) do sadd_all(wins[w].p .. 'keyids', s) end
+for task in pairs(waiting_dirty) do
+  local p = waiting[task]
+  if p then
+    redis.call('HSET', waiting_key, task, string.format('%d:%d', p[1], p[2]))
+  else
+    redis.call('HDEL', waiting_key, task)
+  end
+end
+local totals_key = prefix .. ':ingest'
+for field, n in pairs(totals) do redis.call('HINCRBY', totals_key, field, n) end
+
+local result = table.concat(out)
+if batch_key then redis.call('SET', batch_key, result, 'EX', batch_ttl) end
+return result
+"""
+
+# KEYS[1] = window aggregate hash. ARGV: prefix, window_id, from_beat, to_beat, now_ns.
+# Seals once (idempotent) and snapshots the pulse's beat stats into the aggregate, so a
+# retried rollup reads exactly the same figures. Returns
+# {aggregate hash as a flat list, agents, on-time task count, helped task count, key ids}.
+SEAL_AND_READ: Final = r"""
+local prefix = ARGV[1]
+local wid = ARGV[2]
+local wp = prefix .. ':w:' .. wid .. ':'
+local agg = wp .. 'agg'
+if redis.call('HGET', agg, 'sealed') ~= '1' then
+  redis.call('HSET', agg, 'sealed', '1', 'sealed_ns', ARGV[5],
+             'from_beat', ARGV[3], 'to_beat', ARGV[4])
+  local stats = redis.call('HGETALL', wp .. 'beats')
+  for j = 1, #stats, 2 do
+    redis.call('HSET', agg, 'beats.' .. stats[j], stats[j + 1])
+  end
+  redis.call('ZADD', prefix .. ':windows', 'NX', ARGV[3], wid)
+  if redis.call('HGET', agg, 'reported') ~= '1' then
+    redis.call('ZADD', prefix .. ':windows:pending', 'NX', ARGV[3], wid)
+  end
+end
+return {
+  redis.call('HGETALL', agg),
+  redis.call('SMEMBERS', wp .. 'agents'),
+  redis.call('SCARD', wp .. 'ontime'),
+  redis.call('SCARD', wp .. 'helped'),
+  redis.call('SMEMBERS', wp .. 'keyids'),
+}
+"""
+
+# KEYS[1] = window aggregate hash. ARGV: prefix, window_id, report_json, now_ns, now_ms,
+# retention_ms. Keeps the first report, seals the window if it somehow was not, starts the
+# retention expiry of every key of the window and forgets windows whose retention has passed.
+MARK_REPORTED: Final = r"""
+local prefix = ARGV[1]
+local wid = ARGV[2]
+local wp = prefix .. ':w:' .. wid .. ':'
+local agg = wp .. 'agg'
+local now_ms = tonumber(ARGV[5])
+local retention_ms = tonumber(ARGV[6])
+if redis.call('HGET', agg, 'reported') ~= '1' then
+  redis.call('HSET', agg, 'reported', '1', 'reported_ns', ARGV[4], 'report', ARGV[3])
+  redis.call('HSETNX', agg, 'sealed', '1')
+  redis.call('HSETNX', agg, 'sealed_ns', ARGV[4])
+  for _, suffix in ipairs({'agg', 'claims', 'dedupe', 'agents', 'ontime', 'helped', 'keyids',
+                           'beats'}) do
+    redis.call('PEXPIRE', wp .. suffix, retention_ms)
+  end
+  redis.call('ZREM', prefix .. ':windows:pending', wid)
+  redis.call('ZADD', prefix .. ':windows:reported', now_ms, wid)
+  local from_beat = redis.call('HGET', agg, 'from_beat')
+  if from_beat then redis.call('ZADD', prefix .. ':windows', 'NX', from_beat, wid) end
+end
+local reported = prefix .. ':windows:reported'
+local expired = redis.call('ZRANGEBYSCORE', reported, '-inf', now_ms - retention_ms,
+                           'LIMIT', 0, 1000)
+if #expired > 0 then
+  redis.call('ZREM', prefix .. ':windows', unpack(expired))
+  redis.call('ZREM', reported, unpack(expired))
+end
+return 1
+"""
