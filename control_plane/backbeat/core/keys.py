@@ -140,3 +140,37 @@ def rotations(cluster_id: str) -> str:
     entries with ``due_ns`` inside a window for ``secret_rotations_ok``.
     """
     return f"{cluster_prefix(cluster_id)}:rotations"
+
+
+# -- rollup (exactly-once bookkeeping) -----------------------------------------------------
+
+
+def rollup_record(cluster_id: str, window_id: str) -> str:
+    """Hash: the idempotency record of one window's rollup.
+
+    Fields: ``state`` (``in_progress`` | ``computed`` | ``published``), ``owner`` (the attempt
+    holding the lease while ``in_progress``; the key then expires with the lease) and ``report``
+    (the report bytes computed first, which every retry republishes unchanged).
+    """
+    return f"{cluster_prefix(cluster_id)}:rollup:{window_id}"
+
+
+def rollup_agents(cluster_id: str, window_id: str) -> str:
+    """String: the window's agent ids, newline-separated and sorted (short-lived), so the next
+    window's rollup can name agents that stopped reporting."""
+    return f"{cluster_prefix(cluster_id)}:rollup:{window_id}:agents"
+
+
+def rollup_dead_letters(cluster_id: str) -> str:
+    """Hash: window_id -> JSON of a window the trigger gave up on (attempts, last error)."""
+    return f"{cluster_prefix(cluster_id)}:rollup:deadletter"
+
+
+def rollup_unannounced(cluster_id: str) -> str:
+    """Set: dead-lettered window ids not yet named in a published report's issues."""
+    return f"{cluster_prefix(cluster_id)}:rollup:unannounced"
+
+
+def rollup_attempts(cluster_id: str) -> str:
+    """Hash: window_id -> failed rollup attempts so far, shared by every trigger replica."""
+    return f"{cluster_prefix(cluster_id)}:rollup:attempts"

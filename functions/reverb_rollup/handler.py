@@ -1,0 +1,184 @@
+"""The one handler every runtime adapts: a rollup event in, the window's single report out.
+
+The handler keeps nothing between invocations; its state is the idempotency record in Redis
+(``record.py``), the claims store (``source.py``) and the bar stream on JetStream
+(``publisher.py``). The exactly-once argument is written out in ``docs/rollup.md``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from backbeat.core.kpi import compute_report
+from backbeat.core.messages import BarReport
+from backbeat.core.timeline import window_id as compute_window_id
+from reverb_rollup.event import RollupEvent
+from reverb_rollup.publisher import BarPublisher
+from reverb_rollup.record import RecordState, RecordView, RollupRecords
+from reverb_rollup.source import WindowSource
+
+log = logging.getLogger("reverb_rollup")
+
+
+class RollupError(RuntimeError):
+    """The window could not be reported by this invocation; the trigger retries it."""
+
+
+class WrongClusterError(RollupError):
+    """The event names a cluster this function does not serve (not retryable)."""
+
+
+class Outcome(StrEnum):
+    PUBLISHED = "published"  # this invocation stored the report on JetStream
+    ALREADY_PUBLISHED = "already_published"  # the window had its report already
+
+
+@dataclass(frozen=True, slots=True)
+class RollupResult:
+    window_id: str
+    outcome: Outcome
+    report: bytes
+
+    def decoded(self) -> BarReport:
+        return BarReport.decode(self.report)
+
+    def to_json_dict(self) -> dict[str, object]:
+        return {
+            "window_id": self.window_id,
+            "outcome": self.outcome.value,
+            "report": self.decoded().to_json_dict(),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class RollupSettings:
+    #: The lease of an attempt: a crashed attempt is taken over after at most this long.
+    lease_ms: int = 400
+    #: How long an invocation waits for another attempt that holds the lease.
+    wait_timeout_s: float = 5.0
+    #: Poll interval while waiting for another attempt.
+    poll_s: float = 0.005
+
+
+#: Trace hook: given the event, the headers to put on the published report. The default passes
+#: the W3C trace context on unchanged; an OpenTelemetry wiring can start a span here instead.
+TraceHeaders = Callable[[RollupEvent], Mapping[str, str]]
+
+
+def pass_trace_context(event: RollupEvent) -> Mapping[str, str]:
+    headers: dict[str, str] = {}
+    if event.traceparent:
+        headers["traceparent"] = event.traceparent
+        if event.tracestate:
+            headers["tracestate"] = event.tracestate
+    return headers
+
+
+@dataclass(slots=True)
+class RollupHooks:
+    """Fault-injection points for tests (an awaited no-op in production)."""
+
+    after_seal: Callable[[RollupEvent], Awaitable[None]] | None = None
+    after_commit: Callable[[RollupEvent], Awaitable[None]] | None = None
+
+
+@dataclass(slots=True)
+class Rollup:
+    """Rolls up windows of one cluster. Cheap to build; holds only its collaborators."""
+
+    cluster_id: str
+    source: WindowSource
+    records: RollupRecords
+    publisher: BarPublisher
+    settings: RollupSettings = field(default_factory=RollupSettings)
+    trace_headers: TraceHeaders = pass_trace_context
+    hooks: RollupHooks = field(default_factory=RollupHooks)
+
+    async def __call__(self, event: RollupEvent) -> RollupResult:
+        if event.cluster_id != self.cluster_id:
+            raise WrongClusterError(
+                f"event for cluster {event.cluster_id!r}; this function serves {self.cluster_id!r}"
+            )
+        started = time.perf_counter()
+        owner = secrets.token_hex(8)
+        deadline = time.monotonic() + self.settings.wait_timeout_s
+        while True:
+            view = await self.records.acquire(event.window_id, owner, self.settings.lease_ms)
+            if view.state == RecordState.ACQUIRED:
+                # Our report, or (when our lease was lost) the record of whoever took over.
+                view = await self._compute(event, owner, started)
+            if view.state == RecordState.PUBLISHED:
+                return RollupResult(event.window_id, Outcome.ALREADY_PUBLISHED, view.report)
+            if view.state == RecordState.COMPUTED:
+                return await self._publish(event, view.report)
+            if time.monotonic() >= deadline:
+                raise RollupError(
+                    f"window {event.window_id} is being rolled up by another attempt that has "
+                    f"not finished within {self.settings.wait_timeout_s:g}s"
+                )
+            await asyncio.sleep(self.settings.poll_s)
+
+    async def _compute(self, event: RollupEvent, owner: str, started: float) -> RecordView:
+        """Seal, read and compute under the lease; commit the report bytes to the record."""
+        heartbeat = asyncio.create_task(self._keep_lease(event.window_id, owner))
+        try:
+            aggregate = await self.source.seal_and_read(
+                event.window_id, event.from_beat, event.to_beat
+            )
+            if self.hooks.after_seal is not None:
+                await self.hooks.after_seal(event)
+            bar_length = event.to_beat - event.from_beat + 1
+            previous = compute_window_id(self.cluster_id, event.from_beat - bar_length)
+            previous_agents = await self.records.agent_ids(previous)
+            failed = await self.records.pending_failures(before_beat=event.from_beat)
+            report = compute_report(
+                aggregate,
+                previous_agent_ids=previous_agents,
+                failed_windows=failed,
+                rollup_ms=(time.perf_counter() - started) * 1000.0,
+                published_ns=time.time_ns(),
+            ).encode()
+            lost = await self.records.commit(
+                event.window_id,
+                owner,
+                report,
+                agent_ids=sorted(aggregate.agent_ids),
+                announced=[f.window_id for f in failed],
+            )
+        finally:
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
+        if lost is not None:
+            log.warning("rollup of %s lost its lease; another attempt took over", event.window_id)
+            return lost
+        if self.hooks.after_commit is not None:
+            await self.hooks.after_commit(event)
+        return RecordView(RecordState.COMPUTED, report)
+
+    async def _keep_lease(self, window_id: str, owner: str) -> None:
+        interval = self.settings.lease_ms / 4000.0
+        while True:
+            await asyncio.sleep(interval)
+            if not await self.records.extend(window_id, owner, self.settings.lease_ms):
+                return
+
+    async def _publish(self, event: RollupEvent, report: bytes) -> RollupResult:
+        publication = await self.publisher.publish_once(
+            event.window_id, report, self.trace_headers(event)
+        )
+        if publication.report != report:
+            # Cannot happen while every publisher goes through the record; if it does, the
+            # published report wins (a published report never changes).
+            log.error("window %s: JetStream holds a different report", event.window_id)
+        await self.source.mark_reported(event.window_id, publication.report)
+        await self.records.mark_published(event.window_id, publication.report)
+        outcome = Outcome.PUBLISHED if publication.fresh else Outcome.ALREADY_PUBLISHED
+        return RollupResult(event.window_id, outcome, publication.report)

@@ -1,0 +1,90 @@
+"""Per-process connections for the deployed runtimes (Lambda, functions-framework).
+
+Both runtimes call the function synchronously, possibly from several threads. One event loop
+runs in a daemon thread for the life of the process and owns the Redis and NATS connections,
+created on the first invocation and reused while the process stays warm. Nothing else lives
+between invocations: every window's state is in Redis and JetStream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Coroutine, Mapping
+from typing import Any, TypeVar
+
+import nats
+from redis.asyncio import Redis
+
+from reverb_rollup.event import RollupEvent
+from reverb_rollup.handler import Rollup, RollupSettings
+from reverb_rollup.inprocess import build_rollup
+from reverb_rollup.settings import FunctionSettings
+
+log = logging.getLogger("reverb_rollup")
+_T = TypeVar("_T")
+
+#: An invocation that takes longer than this is abandoned (the trigger retries the window).
+INVOKE_TIMEOUT_S = 30.0
+
+
+class ProcessRuntime:
+    def __init__(self, settings: FunctionSettings) -> None:
+        self.settings = settings
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="reverb-rollup-loop", daemon=True
+        )
+        self._thread.start()
+        self._rollup: Rollup | None = None
+        self._connect_lock = asyncio.Lock()
+
+    def _run(self, coro: Coroutine[Any, Any, _T]) -> _T:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(INVOKE_TIMEOUT_S)
+
+    async def _get_rollup(self) -> Rollup:
+        async with self._connect_lock:
+            if self._rollup is None:
+                s = self.settings
+                redis = Redis.from_url(s.redis_url)
+                nc = await nats.connect(s.nats_url, name=f"reverb-rollup-{s.cluster_id}")
+                rollup = build_rollup(
+                    s.cluster_id,
+                    redis=redis,
+                    nats_client=nc,
+                    settings=RollupSettings(lease_ms=s.lease_ms),
+                )
+                await rollup.publisher.ensure_stream()
+                self._rollup = rollup
+                log.info("reverb rollup connected: %s", s.masked())
+            return self._rollup
+
+    async def _invoke(self, event: RollupEvent) -> dict[str, Any]:
+        rollup = await self._get_rollup()
+        return (await rollup(event)).to_json_dict()
+
+    def invoke(
+        self, data: bytes | str | Mapping[str, Any], *, traceparent: str = ""
+    ) -> dict[str, Any]:
+        """Roll up the window named by ``data`` (the event's JSON form); return the result."""
+        event = RollupEvent.decode(data, traceparent=traceparent)
+        return self._run(self._invoke(event))
+
+
+_runtime: ProcessRuntime | None = None
+_runtime_lock = threading.Lock()
+
+
+def runtime() -> ProcessRuntime:
+    """The process-wide runtime, built from the environment on first use."""
+    global _runtime  # noqa: PLW0603 - one per process by design (warm reuse)
+    with _runtime_lock:
+        if _runtime is None:
+            settings = FunctionSettings.from_env()
+            logging.basicConfig(
+                level=settings.log_level.upper(),
+                format="%(asctime)s %(levelname)s %(name)s %(message)s",
+            )
+            _runtime = ProcessRuntime(settings)
+        return _runtime

@@ -1,0 +1,67 @@
+"""Configuration of the deployed function (Lambda, Cloud Run functions, Knative), from env.
+
+The Terraform module sets these variables; keep the names stable.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from backbeat.core.subjects import check_cluster_id
+
+#: LOG_LEVEL values (the seed's debug/info/warn/error) -> logging level names.
+_LEVELS = {
+    "debug": "debug",
+    "info": "info",
+    "warn": "warning",
+    "warning": "warning",
+    "error": "error",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class FunctionSettings:
+    cluster_id: str
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    nats_url: str = "nats://127.0.0.1:4222"
+    environment: str = "development"
+    log_level: str = "info"
+    #: ``BACKBEAT_ROLLUP_LEASE_MS``: lease of an attempt (a crashed one is retried after it).
+    lease_ms: int = 400
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> FunctionSettings:
+        env = os.environ if env is None else env
+        cluster = env.get("BACKBEAT_CLUSTER", "")
+        if not cluster:
+            raise RuntimeError("BACKBEAT_CLUSTER is not set: the function serves one cluster")
+        return cls(
+            cluster_id=check_cluster_id(cluster),
+            redis_url=env.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
+            nats_url=env.get("NATS_URL", "nats://127.0.0.1:4222"),
+            environment=env.get("BACKBEAT_ENV", "development"),
+            log_level=_LEVELS.get(env.get("LOG_LEVEL", "info").lower(), "info"),
+            lease_ms=int(env.get("BACKBEAT_ROLLUP_LEASE_MS", "400")),
+        )
+
+    def masked(self) -> dict[str, str]:
+        """For the start-up log line: URLs without passwords."""
+        return {
+            "cluster_id": self.cluster_id,
+            "redis_url": _mask(self.redis_url),
+            "nats_url": _mask(self.nats_url),
+            "environment": self.environment,
+            "log_level": self.log_level,
+            "lease_ms": str(self.lease_ms),
+        }
+
+
+def _mask(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
+        return url
+    creds, _, host = rest.rpartition("@")
+    user = creds.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}" if ":" in creds else f"{scheme}://***@{host}"

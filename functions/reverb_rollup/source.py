@@ -1,0 +1,27 @@
+"""What the rollup needs from the claims store: the reverb ingest's ``WindowStore`` fits it.
+
+The function never touches claim storage itself; it reads a closed window only through this
+interface, so ingest owns the layout of the claims in Redis.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from backbeat.core.window import WindowAggregate
+
+
+class WindowSource(Protocol):
+    async def seal_and_read(self, window_id: str, from_beat: int, to_beat: int) -> WindowAggregate:
+        """Seal the window (atomic, idempotent: later claims for it count as late in a later
+        window) and return its aggregate. Sealing twice returns the same aggregate."""
+        ...
+
+    async def mark_reported(self, window_id: str, report_json: bytes) -> None:
+        """Record that the window's report was published (idempotent)."""
+        ...
+
+    async def unreported_windows(self, before_beat: int) -> list[tuple[str, int, int]]:
+        """``(window_id, from_beat, to_beat)`` of windows ending before ``before_beat`` that
+        hold claims but have no published report yet, oldest first."""
+        ...
