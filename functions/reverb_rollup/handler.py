@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import secrets
+import os
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -107,7 +107,7 @@ class Rollup:
                 f"event for cluster {event.cluster_id!r}; this function serves {self.cluster_id!r}"
             )
         started = time.perf_counter()
-        owner = secrets.token_hex(8)
+        owner = os.urandom(8).hex()  # a random attempt id
         deadline = time.monotonic() + self.settings.wait_timeout_s
         while True:
             view = await self.records.acquire(event.window_id, owner, self.settings.lease_ms)

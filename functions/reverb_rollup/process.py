@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 import nats
 from redis.asyncio import Redis
 
+from backbeat.service.logs import configure_logging
 from reverb_rollup.event import RollupEvent
 from reverb_rollup.handler import Rollup, RollupSettings
 from reverb_rollup.inprocess import build_rollup
@@ -82,9 +83,6 @@ def runtime() -> ProcessRuntime:
     with _runtime_lock:
         if _runtime is None:
             settings = FunctionSettings.from_env()
-            logging.basicConfig(
-                level=settings.log_level.upper(),
-                format="%(asctime)s %(levelname)s %(name)s %(message)s",
-            )
+            configure_logging(settings.log_level)
             _runtime = ProcessRuntime(settings)
         return _runtime

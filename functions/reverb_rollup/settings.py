@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from backbeat.core.subjects import check_cluster_id
+from backbeat.service.settings import masked
 
 #: LOG_LEVEL values (the seed's debug/info/warn/error) -> logging level names.
 _LEVELS = {
@@ -46,22 +47,6 @@ class FunctionSettings:
             lease_ms=int(env.get("BACKBEAT_ROLLUP_LEASE_MS", "400")),
         )
 
-    def masked(self) -> dict[str, str]:
+    def masked(self) -> dict[str, object]:
         """For the start-up log line: URLs without passwords."""
-        return {
-            "cluster_id": self.cluster_id,
-            "redis_url": _mask(self.redis_url),
-            "nats_url": _mask(self.nats_url),
-            "environment": self.environment,
-            "log_level": self.log_level,
-            "lease_ms": str(self.lease_ms),
-        }
-
-
-def _mask(url: str) -> str:
-    scheme, sep, rest = url.partition("://")
-    if not sep or "@" not in rest:
-        return url
-    creds, _, host = rest.rpartition("@")
-    user = creds.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{host}" if ":" in creds else f"{scheme}://***@{host}"
+        return masked(self)
