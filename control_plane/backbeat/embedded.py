@@ -88,6 +88,9 @@ class ServerProcess:
     def _ready(self) -> bool:
         raise NotImplementedError
 
+    def _environment(self) -> dict[str, str] | None:
+        return None  # inherit ours
+
     @property
     def url(self) -> str:
         raise NotImplementedError
@@ -106,6 +109,7 @@ class ServerProcess:
         with self.log_path.open("ab") as log:
             self._proc = subprocess.Popen(
                 list(self.argv()),
+                env=self._environment(),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
