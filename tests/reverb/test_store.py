@@ -11,7 +11,7 @@ from backbeat.core.messages import StatusClaim
 from backbeat.core.timeline import Timeline
 from backbeat.core.window import BeatStats
 from backbeat.reverb.store import StoreSettings, WindowStore
-from reverb.claim_samples import make_claim
+from tests.reverb.claim_samples import make_claim
 
 pytestmark = pytest.mark.integration
 
