@@ -165,7 +165,12 @@ class LocalStack:
             ["agent-sim", *common, "--nats", ep.nats, "--agents", str(args.agents), "--quiet"],
             None,
         ))  # fmt: skip
+        from backbeat.cli import COMMANDS
+
         for name, argv, admin_port in plan:
+            if argv[0] not in COMMANDS:  # a component this installation does not have
+                console.print(f"  [yellow]skipping {name}: no `backbeat {argv[0]}` command[/]")
+                continue
             process = ComponentProcess(
                 name, argv, admin_port=admin_port, log_dir=self.run_dir, env=env
             )
