@@ -1,0 +1,115 @@
+"""The beats one replica knows: a bounded history and the live subscribers (gRPC streams).
+
+The leader feeds its own frames; followers feed what they receive on NATS. Either way a frame
+is accepted only if it moves forward: its term is not lower than the last accepted term and
+its beat index is higher than the last accepted index. A stale or paused leader's frames (a
+lower term) and duplicates across failover are dropped here, and no subscriber ever sees a
+beat index repeat or go back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from dataclasses import dataclass
+
+from backbeat.core.messages import BeatFrame
+from backbeat.core.timeline import Timeline
+
+#: A subscriber queue holds at most this many events; beyond that events are dropped (counted).
+SUBSCRIBER_QUEUE = 256
+
+HubEvent = BeatFrame | Timeline
+
+
+class HistoryGone(LookupError):
+    """The requested start beat is older than the retained history."""
+
+    def __init__(self, start_beat: int, oldest: int) -> None:
+        super().__init__(
+            f"beat {start_beat} is no longer retained; the oldest retained beat is {oldest}"
+        )
+        self.oldest = oldest
+
+
+@dataclass(slots=True)
+class Subscription:
+    queue: asyncio.Queue[HubEvent | None]
+    dropped: int = 0
+
+
+class BeatHub:
+    def __init__(self, history_beats: int = 4096) -> None:
+        self._history: deque[BeatFrame] = deque(maxlen=history_beats)
+        self._subs: set[Subscription] = set()
+        self.timeline: Timeline | None = None
+        self.last_term = 0
+        self.last_beat = -1
+        self.rejected = 0
+
+    @property
+    def oldest_beat(self) -> int | None:
+        return self._history[0].beat_index if self._history else None
+
+    def accepts(self, frame: BeatFrame) -> bool:
+        return frame.term >= self.last_term and frame.beat_index > self.last_beat
+
+    def offer(self, frame: BeatFrame) -> bool:
+        """Accept ``frame`` if it moves forward; fan it out. Returns whether it was accepted."""
+        if not self.accepts(frame):
+            self.rejected += 1
+            return False
+        self.last_term, self.last_beat = frame.term, frame.beat_index
+        self._history.append(frame)
+        self._fan_out(frame)
+        return True
+
+    def set_timeline(self, timeline: Timeline) -> None:
+        current = self.timeline
+        if current is not None and (timeline.revision, timeline.term) <= (
+            current.revision,
+            current.term,
+        ):
+            return
+        self.timeline = timeline
+        self._fan_out(timeline)
+
+    def _fan_out(self, event: HubEvent) -> None:
+        for sub in self._subs:
+            try:
+                sub.queue.put_nowait(event)
+            except asyncio.QueueFull:
+                sub.dropped += 1
+
+    def subscribe(self, start_beat: int | None) -> tuple[Subscription, list[BeatFrame]]:
+        """A live subscription plus the retained frames from ``start_beat`` on (inclusive).
+
+        ``start_beat`` None: only beats after now. Raises HistoryGone when ``start_beat`` is
+        older than the history (and older than the next beat).
+        """
+        backlog: list[BeatFrame] = []
+        if start_beat is not None and start_beat <= self.last_beat:
+            oldest = self.oldest_beat
+            if oldest is None or start_beat < oldest:
+                raise HistoryGone(start_beat, oldest if oldest is not None else self.last_beat + 1)
+            backlog = [f for f in self._history if f.beat_index >= start_beat]
+        sub = Subscription(asyncio.Queue(SUBSCRIBER_QUEUE))
+        self._subs.add(sub)
+        return sub, backlog
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        self._subs.discard(sub)
+
+    def close_all(self) -> None:
+        """Wake every subscriber with an end-of-stream marker."""
+        for sub in self._subs:
+            try:
+                sub.queue.put_nowait(None)
+            except asyncio.QueueFull:
+                # make room: ending the stream matters more than one more beat
+                sub.queue.get_nowait()
+                sub.queue.put_nowait(None)
+
+    @property
+    def subscribers(self) -> int:
+        return len(self._subs)

@@ -1,0 +1,679 @@
+"""One pulse replica: elects itself (or not), emits beats as leader, relays them as follower.
+
+Roles
+-----
+* **follower** — retries the Redlock after a random delay, relays the leader's beats (received
+  on NATS) to its gRPC streams, forwards tempo changes.
+* **leader** — holds the Redlock *and* a fencing term established on a majority. Reserves each
+  beat in Redis (fenced) shortly before it is due, then publishes it exactly on time.
+* **degraded** — the rule for beats without a Redis quorum: only the replica that was leader
+  when the quorum was lost, and only while it still cannot reach a majority of masters, keeps
+  emitting on the last grid with ``degraded: true`` and its old term. Every other replica stays
+  silent. Once a majority answers again it stops and competes for the lock like everyone
+  else; the winner continues the same grid under a new, higher term.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import random
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+
+from nats.aio.msg import Msg
+
+from backbeat.core import keys
+from backbeat.core.hlc import HybridLogicalClock, node_id_from_name
+from backbeat.core.messages import BeatFrame, CodecError
+from backbeat.core.timeline import (
+    TempoError,
+    Timeline,
+    check_tempo_step,
+    default_phases,
+    ramp_steps,
+)
+from backbeat.pulse.fencing import (
+    ClaimError,
+    EmittedBeat,
+    FencedStore,
+    WriteOutcome,
+    WriteResult,
+)
+from backbeat.pulse.hub import BeatHub
+from backbeat.pulse.metrics import PulseMetrics
+from backbeat.pulse.publisher import BeatPublisher
+from backbeat.pulse.redis_masters import RedisMasters
+from backbeat.pulse.redlock import ExtendOutcome, Lease, Redlock, make_token, parse_token
+from backbeat.pulse.scheduler import build_frame, sleep_until_ns
+from backbeat.pulse.settings import PulseSettings
+from backbeat.pulse.state import TimelineRecord
+
+log = logging.getLogger(__name__)
+
+#: Signs a frame (adds key_id and signature); plugged in by the beat-signing feature.
+FrameSigner = Callable[[BeatFrame], BeatFrame]
+#: Extra NATS headers for a frame (e.g. a W3C ``traceparent``); None for none.
+HeadersHook = Callable[[BeatFrame], Mapping[str, str] | None]
+
+
+class Role(enum.StrEnum):
+    STARTING = "starting"
+    FOLLOWER = "follower"
+    LEADER = "leader"
+    DEGRADED = "degraded"
+    STOPPED = "stopped"
+
+
+class NotLeaderError(RuntimeError):
+    """This replica does not lead; ``leader_address`` says who does, when known."""
+
+    def __init__(self, leader_id: str, leader_address: str) -> None:
+        super().__init__(
+            f"this replica is not the leader (leader: {leader_id or 'unknown'}"
+            f"{' at ' + leader_address if leader_address else ''})"
+        )
+        self.leader_id = leader_id
+        self.leader_address = leader_address
+
+
+class NoQuorumError(RuntimeError):
+    """No Redis quorum: the grid continues degraded and tempo changes are refused."""
+
+
+@dataclass(frozen=True, slots=True)
+class TempoChange:
+    """An accepted tempo change."""
+
+    timeline: Timeline
+    effective_beat: int
+    effective_time_ns: int
+    target_tempo_bpm: float
+    remaining_steps: int
+
+
+@dataclass(frozen=True, slots=True)
+class PulseStatus:
+    cluster_id: str
+    node_id: str
+    role: Role
+    is_leader: bool
+    leader_id: str
+    leader_address: str
+    term: int
+    timeline: Timeline | None
+    pending: Timeline | None
+    last_beat_index: int
+    degraded: bool
+    redis_reachable: int
+    redis_total: int
+
+
+class _StopLeading(enum.Enum):
+    HANDOFF = "handoff"
+    LOST = "lost"  # someone else holds the lock, or a master fenced us
+    NO_QUORUM = "no_quorum"
+
+
+def next_beat_after(record: TimelineRecord, time_ns: int) -> int:
+    """The first beat strictly after ``time_ns`` on the grid ``record`` describes."""
+    timeline = record.current
+    if record.pending is not None and time_ns >= record.pending.anchor_time_ns:
+        timeline = record.pending
+    return timeline.next_beat_after(time_ns)
+
+
+class PulseNode:
+    """A pulse replica. ``async with PulseNode(settings) as node: ...``; ``close()`` hands over."""
+
+    def __init__(
+        self,
+        settings: PulseSettings,
+        *,
+        metrics: PulseMetrics | None = None,
+        signer: FrameSigner | None = None,
+        headers: HeadersHook | None = None,
+        advertise_address: str = "",
+    ) -> None:
+        self.settings = settings
+        self.metrics = metrics or PulseMetrics()
+        self.signer = signer
+        self.headers = headers
+        #: host:port of this replica's gRPC server, stored in the lock value for followers.
+        self.advertise_address = advertise_address
+        self.cluster_id = settings.cluster_id
+        self.node_id = settings.node_id
+        self.masters = RedisMasters(settings.redis_urls, timeout_s=settings.redis_timeout_ms / 1e3)
+        self.lock = Redlock(self.masters, keys.lock(self.cluster_id), settings.lock_ttl_ms)
+        self.store = FencedStore(self.masters, self.cluster_id, settings.node_id)
+        self.publisher = BeatPublisher(
+            settings.nats_url, self.cluster_id, name=f"backbeat-pulse-{settings.node_id}"
+        )
+        self.hub = BeatHub(settings.history_beats)
+        self.clock = HybridLogicalClock(node_id_from_name(settings.node_id))
+        self.role = Role.STARTING
+        self.term = 0
+        self.timelines: TimelineRecord | None = None
+        self.leader_id = ""
+        self.leader_address = ""
+        self.redis_reachable = 0
+        self._lease: Lease | None = None
+        self._renew_outcome = ExtendOutcome.EXTENDED
+        self._reserved_beat = -1
+        self._last_emitted = -1
+        self._started = False
+        self._closing = False
+        self._handoff = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._main: asyncio.Task[None] | None = None
+        self._tempo_lock = asyncio.Lock()
+        self._tempo_results: OrderedDict[str, TempoChange] = OrderedDict()
+        self._background: set[asyncio.Task[object]] = set()
+        self._timeline_fetch: asyncio.Task[None] | None = None
+        self._newer_term_seen = False
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._started:
+            return
+        self._started = True
+        await self.publisher.start()
+        await self.publisher.subscribe(self._on_beat_msg, self._on_timeline_msg)
+        assert self.publisher.nc is not None
+        await self.publisher.nc.subscribe(self._handoff_subject, cb=self._on_handoff_msg)
+        self.role = Role.FOLLOWER
+        self._main = asyncio.create_task(self._run(), name=f"pulse-{self.node_id}")
+
+    async def __aenter__(self) -> PulseNode:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def close(self, *, handoff: bool = True, grace_s: float = 5.0) -> None:
+        """Stop. A leader first emits its next beat, then releases the lock and tells the
+        followers, so the successor emits the beat after it on time. Idempotent."""
+        if self._closing:
+            return
+        self._closing = True
+        if self._main is not None:
+            if handoff and self.role is Role.LEADER:
+                self._handoff.set()
+                with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                    await asyncio.wait_for(asyncio.shield(self._main), grace_s)
+            self._main.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._main
+        self.role = Role.STOPPED
+        self.metrics.is_leader.set(0)
+        self.hub.close_all()
+        for task in list(self._background):
+            task.cancel()
+        await self.publisher.close()
+        await self.masters.close()
+
+    @property
+    def _handoff_subject(self) -> str:
+        return f"backbeat.{self.cluster_id}.pulse.handoff"
+
+    # -- status ---------------------------------------------------------------------------
+
+    def status(self) -> PulseStatus:
+        record = self.timelines
+        hub_tl = self.hub.timeline
+        return PulseStatus(
+            cluster_id=self.cluster_id,
+            node_id=self.node_id,
+            role=self.role,
+            is_leader=self.role is Role.LEADER,
+            leader_id=self.node_id if self.role is Role.LEADER else self.leader_id,
+            leader_address=(
+                self.advertise_address if self.role is Role.LEADER else self.leader_address
+            ),
+            term=max(self.term, self.hub.last_term),
+            timeline=record.current if record else hub_tl,
+            pending=record.pending if record else None,
+            last_beat_index=max(self._last_emitted, self.hub.last_beat),
+            degraded=self.role is Role.DEGRADED,
+            redis_reachable=self.redis_reachable,
+            redis_total=self.masters.total,
+        )
+
+    # -- election loop --------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        token = ""
+        last_holder_check = 0.0
+        while not self._closing:
+            token = make_token(self.node_id, self.advertise_address)
+            try:
+                lease = await self.lock.acquire(token)
+            except Exception as exc:  # never let one bad answer kill the election loop
+                log.warning("lock attempt failed: %r", exc)
+                lease = None
+            if lease is not None:
+                try:
+                    await self._lead(lease)
+                finally:
+                    self._set_role(Role.FOLLOWER)
+                    self._lease = None
+                    with contextlib.suppress(Exception):
+                        await self.lock.release(token)
+                continue
+            if time.monotonic() - last_holder_check > self.settings.lock_ttl_s / 2:
+                last_holder_check = time.monotonic()
+                await self._refresh_leader_info()
+            # Redlock: retry after a random delay, so that competing replicas desynchronise.
+            ttl = self.settings.lock_ttl_s
+            await self._pause(random.uniform(ttl / 20, ttl / 7))
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep, but wake early when a leader announces a handoff."""
+        self._wake.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), seconds)
+
+    async def _refresh_leader_info(self) -> None:
+        try:
+            holder = await self.lock.holder()
+        except Exception:
+            return
+        if holder:
+            self.leader_id, self.leader_address = parse_token(holder)
+        else:
+            self.leader_id = self.leader_address = ""
+
+    def _set_role(self, role: Role) -> None:
+        if role is not self.role:
+            log.info("%s: %s -> %s (term %s)", self.node_id, self.role, role, self.term)
+        self.role = role
+        self.metrics.is_leader.set(1 if role is Role.LEADER else 0)
+        self.metrics.degraded.set(1 if role is Role.DEGRADED else 0)
+
+    # -- leading --------------------------------------------------------------------------
+
+    async def _lead(self, lease: Lease) -> None:
+        self._lease = lease
+        self._renew_outcome = ExtendOutcome.EXTENDED
+        try:
+            term, state = await self.store.claim_term()
+        except ClaimError as exc:
+            log.info("%s: won the lock but not a term: %s", self.node_id, exc)
+            return
+        except Exception as exc:
+            log.warning("%s: claiming a term failed: %r", self.node_id, exc)
+            return
+        self.term = term
+        self.metrics.term.set(term)
+        self.redis_reachable = state.answered
+        if state.hlc is not None:
+            self.clock.restore(state.hlc)
+        now = time.time_ns()
+        lead_ns = int(self.settings.commit_lead_ms * 1e6)
+        if state.timelines is None:
+            # A brand-new grid. If beats were reserved before (state lost on a majority), the
+            # grid starts after them so indexes never go back.
+            first = max(state.beat + 1, 0)
+            record = TimelineRecord(
+                Timeline(
+                    cluster_id=self.cluster_id,
+                    tempo_bpm=self.settings.tempo_bpm,
+                    anchor_beat=first,
+                    anchor_time_ns=now + max(100_000_000, 4 * lead_ns),
+                    bar_length=self.settings.bar_length,
+                    bar_origin=first,
+                    phases=default_phases(self.settings.bar_length),
+                    revision=1,
+                    term=term,
+                )
+            )
+        else:
+            record = state.timelines
+            self.metrics.failovers.inc()
+        first = max(state.beat + 1, next_beat_after(record, now + lead_ns // 2))
+        record = record.promoted(first)
+        # The first write under the new term fences out every older leader on a majority.
+        result = await self.store.write(term, timelines=record, hlc=self.clock.now())
+        if result.outcome is not WriteOutcome.OK:
+            if result.outcome is WriteOutcome.FENCED:
+                self.metrics.fenced_writes.inc()
+            log.info("%s: first write as leader failed: %s", self.node_id, result.outcome)
+            return
+        self.timelines = record
+        self._reserved_beat = max(self._reserved_beat, state.beat)
+        self._set_role(Role.LEADER)
+        log.info("%s: leading term %d from beat %d", self.node_id, term, first)
+        await self._announce_timeline(record)
+        renew = asyncio.create_task(self._renew_loop(), name=f"renew-{self.node_id}")
+        try:
+            reason, next_beat = await self._beat_loop(first, degraded=False)
+        finally:
+            renew.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renew
+        if reason is _StopLeading.NO_QUORUM and not self._closing:
+            # The lease ran out without a definite answer: ask once more before going degraded,
+            # so that a leader that was merely paused (and has been replaced) steps down.
+            lease = self._lease
+            outcome = ExtendOutcome.NO_QUORUM
+            if lease is not None:
+                with contextlib.suppress(Exception):
+                    outcome, _ = await self.lock.extend(lease)
+            if outcome is not ExtendOutcome.NO_QUORUM:
+                log.info("%s: lease lapsed (%s); stepping down", self.node_id, outcome.value)
+                return
+            self._set_role(Role.DEGRADED)
+            log.warning("%s: lost the Redis quorum; emitting degraded beats", self.node_id)
+            await self._beat_loop(next_beat, degraded=True)
+
+    async def _renew_loop(self) -> None:
+        ttl = self.settings.lock_ttl_s
+        while True:
+            delay = ttl / 3 if self._renew_outcome is ExtendOutcome.EXTENDED else ttl / 10
+            await asyncio.sleep(delay)
+            lease = self._lease
+            if lease is None:
+                return
+            try:
+                outcome, renewed = await self.lock.extend(lease)
+            except Exception as exc:
+                log.warning("lock renewal failed: %r", exc)
+                outcome, renewed = ExtendOutcome.NO_QUORUM, lease
+            self._renew_outcome = outcome
+            if outcome is ExtendOutcome.EXTENDED:
+                self._lease = renewed
+            elif outcome is ExtendOutcome.LOST:
+                log.warning("%s: the lock is held by someone else", self.node_id)
+                return
+
+    def _lease_covers(self, at_ns: int) -> bool:
+        """True when our lease is still valid at wall-clock instant ``at_ns``."""
+        lease = self._lease
+        if lease is None or self._renew_outcome is ExtendOutcome.LOST:
+            return False
+        mono_at = time.monotonic() + (at_ns - time.time_ns()) / 1e9
+        return mono_at < lease.valid_until
+
+    async def _beat_loop(self, first: int, *, degraded: bool) -> tuple[_StopLeading, int]:
+        """Emit beats from ``first`` on. Returns why it stopped and the next beat index."""
+        n = first
+        previous: EmittedBeat | None = None
+        spin_ns = int(self.settings.spin_ms * 1e6)
+        degraded_write: asyncio.Future[WriteResult] | None = None
+        self._newer_term_seen = False
+        while True:
+            record = self.timelines
+            assert record is not None
+            timeline = record.at(n)
+            due = timeline.beat_time_ns(n)
+            lead_ns = int(min(self.settings.commit_lead_ms * 1e6, timeline.period_ns / 3))
+            await self._sleep_until_or_stop(due - lead_ns)
+            if self._closing and self.role is not Role.LEADER:
+                return _StopLeading.HANDOFF, n
+            if not degraded and not self._lease_covers(due):
+                if self._renew_outcome is ExtendOutcome.LOST:
+                    return _StopLeading.LOST, n
+                return _StopLeading.NO_QUORUM, n
+            promoted = record.promoted(n)
+            if promoted is not record:
+                promoted = self._next_ramp_step(promoted, n)
+            hlc = self.clock.now()
+            flagged = degraded
+            if degraded and self._newer_term_seen:
+                return _StopLeading.LOST, n
+            if degraded:
+                # Without a quorum a write may wait for timeouts: never let it delay the beat.
+                if degraded_write is not None and degraded_write.done():
+                    back = self._degraded_write_outcome(degraded_write)
+                    if back is not None:
+                        return back, n
+                    degraded_write = None
+                if degraded_write is None:
+                    degraded_write = asyncio.ensure_future(
+                        self.store.write(
+                            self.term,
+                            beat=n,
+                            hlc=hlc,
+                            timelines=promoted if promoted is not record else None,
+                            emitted=previous,
+                        )
+                    )
+                    previous = None
+            else:
+                result = await self.store.write(
+                    self.term,
+                    beat=n,
+                    hlc=hlc,
+                    timelines=promoted if promoted is not record else None,
+                    emitted=previous,
+                )
+                self.redis_reachable = result.answered
+                self.metrics.redis_reachable.set(result.answered)
+                previous = None
+                if result.outcome is WriteOutcome.FENCED:
+                    self.metrics.fenced_writes.inc()
+                    log.warning(
+                        "%s: beat %d refused: term %d < %d; stepping down",
+                        self.node_id,
+                        n,
+                        self.term,
+                        result.newer_term,
+                    )
+                    return _StopLeading.LOST, n
+                flagged = result.outcome is WriteOutcome.NO_QUORUM
+            self._reserved_beat = max(self._reserved_beat, n)
+            if promoted is not record:
+                self.timelines = promoted
+                await self._announce_timeline(promoted)
+            if time.time_ns() > due + timeline.period_ns / 2:
+                # Reserving took too long (overload): skip rather than emit a stale beat.
+                n = next_beat_after(promoted, time.time_ns())
+                continue
+            emitted_ns = await sleep_until_ns(due, spin_ns=spin_ns)
+            if not degraded and not self._lease_covers(emitted_ns):
+                return (
+                    _StopLeading.LOST
+                    if self._renew_outcome is ExtendOutcome.LOST
+                    else _StopLeading.NO_QUORUM
+                ), n
+            frame = build_frame(
+                timeline, n, hlc=hlc, term=self.term, degraded=flagged, emitted_ns=emitted_ns
+            )
+            await self._emit(frame)
+            drift_ns = emitted_ns - due
+            self.metrics.jitter.observe(drift_ns / 1e9)
+            if flagged:
+                self.metrics.degraded_beats.inc()
+            previous = EmittedBeat(frame.window_id, flagged, drift_ns // 1000)
+            n += 1
+            if self._handoff.is_set() and not degraded:
+                await self._step_down(previous)
+                return _StopLeading.HANDOFF, n
+
+    def _degraded_write_outcome(self, task: asyncio.Future[WriteResult]) -> _StopLeading | None:
+        """While degraded: stop when fenced, or when a majority answers again."""
+        if task.cancelled() or task.exception() is not None:
+            return None
+        result = task.result()
+        answered = result.answered
+        self.redis_reachable = answered
+        self.metrics.redis_reachable.set(answered)
+        if result.outcome is WriteOutcome.FENCED:
+            self.metrics.fenced_writes.inc()
+            return _StopLeading.LOST
+        if answered >= self.masters.quorum:
+            log.info("%s: Redis quorum is back; competing for leadership", self.node_id)
+            return _StopLeading.NO_QUORUM
+        return None
+
+    async def _sleep_until_or_stop(self, deadline_ns: int) -> None:
+        remaining = (deadline_ns - time.time_ns()) / 1e9
+        if remaining > 0:
+            await asyncio.sleep(remaining)
+
+    async def _emit(self, frame: BeatFrame) -> None:
+        if self.signer is not None:
+            frame = self.signer(frame)
+        payload = frame.encode()
+        headers = self.headers(frame) if self.headers is not None else None
+        try:
+            await self.publisher.publish_beat(frame, payload, headers)
+        except Exception as exc:  # NATS down: the grid goes on, SDKs keep time locally
+            log.warning("beat %d not published: %r", frame.beat_index, exc)
+        self._last_emitted = frame.beat_index
+        self.hub.offer(frame)
+        self.metrics.beats.inc()
+
+    async def _step_down(self, last: EmittedBeat | None) -> None:
+        """Graceful handoff: flush the last beat's stats, release the lock, wake the others."""
+        if last is not None:
+            with contextlib.suppress(Exception):
+                await self.store.write(self.term, emitted=last)
+        lease, self._lease = self._lease, None
+        self._set_role(Role.FOLLOWER)
+        if lease is not None:
+            with contextlib.suppress(Exception):
+                await self.lock.release(lease.token)
+        nc = self.publisher.nc
+        if nc is not None:
+            with contextlib.suppress(Exception):
+                await nc.publish(self._handoff_subject, str(self._last_emitted).encode())
+                await nc.flush(timeout=1)
+        log.info("%s: handed over after beat %d", self.node_id, self._last_emitted)
+
+    async def _announce_timeline(self, record: TimelineRecord) -> None:
+        self.hub.set_timeline(record.current)
+        self.metrics.tempo.set(record.current.tempo_bpm)
+        with contextlib.suppress(Exception):
+            await self.publisher.publish_timeline(record.encode().encode())
+
+    # -- tempo ----------------------------------------------------------------------------
+
+    def _next_ramp_step(self, record: TimelineRecord, beat: int) -> TimelineRecord:
+        """At the downbeat a ramp step takes effect, schedule the next one (one bar later)."""
+        target = record.ramp_target_bpm
+        if target is None:
+            return record
+        steps = ramp_steps(record.current.tempo_bpm, target)
+        if not steps:
+            return TimelineRecord(record.current, None, None)
+        at = record.current.next_downbeat_after(beat)
+        pending = replace(
+            record.current.with_tempo(steps[0], at, term=self.term),
+            revision=record.revision + 1,
+        )
+        return TimelineRecord(record.current, pending, target if len(steps) > 1 else None)
+
+    async def set_tempo(
+        self, tempo_bpm: float, *, request_id: str = "", ramp: bool = False
+    ) -> TempoChange:
+        """Change the tempo at the next downbeat. Raises TempoError, NotLeaderError or
+        NoQuorumError; nothing changes unless it returns."""
+        if request_id and request_id in self._tempo_results:
+            return self._tempo_results[request_id]
+        if self.role is Role.DEGRADED:
+            raise NoQuorumError("no Redis quorum: tempo changes are refused in degraded mode")
+        if self.role is not Role.LEADER:
+            raise NotLeaderError(self.leader_id, self.leader_address)
+        async with self._tempo_lock:
+            for _ in range(3):
+                record = self.timelines
+                assert record is not None
+                current = record.current
+                remaining = 0
+                target = tempo_bpm
+                if ramp:
+                    steps = ramp_steps(current.tempo_bpm, tempo_bpm)
+                    if not steps:
+                        steps = [tempo_bpm]
+                    step = steps[0]
+                    remaining = len(steps) - 1
+                else:
+                    check_tempo_step(current.tempo_bpm, tempo_bpm)
+                    step = tempo_bpm
+                # Beats up to `horizon` may be reserved before our write lands.
+                horizon = next_beat_after(
+                    record,
+                    time.time_ns() + int(2 * self.settings.commit_lead_ms * 1e6) + 50_000_000,
+                )
+                effective = current.next_downbeat_after(max(self._reserved_beat, horizon))
+                pending = replace(
+                    current.with_tempo(step, effective, term=self.term),
+                    revision=record.revision + 1,
+                )
+                updated = TimelineRecord(current, pending, tempo_bpm if remaining else None)
+                result = await self.store.write(self.term, timelines=updated)
+                if result.outcome is WriteOutcome.FENCED:
+                    self.metrics.fenced_writes.inc()
+                    raise NotLeaderError("", "")
+                if result.outcome is WriteOutcome.NO_QUORUM:
+                    raise NoQuorumError("no Redis quorum: the tempo change was not stored")
+                if self.timelines is not record or self._reserved_beat >= effective:
+                    continue  # the beat loop moved on meanwhile: schedule again, later
+                self.timelines = updated
+                change = TempoChange(pending, effective, pending.anchor_time_ns, target, remaining)
+                if request_id:
+                    self._tempo_results[request_id] = change
+                    while len(self._tempo_results) > 1024:
+                        self._tempo_results.popitem(last=False)
+                return change
+        raise NoQuorumError("the tempo change could not be scheduled; try again")
+
+    # -- following ------------------------------------------------------------------------
+
+    async def _on_beat_msg(self, msg: Msg) -> None:
+        if self.role is Role.LEADER:
+            return  # our own echo; the leader feeds its hub directly
+        try:
+            frame = BeatFrame.decode(msg.data)
+        except (CodecError, ValueError):
+            return
+        if frame.cluster_id != self.cluster_id:
+            return
+        if self.role is Role.DEGRADED and frame.term > self.term:
+            self._newer_term_seen = True  # a new leader exists: stop emitting degraded beats
+        if not self.hub.offer(frame):
+            self.metrics.frames_rejected.inc()
+            return
+        self.metrics.term.set(frame.term)
+        timeline = self.hub.timeline
+        if timeline is None or timeline.revision < frame.timeline_revision:
+            self._fetch_timeline()
+
+    def _fetch_timeline(self) -> None:
+        if self._timeline_fetch is not None and not self._timeline_fetch.done():
+            return
+
+        async def fetch() -> None:
+            with contextlib.suppress(Exception):
+                state = await self.store.read()
+                if state.timelines is not None:
+                    self._follow_timeline(state.timelines)
+
+        self._timeline_fetch = asyncio.create_task(fetch())
+
+    def _follow_timeline(self, record: TimelineRecord) -> None:
+        if self.role is Role.LEADER:
+            return
+        known = self.timelines
+        if known is None or record.revision >= known.revision:
+            self.timelines = record
+            self.hub.set_timeline(record.current)
+            self.metrics.tempo.set(record.current.tempo_bpm)
+
+    async def _on_timeline_msg(self, msg: Msg) -> None:
+        try:
+            record = TimelineRecord.decode(msg.data)
+        except (ValueError, KeyError, TypeError, TempoError):
+            return
+        self._follow_timeline(record)
+
+    async def _on_handoff_msg(self, msg: Msg) -> None:
+        if self.role is not Role.LEADER:
+            self._wake.set()

@@ -1,0 +1,124 @@
+"""The NATS edge of the pulse: beats on core NATS, downbeats on JetStream (de-duplicated)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+
+import nats
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.js.api import StorageType, StreamConfig
+from nats.js.errors import BadRequestError
+
+from backbeat.core import subjects
+from backbeat.core.messages import BeatFrame
+
+log = logging.getLogger(__name__)
+
+#: JetStream drops a second downbeat with the same Msg-Id within this window (failover overlap).
+DUPLICATE_WINDOW_S = 300.0
+DOWNBEAT_MAX_AGE_S = 7 * 24 * 3600.0
+
+
+def timeline_subject(cluster_id: str) -> str:
+    """Core NATS: the leader announces the timeline here on election and on every change."""
+    return f"backbeat.{cluster_id}.timeline"
+
+
+def downbeat_msg_id(cluster_id: str, beat_index: int) -> str:
+    return f"{cluster_id}:{beat_index}"
+
+
+class BeatPublisher:
+    """One NATS connection: publishes as leader, listens as follower."""
+
+    def __init__(self, url: str, cluster_id: str, *, name: str = "backbeat-pulse") -> None:
+        self.url = url
+        self.cluster_id = cluster_id
+        self.name = name
+        self.nc: NatsClient | None = None
+        self._pending_acks: set[asyncio.Task[None]] = set()
+        self.downbeat_failures = 0
+
+    async def start(self) -> None:
+        if self.nc is not None:
+            return
+        self.nc = await nats.connect(
+            self.url,
+            name=self.name,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.25,
+            allow_reconnect=True,
+        )
+        await self.ensure_downbeat_stream()
+
+    async def ensure_downbeat_stream(self) -> None:
+        """Create (or align) the downbeat stream; safe to run from every replica at once."""
+        assert self.nc is not None
+        js = self.nc.jetstream()
+        config = StreamConfig(
+            name=subjects.downbeat_stream(self.cluster_id),
+            subjects=[subjects.downbeat(self.cluster_id)],
+            storage=StorageType.FILE,
+            duplicate_window=DUPLICATE_WINDOW_S,
+            max_age=DOWNBEAT_MAX_AGE_S,
+        )
+        try:
+            await js.add_stream(config)
+        except BadRequestError:
+            # exists with a different config (e.g. an older max_age): bring it in line
+            await js.update_stream(config)
+
+    async def publish_beat(
+        self, frame: BeatFrame, payload: bytes, headers: Mapping[str, str] | None = None
+    ) -> None:
+        """Core NATS first (latency matters), then the downbeat to JetStream in the background."""
+        assert self.nc is not None
+        hdrs = dict(headers) if headers else None
+        await self.nc.publish(subjects.beat(self.cluster_id), payload, headers=hdrs)
+        if frame.downbeat:
+            task = asyncio.ensure_future(self._publish_downbeat(frame, payload, hdrs))
+            self._pending_acks.add(task)
+            task.add_done_callback(self._pending_acks.discard)
+
+    async def _publish_downbeat(
+        self, frame: BeatFrame, payload: bytes, headers: dict[str, str] | None
+    ) -> None:
+        assert self.nc is not None
+        msg_headers = {"Nats-Msg-Id": downbeat_msg_id(self.cluster_id, frame.beat_index)}
+        if headers:
+            msg_headers.update(headers)
+        try:
+            await self.nc.jetstream().publish(
+                subjects.downbeat(self.cluster_id), payload, headers=msg_headers, timeout=2.0
+            )
+        except Exception as exc:  # the core-NATS beat went out; JetStream retries are moot
+            self.downbeat_failures += 1
+            log.warning("downbeat %s not stored in JetStream: %r", frame.beat_index, exc)
+
+    async def publish_timeline(self, payload: bytes) -> None:
+        assert self.nc is not None
+        await self.nc.publish(timeline_subject(self.cluster_id), payload)
+
+    async def subscribe(
+        self,
+        on_beat: Callable[[Msg], Awaitable[None]],
+        on_timeline: Callable[[Msg], Awaitable[None]],
+    ) -> None:
+        assert self.nc is not None
+        await self.nc.subscribe(subjects.beat(self.cluster_id), cb=on_beat)
+        await self.nc.subscribe(timeline_subject(self.cluster_id), cb=on_timeline)
+
+    async def close(self) -> None:
+        nc, self.nc = self.nc, None
+        if nc is None:
+            return
+        if self._pending_acks:
+            await asyncio.wait(self._pending_acks, timeout=2.0)
+        with contextlib.suppress(Exception):
+            await nc.drain()
+        with contextlib.suppress(Exception):
+            await nc.close()

@@ -1,0 +1,145 @@
+"""Redlock (https://redis.io/docs/latest/develop/use/patterns/distributed-locks/) over R masters.
+
+Redlock only decides who *tries* to lead; safety comes from the fencing term (``fencing.py``).
+
+* acquire: ``SET resource token NX PX ttl`` on every master; the lock is held when a majority
+  said OK and ``validity = ttl - elapsed - (0.01 * ttl + 2 ms)`` is still positive, all on the
+  monotonic clock. A failed attempt is released on *every* master (a partial acquisition may
+  have landed where we saw no answer).
+* extend / release: compare-value Lua scripts, so only the holder's token can touch the key.
+"""
+
+from __future__ import annotations
+
+import enum
+import secrets
+import time
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+
+from backbeat.pulse.redis_masters import Fanout, RedisMasters
+
+_EXTEND = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """A held lock. ``valid_until`` is a ``time.monotonic()`` instant."""
+
+    token: str
+    valid_until: float
+
+    def remaining(self, now: float | None = None) -> float:
+        return self.valid_until - (time.monotonic() if now is None else now)
+
+
+class ExtendOutcome(enum.Enum):
+    EXTENDED = "extended"
+    #: A majority answered but did not confirm our token: someone else holds the lock.
+    LOST = "lost"
+    #: Fewer than a majority answered: no Redis quorum (degraded territory).
+    NO_QUORUM = "no_quorum"
+
+
+def make_token(node_id: str, address: str) -> str:
+    """The lock value: who holds it and where its gRPC server listens, plus a random nonce."""
+    return f"{node_id}|{address}|{secrets.token_hex(12)}"
+
+
+def parse_token(token: str) -> tuple[str, str]:
+    """``(node_id, address)`` of a lock value made by ``make_token``."""
+    node, _, rest = token.partition("|")
+    address, _, _ = rest.rpartition("|")
+    return node, address
+
+
+class Redlock:
+    def __init__(self, masters: RedisMasters, resource: str, ttl_ms: int) -> None:
+        if ttl_ms < 10:
+            raise ValueError(f"lock TTL {ttl_ms} ms is too short")
+        self.masters = masters
+        self.resource = resource
+        self.ttl_ms = ttl_ms
+        self._drift_s = (0.01 * ttl_ms + 2) / 1000.0
+
+    def _validity(self, started: float, ok: int) -> float | None:
+        """``valid_until`` when a quorum (``ok`` masters) confirmed in time, else None."""
+        if ok < self.masters.quorum:
+            return None
+        valid_until = started + self.ttl_ms / 1000.0 - self._drift_s
+        return valid_until if time.monotonic() < valid_until else None
+
+    async def acquire(self, token: str) -> Lease | None:
+        """One attempt. Returns the lease, or None (after releasing everywhere)."""
+        started = time.monotonic()
+
+        async def set_nx(client: aioredis.Redis) -> bool:
+            return bool(await client.set(self.resource, token, nx=True, px=self.ttl_ms))
+
+        result = await self.masters.fanout(set_nx, done=self._decided)
+        ok = sum(1 for v in result.values.values() if v)
+        valid_until = self._validity(started, ok)
+        if valid_until is None:
+            await self.release(token)
+            return None
+        return Lease(token, valid_until)
+
+    def _decided(self, result: Fanout[bool]) -> bool:
+        """Stop waiting once a quorum said yes, or once too many said no for a quorum."""
+        ok = sum(1 for v in result.values.values() if v)
+        failed = result.answered - ok + len(result.errors)
+        return ok >= result.quorum or failed > result.total - result.quorum
+
+    async def extend(self, lease: Lease) -> tuple[ExtendOutcome, Lease]:
+        """Push the expiry of every key we still hold to ``now + ttl``."""
+        started = time.monotonic()
+
+        async def pexpire(client: aioredis.Redis) -> bool:
+            return bool(await client.eval(_EXTEND, 1, self.resource, lease.token, self.ttl_ms))
+
+        result = await self.masters.fanout(pexpire, done=self._decided)
+        ok = sum(1 for v in result.values.values() if v)
+        valid_until = self._validity(started, ok)
+        if valid_until is not None:
+            return ExtendOutcome.EXTENDED, Lease(lease.token, valid_until)
+        if result.answered >= self.masters.quorum:
+            return ExtendOutcome.LOST, lease
+        return ExtendOutcome.NO_QUORUM, lease
+
+    async def release(self, token: str) -> None:
+        """Delete the key on every master where it still holds ``token``. Never raises."""
+
+        async def delete(client: aioredis.Redis) -> int:
+            return int(await client.eval(_RELEASE, 1, self.resource, token))
+
+        await self.masters.fanout(delete)
+
+    async def holder(self) -> str | None:
+        """The token stored on a majority of masters, if any (who leads, and where)."""
+
+        async def get(client: aioredis.Redis) -> bytes | None:
+            value = await client.get(self.resource)
+            return value.encode() if isinstance(value, str) else value
+
+        result = await self.masters.fanout(get)
+        counts: dict[bytes, int] = {}
+        for value in result.values.values():
+            if value is not None:
+                counts[value] = counts.get(value, 0) + 1
+        for value, count in counts.items():
+            if count >= self.masters.quorum:
+                return value.decode()
+        return None

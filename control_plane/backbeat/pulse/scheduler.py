@@ -1,0 +1,57 @@
+"""Where a beat is scheduled: absolute deadlines on the wall clock, never early.
+
+Sleeping with asyncio alone is only as precise as the event loop's timer (about a millisecond,
+plus whatever else runs on the loop). So we sleep until ``spin`` before the deadline and
+spend the last stretch polling ``time.time_ns()``. Deadlines are always absolute (beat n is
+due at ``timeline.beat_time_ns(n)``), so lateness never accumulates from beat to beat.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from backbeat.core.hlc import HLCTimestamp
+from backbeat.core.messages import BeatFrame
+from backbeat.core.timeline import Timeline
+
+
+async def sleep_until_ns(deadline_ns: int, *, spin_ns: int = 2_000_000) -> int:
+    """Return at ``deadline_ns`` (wall clock, ns) or just after it; returns ``time.time_ns()``."""
+    while True:
+        remaining = deadline_ns - time.time_ns()
+        if remaining <= spin_ns:
+            break
+        await asyncio.sleep((remaining - spin_ns) / 1e9)
+    now = time.time_ns()
+    while now < deadline_ns:
+        now = time.time_ns()
+    return now
+
+
+def build_frame(
+    timeline: Timeline,
+    beat_index: int,
+    *,
+    hlc: HLCTimestamp,
+    term: int,
+    degraded: bool,
+    emitted_ns: int | None = None,
+) -> BeatFrame:
+    """The one place a BeatFrame is made (a signer, if any, is applied to its result)."""
+    return BeatFrame(
+        cluster_id=timeline.cluster_id,
+        beat_index=beat_index,
+        downbeat=timeline.is_downbeat(beat_index),
+        phase=timeline.phase_of(beat_index),
+        hlc=str(hlc),
+        deadline_ns=timeline.deadline_ns(beat_index),
+        tempo_bpm=timeline.tempo_bpm,
+        window_id=timeline.window_id(beat_index),
+        term=term,
+        degraded=degraded,
+        scheduled_ns=timeline.beat_time_ns(beat_index),
+        emitted_ns=emitted_ns,
+        bar_start_beat=timeline.bar_start(beat_index),
+        timeline_revision=timeline.revision,
+    )

@@ -1,0 +1,95 @@
+"""Typed settings of one pulse replica, built from flags and environment variables."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from backbeat.core.subjects import check_cluster_id
+from backbeat.core.timeline import validate_tempo
+
+
+@dataclass(frozen=True, slots=True)
+class PulseSettings:
+    cluster_id: str = "backbeat-dev"
+    node_id: str = "pulse-1"
+    redis_urls: tuple[str, ...] = ("redis://127.0.0.1:6379/0",)
+    nats_url: str = "nats://127.0.0.1:4222"
+    #: gRPC listen port (0: any free port) and the host other replicas reach it on.
+    grpc_port: int = 0
+    grpc_host: str = "127.0.0.1"
+    #: HTTP admin port (0: any free port; -1: no admin server).
+    admin_port: int = 0
+    admin_host: str = "127.0.0.1"
+    #: Redlock TTL; the leader renews every ttl/3.
+    lock_ttl_ms: int = 1000
+    #: Tempo and bar of a brand-new grid (an existing grid in Redis always wins).
+    tempo_bpm: float = 120.0
+    bar_length: int = 4
+    #: Bearer token for mutating calls ("" = none; refused in production).
+    token: str = field(default="", repr=False)
+    environment: str = "development"
+    log_level: str = "info"
+    #: A beat is reserved in Redis this long before it is due (its HLC stamp is taken then).
+    commit_lead_ms: float = 25.0
+    #: The last stretch before a deadline is spent spinning on the clock instead of sleeping.
+    spin_ms: float = 2.0
+    #: Per-request timeout towards one Redis master.
+    redis_timeout_ms: int = 250
+    #: Beats kept per replica for resumable streams.
+    history_beats: int = 4096
+
+    def __post_init__(self) -> None:
+        check_cluster_id(self.cluster_id)
+        validate_tempo(self.tempo_bpm)
+        if not self.node_id or "|" in self.node_id:
+            raise ValueError(f"node id {self.node_id!r} must be non-empty and without '|'")
+        if self.lock_ttl_ms < 100:
+            raise ValueError(f"lock TTL {self.lock_ttl_ms} ms is too short (minimum 100 ms)")
+        if not self.redis_urls:
+            raise ValueError("at least one --redis URL is required")
+        if self.production and not self.token:
+            raise ValueError(
+                "BACKBEAT_ENV=production requires a bearer token (--token or BACKBEAT_TOKEN)"
+            )
+
+    @property
+    def production(self) -> bool:
+        return self.environment.lower() in ("production", "prod")
+
+    @property
+    def lock_ttl_s(self) -> float:
+        return self.lock_ttl_ms / 1000.0
+
+    def describe(self) -> dict[str, Any]:
+        """The settings with secrets masked, for the start-up log line."""
+        out = asdict(self)
+        out["token"] = "***" if self.token else ""
+        out["redis_urls"] = [_mask_url(u) for u in self.redis_urls]
+        out["nats_url"] = _mask_url(self.nats_url)
+        return out
+
+    @classmethod
+    def env_defaults(cls) -> dict[str, str]:
+        """Values taken from the environment when no flag overrides them."""
+        out: dict[str, str] = {}
+        for name, env in (
+            ("nats_url", "NATS_URL"),
+            ("log_level", "LOG_LEVEL"),
+            ("environment", "BACKBEAT_ENV"),
+            ("token", "BACKBEAT_TOKEN"),
+        ):
+            if os.environ.get(env):
+                out[name] = os.environ[env]
+        return out
+
+
+def _mask_url(url: str) -> str:
+    """``redis://:secret@host`` -> ``redis://:***@host``."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
+        return url
+    creds, _, host = rest.rpartition("@")
+    user, colon, _ = creds.partition(":")
+    return f"{scheme}://{user}{':***' if colon else ''}@{host}"

@@ -1,0 +1,133 @@
+"""The pulse's durable state as it lives in Redis: timelines, beat and HLC high-water marks."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from backbeat.core.hlc import HLCTimestamp
+from backbeat.core.timeline import Phase, Timeline
+
+
+def timeline_to_json(timeline: Timeline) -> dict[str, Any]:
+    return {
+        "cluster_id": timeline.cluster_id,
+        "tempo_bpm": timeline.tempo_bpm,
+        "anchor_beat": timeline.anchor_beat,
+        "anchor_time_ns": timeline.anchor_time_ns,
+        "bar_length": timeline.bar_length,
+        "bar_origin": timeline.bar_origin,
+        "phases": [[p.name, p.beats] for p in timeline.phases],
+        "revision": timeline.revision,
+        "term": timeline.term,
+    }
+
+
+def timeline_from_json(obj: dict[str, Any]) -> Timeline:
+    return Timeline(
+        cluster_id=str(obj["cluster_id"]),
+        tempo_bpm=float(obj["tempo_bpm"]),
+        anchor_beat=int(obj["anchor_beat"]),
+        anchor_time_ns=int(obj["anchor_time_ns"]),
+        bar_length=int(obj["bar_length"]),
+        bar_origin=int(obj["bar_origin"]),
+        phases=tuple(Phase(str(name), int(beats)) for name, beats in obj["phases"]),
+        revision=int(obj["revision"]),
+        term=int(obj["term"]),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class TimelineRecord:
+    """The timeline in effect and the change accepted for the next downbeat, stored together so
+    that a reader never sees one without the other."""
+
+    current: Timeline
+    pending: Timeline | None = None
+    #: A ramp in progress: the tempo the pending steps are heading for.
+    ramp_target_bpm: float | None = None
+
+    @property
+    def revision(self) -> int:
+        return self.pending.revision if self.pending is not None else self.current.revision
+
+    def at(self, beat_index: int) -> Timeline:
+        """The timeline that governs ``beat_index``."""
+        if self.pending is not None and beat_index >= self.pending.anchor_beat:
+            return self.pending
+        return self.current
+
+    def promoted(self, beat_index: int) -> TimelineRecord:
+        """The record once ``beat_index`` is reached: a due pending change becomes current."""
+        if self.pending is not None and beat_index >= self.pending.anchor_beat:
+            return TimelineRecord(self.pending, None, self.ramp_target_bpm)
+        return self
+
+    def encode(self) -> str:
+        return json.dumps(
+            {
+                "current": timeline_to_json(self.current),
+                "pending": timeline_to_json(self.pending) if self.pending else None,
+                "ramp_target_bpm": self.ramp_target_bpm,
+            },
+            separators=(",", ":"),
+        )
+
+    @classmethod
+    def decode(cls, text: str | bytes) -> TimelineRecord:
+        obj = json.loads(text)
+        pending = obj.get("pending")
+        ramp = obj.get("ramp_target_bpm")
+        return cls(
+            timeline_from_json(obj["current"]),
+            timeline_from_json(pending) if pending else None,
+            float(ramp) if ramp is not None else None,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class PulseState:
+    """What a majority of masters knows, merged: the highest term, the newest timeline record,
+    the highest beat reserved and the highest HLC stamp issued."""
+
+    term: int = 0
+    timelines: TimelineRecord | None = None
+    beat: int = -1
+    hlc: HLCTimestamp | None = None
+    #: How many masters contributed (answered).
+    answered: int = 0
+
+    @staticmethod
+    def merge(term: int, answers: list[dict[bytes, bytes]], answered: int) -> PulseState:
+        """Merge the state hashes of several masters (missing fields are simply absent)."""
+        best: tuple[int, int, TimelineRecord] | None = None
+        beat = -1
+        hlc: HLCTimestamp | None = None
+        for fields in answers:
+            raw = fields.get(b"timeline")
+            if raw:
+                try:
+                    record = TimelineRecord.decode(raw)
+                except (ValueError, KeyError, TypeError):
+                    record = None  # an unreadable record on one master is outvoted by the others
+                if record is not None:
+                    writer_term = int(fields.get(b"timeline_term", b"0"))
+                    key = (record.revision, writer_term, record)
+                    if best is None or key[:2] > best[:2]:
+                        best = key
+            if b"beat" in fields:
+                beat = max(beat, int(fields[b"beat"]))
+            if b"hlc" in fields:
+                try:
+                    stamp = HLCTimestamp.parse(fields[b"hlc"].decode())
+                except ValueError:
+                    continue
+                hlc = stamp if hlc is None or stamp > hlc else hlc
+        return PulseState(
+            term=term,
+            timelines=best[2] if best else None,
+            beat=beat,
+            hlc=hlc,
+            answered=answered,
+        )
