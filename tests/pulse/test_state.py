@@ -1,0 +1,85 @@
+"""Pure parts of the pulse: timeline records, state merging, frame construction."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from backbeat.core.hlc import HLCTimestamp
+from backbeat.core.messages import BeatFrame
+from backbeat.core.timeline import Timeline
+from backbeat.pulse.node import next_beat_after
+from backbeat.pulse.scheduler import build_frame
+from backbeat.pulse.state import PulseState, TimelineRecord
+
+T0 = 1_700_000_000_000_000_000
+
+
+def _record() -> TimelineRecord:
+    current = Timeline.start("c1", 120, T0)
+    pending = current.with_tempo(126, 8)
+    return TimelineRecord(current, pending, 130.0)
+
+
+def test_record_round_trip() -> None:
+    record = _record()
+    assert TimelineRecord.decode(record.encode()) == record
+    plain = TimelineRecord(Timeline.start("c1", 90, T0, bar_length=3))
+    assert TimelineRecord.decode(plain.encode()) == plain
+
+
+def test_record_switches_at_the_pending_downbeat() -> None:
+    record = _record()
+    assert record.at(7).tempo_bpm == 120
+    assert record.at(8).tempo_bpm == 126
+    assert record.promoted(7) is record
+    promoted = record.promoted(8)
+    assert promoted.current == record.pending
+    assert promoted.pending is None
+    # The pending grid continues the old one exactly at its anchor.
+    assert record.pending is not None
+    assert record.pending.beat_time_ns(8) == record.current.beat_time_ns(8)
+
+
+@given(st.integers(min_value=0, max_value=10**12))
+def test_next_beat_after_is_strictly_after(offset_ns: int) -> None:
+    record = _record()
+    now = T0 + offset_ns
+    n = next_beat_after(record, now)
+    assert record.at(n).beat_time_ns(n) > now
+    assert record.at(n - 1).beat_time_ns(n - 1) <= now
+
+
+def test_merge_takes_highest_revision_beat_and_hlc() -> None:
+    old = TimelineRecord(Timeline.start("c1", 120, T0))
+    new = _record()
+    answers = [
+        {b"timeline": old.encode().encode(), b"timeline_term": b"5", b"beat": b"10"},
+        {
+            b"timeline": new.encode().encode(),
+            b"timeline_term": b"4",
+            b"beat": b"12",
+            b"hlc": b"10:0002:0001",
+        },
+        {b"beat": b"11", b"hlc": b"10:0001:0002", b"timeline": b"{not json"},
+    ]
+    state = PulseState.merge(7, answers, 3)
+    assert state.timelines == new
+    assert state.beat == 12
+    assert state.hlc == HLCTimestamp(0x10, 2, 1)
+    assert state.term == 7
+
+
+def test_frame_carries_the_grid() -> None:
+    timeline = Timeline.start("c1", 120, T0)
+    frame = build_frame(
+        timeline, 5, hlc=HLCTimestamp(1, 2, 3), term=9, degraded=True, emitted_ns=T0 + 1
+    )
+    assert frame.beat_index == 5
+    assert not frame.downbeat
+    assert frame.phase == "execution"
+    assert frame.deadline_ns == timeline.beat_time_ns(6)
+    assert frame.scheduled_ns == timeline.beat_time_ns(5)
+    assert frame.window_id == timeline.window_id(4)
+    assert frame.bar_start_beat == 4
+    assert BeatFrame.decode(frame.encode()) == frame
