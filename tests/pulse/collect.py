@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -49,15 +50,15 @@ class BeatCollector:
         return [r.frame for r in self.received]
 
     async def wait_for(
-        self, predicate: Callable[[list[BeatFrame]], bool], timeout: float = 20.0
+        self, predicate: Callable[[list[BeatFrame]], bool], within_s: float = 20.0
     ) -> list[BeatFrame]:
-        """Poll until ``predicate(frames)`` holds; fail with what was seen after ``timeout``."""
-        deadline = time.monotonic() + timeout
+        """Poll until ``predicate(frames)`` holds; fail with what was seen after ``within_s``."""
+        deadline = time.monotonic() + within_s
         while time.monotonic() < deadline:
             if predicate(self.frames):
                 return self.frames
             await asyncio.sleep(0.02)
-        raise AssertionError(f"condition not met in {timeout}s; frames: {self.summary()}")
+        raise AssertionError(f"condition not met in {within_s}s; frames: {self.summary()}")
 
     def summary(self) -> str:
         return ", ".join(
@@ -75,7 +76,7 @@ class BeatCollector:
 
 def assert_strictly_forward(frames: list[BeatFrame]) -> None:
     """No beat index repeats or goes back, terms never go back, HLC strictly increases."""
-    for prev, cur in zip(frames, frames[1:], strict=False):
+    for prev, cur in itertools.pairwise(frames):
         assert cur.beat_index > prev.beat_index, (prev, cur)
         assert cur.term >= prev.term, (prev, cur)
         assert _hlc_key(cur) > _hlc_key(prev), (prev, cur)

@@ -55,8 +55,8 @@ async def beats(nats_server: NatsServer, cluster_id: str) -> AsyncIterator[BeatC
     await collector.close()
 
 
-async def _leader(*nodes: PulseNode, timeout: float = 10.0) -> PulseNode:
-    deadline = time.monotonic() + timeout
+async def _leader(*nodes: PulseNode, within_s: float = 10.0) -> PulseNode:
+    deadline = time.monotonic() + within_s
     while time.monotonic() < deadline:
         leaders = [n for n in nodes if n.role is Role.LEADER]
         if leaders:

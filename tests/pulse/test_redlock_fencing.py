@@ -14,7 +14,7 @@ from backbeat.core.timeline import Timeline
 from backbeat.embedded import RedisServer
 from backbeat.pulse.fencing import EmittedBeat, FencedStore, WriteOutcome
 from backbeat.pulse.redis_masters import RedisMasters
-from backbeat.pulse.redlock import ExtendOutcome, Redlock, make_token, parse_token
+from backbeat.pulse.redlock import ExtendOutcome, Lease, Redlock, make_token, parse_token
 from backbeat.pulse.state import TimelineRecord
 
 pytestmark = pytest.mark.integration
@@ -59,9 +59,7 @@ async def test_partial_acquisition_is_released_everywhere(
     assert await lock.acquire("mine") is None
     assert await masters.clients[2].get(resource) is None  # our partial key is gone
     assert await masters.clients[0].get(resource) == b"other"  # theirs untouched
-    outcome, _ = await lock.extend(
-        type("L", (), {"token": "mine", "valid_until": 0.0})()  # type: ignore[arg-type]
-    )
+    outcome, _ = await lock.extend(Lease("mine", 0.0))
     assert outcome is ExtendOutcome.LOST
 
 

@@ -1,7 +1,7 @@
 """The pulse control plane: Redlock election, fenced state, the beat loop and its APIs.
 
-    async with PulseNode(PulseSettings(...)) as node:
-        ...
+async with PulseNode(PulseSettings(...)) as node:
+    ...
 """
 
 from backbeat.pulse.node import (
