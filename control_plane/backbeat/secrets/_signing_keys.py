@@ -1,0 +1,143 @@
+"""The beat-signing keyring and the API token, kept current from a secret source."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable
+
+from backbeat.core.signing import (
+    DEFAULT_CLOCK_SKEW_NS,
+    DEFAULT_GRACE_NS,
+    Keyring,
+    SigningError,
+    SigningKey,
+)
+from backbeat.secrets._source import Secret, SecretName, SecretSource
+from backbeat.service.logs import get_logger
+
+
+def raw_key_id(secret: bytes) -> str:
+    """Key id of a keyring given as one raw key: derived from the key, so every process agrees.
+
+    48 bits of SHA-256 identify the key without weakening a >= 256-bit secret.
+    """
+    return "raw-" + hashlib.sha256(b"backbeat-key-id\n" + secret).hexdigest()[:12]
+
+
+class SigningKeys:
+    """Keyring provider (``signing_keys.current()``) fed by the ``beat_signing_keys`` secret.
+
+    The secret is a keyring document (see docs/security.md) or, simpler, one raw key of at
+    least 32 bytes. In the raw form a new value activates when this process first sees it and
+    the previous key keeps verifying for the grace period. A secret that does not parse is
+    refused and the last good keyring stays in use (``last_error`` says why).
+    """
+
+    def __init__(
+        self,
+        source: SecretSource,
+        *,
+        name: str = SecretName.BEAT_SIGNING_KEYS,
+        grace_ns: int = DEFAULT_GRACE_NS,
+        clock_skew_ns: int = DEFAULT_CLOCK_SKEW_NS,
+        clock: Callable[[], int] = time.time_ns,
+    ) -> None:
+        self._source = source
+        self.name = name
+        self._grace_ns = grace_ns
+        self._skew_ns = clock_skew_ns
+        self._clock = clock
+        self._keyring = Keyring(grace_ns=grace_ns, clock_skew_ns=clock_skew_ns)
+        self._version: int | None = None
+        self._unsubscribe: Callable[[], None] | None = None
+        self.last_error = ""
+        self._log = get_logger(component="secrets", secret=name)
+
+    async def start(self) -> None:
+        """Load the keyring (raises SecretError when it cannot be loaded) and follow changes."""
+        if self._unsubscribe is None:
+            self._unsubscribe = self._source.on_change(self.name, self._apply)
+        secret = await self._source.get(self.name)
+        if self._version != secret.version:
+            self._apply(secret)
+        if self.last_error and not len(self._keyring):
+            raise SigningError(self.last_error)
+
+    async def close(self) -> None:
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+
+    def current(self) -> Keyring:
+        """The keyring in use now (a ``backbeat.core.signing.KeyringProvider``)."""
+        return self._keyring
+
+    __call__ = current
+
+    @property
+    def version(self) -> int | None:
+        return self._version
+
+    def _apply(self, secret: Secret) -> None:
+        try:
+            keyring = self._parse(secret)
+        except SigningError as exc:
+            self.last_error = f"{self.name} version {secret.version} refused: {exc}"
+            self._log.error("signing keyring refused; keeping the previous one", error=str(exc))
+            return
+        self._keyring, self._version, self.last_error = keyring, secret.version, ""
+        self._log.info(
+            "signing keyring loaded",
+            version=secret.version,
+            keys=[k.key_id for k in keyring.keys],
+        )
+
+    def _parse(self, secret: Secret) -> Keyring:
+        text = secret.value.strip()
+        if text.startswith("{"):
+            return Keyring.from_document(
+                text, grace_ns=self._grace_ns, clock_skew_ns=self._skew_ns
+            ).without_expired(self._clock())
+        raw = text.encode()
+        key_id = raw_key_id(raw)
+        if key_id in self._keyring:
+            return self._keyring
+        now = self._clock()
+        previous = list(self._keyring.keys)
+        activates = max([now, *(k.activates_ns + 1 for k in previous)])
+        keys = [*previous, SigningKey(key_id, raw, activates_ns=activates)]
+        return Keyring(keys, grace_ns=self._grace_ns, clock_skew_ns=self._skew_ns).without_expired(
+            now
+        )
+
+
+class ApiToken:
+    """The API bearer token from the secret source; a ``backbeat.service.rpc.TokenSource``.
+
+    Calling it returns the current token ("" when none is configured, which disables the check
+    in development; production refuses to start that way, see ``production_check``). Rotating
+    the secret changes the accepted token at the next refresh, without a restart.
+    """
+
+    def __init__(self, source: SecretSource, *, name: str = SecretName.API_TOKEN) -> None:
+        self._source = source
+        self.name = name
+
+    async def start(self, *, required: bool = False) -> None:
+        """Load the token now, so the first call is served from the cache.
+
+        Raises SecretError when ``required`` and the token cannot be loaded.
+        """
+        try:
+            await self._source.get(self.name)
+        except Exception:
+            if required:
+                raise
+
+    def __call__(self) -> str:
+        secret = self._source.cached(self.name)
+        return secret.value if secret is not None else ""
+
+    async def current(self) -> str:
+        return (await self._source.get(self.name)).value
