@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from security.vault_double import VaultDouble
+from tests.security.vault_double import VaultDouble
 
 
 @pytest.fixture

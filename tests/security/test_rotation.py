@@ -22,7 +22,7 @@ from backbeat.secrets import (
     VaultSettings,
     read_rotation_events,
 )
-from security.vault_double import VaultDouble
+from tests.security.vault_double import VaultDouble
 
 pytestmark = pytest.mark.integration
 

@@ -17,8 +17,8 @@ from backbeat.secrets import (
     VaultSecretSource,
     VaultSettings,
 )
-from security.polling import eventually
-from security.vault_double import VaultDouble
+from tests.security.polling import eventually
+from tests.security.vault_double import VaultDouble
 
 MOUNT = "secret"
 PREFIX = "backbeat/test"
