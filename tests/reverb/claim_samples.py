@@ -29,3 +29,26 @@ def make_claim(
         key_id=key_id,
         signature=signature,
     )
+
+
+SEED_CLAIM = b"""{
+  "type": "backbeat.statusclaim.v1",
+  "agent_id": "agent:xyz",
+  "task_id": "task:123",
+  "beat_index": 1234,
+  "state": "executing",
+  "beats_left": 3,
+  "progress": 0.5,
+  "notes": "fetching inputs",
+  "hlc": "7ffd:0001:beef"
+}"""
+
+
+class ManualClock:
+    """A wall clock the test moves by hand (ns since the epoch)."""
+
+    def __init__(self, now_ns: int) -> None:
+        self.now_ns = now_ns
+
+    def __call__(self) -> int:
+        return self.now_ns

@@ -1,4 +1,4 @@
-"""Fixtures of the reverb tests: a Redis client on the shared server and claim builders."""
+"""Fixtures of the reverb tests: a Redis client on the shared server."""
 
 from __future__ import annotations
 

@@ -12,10 +12,9 @@ from backbeat.core.timeline import Timeline
 from backbeat.core.window import BeatStats
 from backbeat.reverb.store import StoreSettings, WindowStore
 from tests.reverb.claim_samples import make_claim
+from tests.reverb.ingest_harness import BAR
 
 pytestmark = pytest.mark.integration
-
-BAR = 4
 
 
 def _timeline(cluster_id: str) -> Timeline:

@@ -1,0 +1,496 @@
+"""Claim ingest: NATS and gRPC in, validation, a bounded buffer, batches into the window store.
+
+Claims from every source go into one bounded in-memory buffer. A single flusher drains it in
+batches: it validates each claim against the beat current *when it arrived*, then applies the
+whole batch (accepted claims and dead letters alike) with one Lua call. A batch that fails
+because Redis is unreachable is retried, with the same batch id, until Redis answers; the id
+makes the retry idempotent, so a reply lost in a crash never counts a claim twice. While the
+buffer is full, producers wait: gRPC callers feel it as flow control, the NATS subscription
+stops being read and, past the client's pending limit, NATS drops messages (counted).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import time
+from collections import Counter as Tally
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import nats
+import redis.asyncio as aioredis
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.errors import SlowConsumerError
+from redis import exceptions as redis_errors
+
+from backbeat.core import subjects
+from backbeat.core.claims import (
+    DEFAULT_LIMITS,
+    ClaimLimits,
+    ClaimVerdict,
+    RejectReason,
+    SignatureCheck,
+    validate_claim,
+)
+from backbeat.core.hlc import DEFAULT_MAX_OFFSET_MS
+from backbeat.core.messages import StatusClaim
+from backbeat.reverb.metrics import ReverbMetrics
+from backbeat.reverb.store import Outcome, StoreSettings, WindowStore
+from backbeat.reverb.timeline_follower import TimelineFollower
+from backbeat.service.logs import get_logger
+
+_RESULT_NAMES: Final = {
+    Outcome.ACCEPTED: "accepted",
+    Outcome.DUPLICATE: "duplicate",
+    Outcome.LATE: "late",
+    Outcome.REJECTED: "rejected",
+}
+
+#: Redis errors after which the same batch is simply tried again.
+_RETRYABLE: Final = (
+    redis_errors.ConnectionError,
+    redis_errors.TimeoutError,
+    redis_errors.BusyLoadingError,
+    redis_errors.TryAgainError,
+    redis_errors.ReadOnlyError,
+    OSError,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class IngestSettings:
+    cluster_id: str
+    node_id: str = "reverb-1"
+    nats_url: str | None = "nats://127.0.0.1:4222"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    bar_length: int = 4
+    limits: ClaimLimits = DEFAULT_LIMITS
+    #: A claim whose HLC stamp is further ahead of our clock than this is rejected (clock_skew).
+    max_clock_skew_ms: int = DEFAULT_MAX_OFFSET_MS
+    #: Claims held in memory at most (NATS and gRPC together) before producers wait.
+    buffer_capacity: int = 50_000
+    #: Claims applied per Redis round trip at most.
+    max_batch: int = 1000
+    #: Rejected payloads are kept in the dead-letter stream up to this many bytes.
+    dead_letter_payload_bytes: int = 64 * 1024
+    #: NATS client's own pending limit for the claims subscription (messages).
+    nats_pending_msgs: int = 200_000
+    retry_initial_s: float = 0.05
+    retry_max_s: float = 2.0
+    #: How long close() waits for the buffer to drain into Redis.
+    drain_timeout_s: float = 10.0
+    store: StoreSettings = field(default_factory=StoreSettings)
+
+    def __post_init__(self) -> None:
+        if self.buffer_capacity < 1 or self.max_batch < 1:
+            raise ValueError("buffer_capacity and max_batch must be at least 1")
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimOutcome:
+    """What happened to one claim: result (accepted/duplicate/late/rejected) and details."""
+
+    result: str
+    reason: str = ""
+    detail: str = ""
+    window_id: str = ""
+
+
+class _Item:
+    __slots__ = ("future", "payload", "received_ns", "traceparent")
+
+    def __init__(
+        self,
+        payload: bytes | StatusClaim | ClaimVerdict,
+        traceparent: str,
+        received_ns: int,
+        future: asyncio.Future[ClaimOutcome] | None,
+    ) -> None:
+        self.payload = payload
+        self.traceparent = traceparent
+        self.received_ns = received_ns
+        self.future = future
+
+
+class NotReadyError(RuntimeError):
+    """The ingest cannot take claims yet (no timeline) or any more (closing)."""
+
+
+class ClaimIngest:
+    """The reverb ingest of one replica. ``async with ClaimIngest(settings) as ingest: ...``"""
+
+    def __init__(
+        self,
+        settings: IngestSettings,
+        *,
+        follower: TimelineFollower | None = None,
+        metrics: ReverbMetrics | None = None,
+        check_signature: SignatureCheck | None = None,
+    ) -> None:
+        self.settings = settings
+        self.follower = follower or TimelineFollower(settings.cluster_id, settings.bar_length)
+        self.metrics = metrics or ReverbMetrics()
+        #: Verifies claim signatures (plugged in by the security layer); None accepts all.
+        self.check_signature = check_signature
+        self.redis: aioredis.Redis = aioredis.from_url(
+            settings.redis_url, socket_timeout=5.0, socket_connect_timeout=2.0
+        )
+        self.store = WindowStore(self.redis, settings.cluster_id, settings.store)
+        self._nc: NatsClient | None = None
+        self._claims_sub: Subscription | None = None
+        self._buffer: deque[_Item] = deque()
+        self._has_items = asyncio.Event()
+        self._space = asyncio.Event()
+        self._space.set()
+        self._flusher: asyncio.Task[None] | None = None
+        self._gauges: asyncio.Task[None] | None = None
+        self._started = False
+        self._closing = False
+        self._closed = False
+        self._boot = f"{settings.node_id}-{os.getpid()}-{time.time_ns():x}"
+        self._seq = 0
+        self._redis_ok = False
+        self._log = get_logger(
+            component="reverb", cluster=settings.cluster_id, node=settings.node_id
+        )
+        self.metrics.buffer_capacity.set(settings.buffer_capacity)
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._started:
+            return
+        self._started = True
+        self._flusher = asyncio.create_task(self._flush_loop(), name="reverb-flusher")
+        self._gauges = asyncio.create_task(self._gauge_loop(), name="reverb-gauges")
+        if self.settings.nats_url:
+            self._nc = await nats.connect(
+                self.settings.nats_url,
+                name=f"backbeat-reverb-{self.settings.node_id}",
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.25,
+                error_cb=self._on_nats_error,
+                disconnected_cb=self._on_nats_disconnected,
+                reconnected_cb=self._on_nats_reconnected,
+            )
+            self.metrics.nats_connected.set(1)
+            await self._nc.subscribe(subjects.beat(self.settings.cluster_id), cb=self._on_beat)
+            if self.follower.timeline is not None:
+                await self._subscribe_claims()
+
+    async def _subscribe_claims(self) -> None:
+        if self._nc is None or self._claims_sub is not None or self._closing:
+            return
+        self._claims_sub = await self._nc.subscribe(
+            subjects.claims(self.settings.cluster_id),
+            queue=subjects.CLAIMS_QUEUE_GROUP,
+            cb=self._on_claim,
+            pending_msgs_limit=self.settings.nats_pending_msgs,
+            pending_bytes_limit=self.settings.nats_pending_msgs * 4096,
+        )
+        self._log.info("claims subscription started", subject=self._claims_sub.subject)
+
+    async def close(self) -> None:
+        """Stop taking claims, commit what is buffered (up to drain_timeout_s), then stop."""
+        if self._closed:
+            return
+        self._closed = True
+        self._closing = True
+        if self._nc is not None:
+            with contextlib.suppress(Exception):
+                # Drain: NATS stops delivering to us and hands over what it already sent.
+                await asyncio.wait_for(self._nc.drain(), timeout=self.settings.drain_timeout_s)
+        self._has_items.set()
+        if self._flusher is not None:
+            try:
+                await asyncio.wait_for(
+                    asyncio.shield(self._flusher), timeout=self.settings.drain_timeout_s
+                )
+            except TimeoutError:
+                lost = len(self._buffer)
+                self._log.error("buffer not drained at shutdown: Redis unreachable", lost=lost)
+                self.metrics.dropped.labels("shutdown").inc(lost)
+                self._flusher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._flusher
+        if self._gauges is not None:
+            self._gauges.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._gauges
+        for item in self._buffer:
+            if item.future is not None and not item.future.done():
+                item.future.set_exception(NotReadyError("the ingest stopped"))
+        self._buffer.clear()
+        if self._nc is not None and not self._nc.is_closed:
+            with contextlib.suppress(Exception):
+                await self._nc.close()
+        await self.redis.aclose()
+
+    async def __aenter__(self) -> ClaimIngest:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- status ---------------------------------------------------------------------------
+
+    def readiness(self) -> tuple[bool, str]:
+        if self._closing:
+            return False, "shutting down"
+        if self.follower.timeline is None:
+            return False, "waiting for the first beat frame (no timeline yet)"
+        if not self._redis_ok:
+            return False, "Redis not reachable yet"
+        if self.settings.nats_url and (self._nc is None or not self._nc.is_connected):
+            return False, "NATS not connected"
+        return True, "ready"
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buffer)
+
+    def status(self) -> dict[str, Any]:
+        ready, detail = self.readiness()
+        timeline = self.follower.timeline
+        status: dict[str, Any] = {
+            "cluster_id": self.settings.cluster_id,
+            "node_id": self.settings.node_id,
+            "ready": ready,
+            "detail": detail,
+            "buffer": {"claims": len(self._buffer), "capacity": self.settings.buffer_capacity},
+            "nats_connected": bool(self._nc is not None and self._nc.is_connected),
+            "redis_ok": self._redis_ok,
+        }
+        if timeline is not None:
+            beat = self.follower.current_beat()
+            status["timeline"] = {
+                "tempo_bpm": timeline.tempo_bpm,
+                "bar_length": timeline.bar_length,
+                "revision": timeline.revision,
+                "term": timeline.term,
+                "current_beat": beat,
+                "current_window_id": timeline.window_id(beat),
+            }
+        return status
+
+    # -- sources --------------------------------------------------------------------------
+
+    async def _on_beat(self, msg: Msg) -> None:
+        if self.follower.on_frame(msg.data) and self._claims_sub is None:
+            await self._subscribe_claims()
+
+    async def _on_claim(self, msg: Msg) -> None:
+        headers = msg.headers
+        traceparent = headers.get("traceparent", "") if headers else ""
+        self.metrics.received.labels("nats").inc()
+        await self._put(_Item(msg.data, traceparent, self.follower.clock(), None))
+
+    async def submit(
+        self, claims: Sequence[StatusClaim | ClaimVerdict | bytes], traceparent: str = ""
+    ) -> list[ClaimOutcome]:
+        """Submit claims (decoded, pre-rejected or raw INT-B JSON) and wait for their outcomes.
+
+        A ``ClaimVerdict`` without a claim is a claim that could not even be read (e.g. a
+        protobuf claim with a bad HLC): it is dead-lettered with its reason.
+        """
+        if self._closing:
+            raise NotReadyError("the ingest is shutting down")
+        if self.follower.timeline is None:
+            raise NotReadyError("no timeline yet: waiting for the first beat frame")
+        loop = asyncio.get_running_loop()
+        now = self.follower.clock()
+        futures: list[asyncio.Future[ClaimOutcome]] = []
+        self.metrics.received.labels("grpc").inc(len(claims))
+        for claim in claims:
+            future: asyncio.Future[ClaimOutcome] = loop.create_future()
+            futures.append(future)
+            await self._put(_Item(claim, traceparent, now, future))
+        return list(await asyncio.gather(*futures))
+
+    async def _put(self, item: _Item) -> None:
+        while len(self._buffer) >= self.settings.buffer_capacity:
+            self.metrics.buffer_full.inc()
+            self._space.clear()
+            await self._space.wait()
+        self._buffer.append(item)
+        if not self._has_items.is_set():
+            self._has_items.set()
+
+    # -- NATS connection events -----------------------------------------------------------
+
+    async def _on_nats_error(self, exc: Exception) -> None:
+        if isinstance(exc, SlowConsumerError):
+            self.metrics.dropped.labels("slow_consumer").inc()
+            return
+        self._log.warning("nats error", error=repr(exc))
+
+    async def _on_nats_disconnected(self) -> None:
+        self.metrics.nats_connected.set(0)
+        if not self._closing:
+            self._log.warning("nats disconnected; reconnecting")
+
+    async def _on_nats_reconnected(self) -> None:
+        self.metrics.nats_connected.set(1)
+        self._log.info("nats reconnected")
+
+    # -- the flusher ----------------------------------------------------------------------
+
+    async def _flush_loop(self) -> None:
+        buffer = self._buffer
+        while True:
+            if not buffer:
+                if self._closing:
+                    return
+                self._has_items.clear()
+                await self._has_items.wait()
+                continue
+            count = min(len(buffer), self.settings.max_batch)
+            items = [buffer.popleft() for _ in range(count)]
+            self._space.set()
+            self._update_buffer_gauges()
+            await self._apply(items)
+            self._update_buffer_gauges()
+
+    def _update_buffer_gauges(self) -> None:
+        n = len(self._buffer)
+        self.metrics.buffer_claims.set(n)
+        self.metrics.buffer_fill.set(n / self.settings.buffer_capacity)
+
+    async def _apply(self, items: list[_Item]) -> None:
+        timeline = self.follower.timeline
+        if timeline is None:  # pragma: no cover - claims are only taken with a timeline
+            raise NotReadyError("no timeline")
+        settings = self.settings
+        limits = settings.limits
+        cluster = settings.cluster_id
+        check = self.check_signature
+        max_dead = settings.dead_letter_payload_bytes
+        skew_ns = settings.max_clock_skew_ms * 1_000_000
+        batch = self.store.batch(timeline, timeline.beat_at(self.follower.clock()))
+        windows: list[str] = []
+        details: list[tuple[str, str]] = []
+        # The beat current at each claim's arrival, computed once per beat boundary.
+        beat = -1
+        beat_end = -1
+        for item in items:
+            received = item.received_ns
+            if received >= beat_end or beat < 0:
+                beat = timeline.beat_at(received)
+                beat_end = timeline.beat_time_ns(beat + 1)
+            payload = item.payload
+            if isinstance(payload, ClaimVerdict):
+                verdict = payload
+                raw = b"" if verdict.claim is None else _claim_json(verdict.claim)
+            else:
+                raw = payload if isinstance(payload, bytes) else _claim_json(payload)
+                verdict = validate_claim(
+                    payload,
+                    current_beat=beat,
+                    cluster_id=cluster,
+                    limits=limits,
+                    check_signature=check,
+                )
+            claim = verdict.claim
+            if claim is not None and _hlc_ahead(claim.hlc, received + skew_ns):
+                verdict = ClaimVerdict(
+                    None,
+                    RejectReason.CLOCK_SKEW,
+                    f"hlc: {claim.hlc[:40]!r} is more than {settings.max_clock_skew_ms} ms "
+                    "ahead of the receiver's clock",
+                )
+            if verdict.claim is not None:
+                claim = verdict.claim
+                batch.add_claim(claim, raw or claim.encode(), item.traceparent)
+                windows.append(batch.window_id_of(claim.beat_index))
+                details.append(("", ""))
+            else:
+                reason = verdict.reason or RejectReason.MALFORMED
+                batch.add_reject(
+                    reason,
+                    verdict.detail[:512],
+                    raw[:max_dead],
+                    traceparent=item.traceparent,
+                    received_ns=received,
+                    size=len(raw),
+                )
+                windows.append("")
+                details.append((reason.value, verdict.detail))
+        result = await self._append_with_retry(batch)
+        committed = self.follower.clock()
+        if len(result) != len(items):  # pragma: no cover - a script bug, not an input problem
+            raise RuntimeError(f"store returned {len(result)} outcomes for {len(items)} claims")
+        tally: Tally[tuple[str, str]] = Tally()
+        for item, code, window, (why, detail) in zip(items, result, windows, details, strict=True):
+            name = _RESULT_NAMES[code]
+            tally[(name, why)] += 1
+            if item.future is not None and not item.future.done():
+                item.future.set_result(ClaimOutcome(name, why, detail, window))
+        for (name, why), n in tally.items():
+            self.metrics.processed.labels(name, why).inc(n)
+        self.metrics.batches.inc()
+        self.metrics.ingest_lag.set(max(0.0, (committed - items[0].received_ns) / 1e9))
+
+    async def _append_with_retry(self, batch: Any) -> str:
+        self._seq += 1
+        batch_id = f"{self._boot}-{self._seq}"
+        delay = self.settings.retry_initial_s
+        while True:
+            try:
+                result = await self.store.append(batch, batch_id)
+            except _RETRYABLE as exc:
+                if self._redis_ok:
+                    self._log.warning("redis unavailable; retrying the batch", error=repr(exc))
+                self._redis_ok = False
+                self.metrics.redis_up.set(0)
+                self.metrics.redis_retries.inc()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.settings.retry_max_s)
+                continue
+            if not self._redis_ok:
+                self._log.info("redis reachable")
+            self._redis_ok = True
+            self.metrics.redis_up.set(1)
+            return result
+
+    async def _gauge_loop(self) -> None:
+        """Keep the Redis-backed gauges fresh (and learn whether Redis answers when idle)."""
+        while True:
+            try:
+                await self.redis.ping()
+                self._redis_ok = True
+                self.metrics.redis_up.set(1)
+                timeline = self.follower.timeline
+                if timeline is not None:
+                    beat = self.follower.current_beat()
+                    count = await self.store.agent_count(timeline.window_id(beat))
+                    self.metrics.agents_reporting.set(count)
+            except _RETRYABLE:
+                self._redis_ok = False
+                self.metrics.redis_up.set(0)
+            self._update_buffer_gauges()
+            await asyncio.sleep(1.0)
+
+
+def _claim_json(claim: StatusClaim) -> bytes:
+    """INT-B JSON of a decoded claim; NaN and infinities (refused later) written as text."""
+    try:
+        return claim.encode()
+    except ValueError:
+        return json.dumps(claim.to_json_dict(), separators=(",", ":")).encode()
+
+
+def _hlc_ahead(hlc: str, limit_ns: int) -> bool:
+    """Whether the physical part of an HLC stamp is later than ``limit_ns``."""
+    head = hlc.split(":", 1)[0]
+    try:
+        return int(head, 16) * 1_000_000 > limit_ns
+    except ValueError:
+        return False

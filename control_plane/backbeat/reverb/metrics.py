@@ -1,0 +1,83 @@
+"""Prometheus metrics of the reverb ingest, in a registry of its own (one per ingest)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from backbeat.core.claims import REJECT_REASONS
+
+#: ``result`` label values of backbeat_reverb_claims_processed_total.
+RESULTS = ("accepted", "duplicate", "late", "rejected")
+
+
+class ReverbMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.received = Counter(
+            "backbeat_reverb_claims_received_total",
+            "Claims received, by source (nats, grpc)",
+            ["source"],
+            registry=r,
+        )
+        self.processed = Counter(
+            "backbeat_reverb_claims_processed_total",
+            "Claims committed to Redis, by result (accepted, duplicate, late, rejected) and "
+            "reject reason ('' unless rejected)",
+            ["result", "reason"],
+            registry=r,
+        )
+        self.dropped = Counter(
+            "backbeat_reverb_claims_dropped_total",
+            "Claims dropped before they reached the ingest (NATS slow consumer), or lost at "
+            "shutdown because Redis stayed unreachable",
+            ["cause"],
+            registry=r,
+        )
+        self.agents_reporting = Gauge(
+            "backbeat_reverb_agents_reporting",
+            "Distinct agents with an accepted claim in the current window",
+            registry=r,
+        )
+        self.ingest_lag = Gauge(
+            "backbeat_reverb_ingest_lag_seconds",
+            "Arrival to commit in Redis of the oldest claim of the last committed batch",
+            registry=r,
+        )
+        self.buffer_claims = Gauge(
+            "backbeat_reverb_buffer_claims", "Claims waiting in the in-memory buffer", registry=r
+        )
+        self.buffer_capacity = Gauge(
+            "backbeat_reverb_buffer_capacity", "Capacity of the in-memory buffer", registry=r
+        )
+        self.buffer_fill = Gauge(
+            "backbeat_reverb_buffer_fill_ratio", "buffer_claims / buffer_capacity", registry=r
+        )
+        self.buffer_full = Counter(
+            "backbeat_reverb_buffer_full_total",
+            "Times a producer had to wait because the buffer was full (backpressure)",
+            registry=r,
+        )
+        self.batches = Counter(
+            "backbeat_reverb_batches_total", "Batches applied to Redis", registry=r
+        )
+        self.redis_retries = Counter(
+            "backbeat_reverb_redis_retries_total",
+            "Batch applications retried after a Redis error",
+            registry=r,
+        )
+        self.redis_up = Gauge(
+            "backbeat_reverb_redis_up", "1 when the last Redis call succeeded", registry=r
+        )
+        self.nats_connected = Gauge(
+            "backbeat_reverb_nats_connected", "1 while connected to NATS", registry=r
+        )
+        # Pre-create the label sets so every series exists (at 0) from the start.
+        for result in RESULTS[:3]:
+            self.processed.labels(result, "")
+        for reason in REJECT_REASONS:
+            self.processed.labels("rejected", reason)
+        for source in ("nats", "grpc"):
+            self.received.labels(source)
+        for cause in ("slow_consumer", "shutdown"):
+            self.dropped.labels(cause)
