@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -266,7 +267,7 @@ async def test_ingest_follows_beat_frames_before_taking_claims(
             assert learned.beat_time_ns(1300) == timeline.beat_time_ns(1300)
             assert ingest.follower.current_beat() == 1235
             # Stale frames (older term) are ignored.
-            stale = BeatFrame(**{**_frame_fields(frame), "term": 2, "tempo_bpm": 60.0})
+            stale = dataclasses.replace(frame, term=2, tempo_bpm=60.0)
             assert not ingest.follower.on_frame(stale.encode())
 
             await nc.publish(subjects.claims(cluster_id), SEED_CLAIM)
@@ -278,10 +279,6 @@ async def test_ingest_follows_beat_frames_before_taking_claims(
             await eventually(committed, what="the claim to be committed")
         finally:
             await nc.close()
-
-
-def _frame_fields(frame: BeatFrame) -> dict[str, object]:
-    return {name: getattr(frame, name) for name in BeatFrame.__slots__}
 
 
 def test_follower_uses_deadline_when_scheduled_time_is_missing() -> None:
