@@ -96,46 +96,85 @@ class SigningError(ValueError):
     """No key can sign now, or a key or keyring document is invalid."""
 
 
-def _encode_value(name: str, kind: str, value: object) -> bytes:
-    if value is None:
-        if not kind.endswith("?"):
-            raise SigningError(f"{name}: required field is None")
-        return b"null"
-    if kind in ("int", "int?"):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise SigningError(f"{name}: expected an integer, got {type(value).__name__}")
-        return str(value).encode()
-    if kind == "bool":
-        if not isinstance(value, bool):
-            raise SigningError(f"{name}: expected a boolean, got {type(value).__name__}")
-        return b"true" if value else b"false"
-    if kind == "float":
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise SigningError(f"{name}: expected a number, got {type(value).__name__}")
-        return struct.pack(">d", float(value)).hex().encode()
-    if kind == "str":
-        if not isinstance(value, str):
-            raise SigningError(f"{name}: expected a string, got {type(value).__name__}")
-        raw = value.encode("utf-8", "surrogatepass")
-        return str(len(raw)).encode() + b":" + raw
-    raise AssertionError(f"unknown canonical kind {kind!r}")
+def _bad(name: str, expected: str, value: object) -> SigningError:
+    return SigningError(f"{name}: expected {expected}, got {type(value).__name__}")
 
 
-def _canonical(type_name: str, fields: tuple[tuple[str, str], ...], message: object) -> bytes:
-    parts = [type_name.encode(), b"\n"]
-    for name, kind in fields:
-        parts += [name.encode(), b"=", _encode_value(name, kind, getattr(message, name)), b"\n"]
+def _int(name: str, value: object) -> bytes:
+    if type(value) is not int:  # bool is an int subclass: refuse it
+        raise _bad(name, "an integer", value)
+    return b"%d" % value
+
+
+def _opt_int(name: str, value: object) -> bytes:
+    return b"null" if value is None else _int(name, value)
+
+
+def _bool(name: str, value: object) -> bytes:
+    if value is True:
+        return b"true"
+    if value is False:
+        return b"false"
+    raise _bad(name, "a boolean", value)
+
+
+_DOUBLE = struct.Struct(">d")
+
+
+def _float(name: str, value: object) -> bytes:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _bad(name, "a number", value)
+    return _DOUBLE.pack(float(value)).hex().encode()
+
+
+def _str(name: str, value: object) -> bytes:
+    if not isinstance(value, str):
+        raise _bad(name, "a string", value)
+    raw = value.encode("utf-8", "surrogatepass")
+    return b"%d:%b" % (len(raw), raw)
+
+
+_ENCODERS: Final[dict[str, Callable[[str, object], bytes]]] = {
+    "int": _int,
+    "int?": _opt_int,
+    "bool": _bool,
+    "float": _float,
+    "str": _str,
+}
+
+
+def _plan(
+    type_name: str, fields: tuple[tuple[str, str], ...]
+) -> tuple[bytes, tuple[tuple[str, bytes, Callable[[str, object], bytes]], ...]]:
+    """Precomputed header and (attribute, b"name=", encoder) per field: signing is per beat."""
+    return type_name.encode() + b"\n", tuple(
+        (name, name.encode() + b"=", _ENCODERS[kind]) for name, kind in fields
+    )
+
+
+_FRAME_PLAN: Final = _plan(BEATFRAME_TYPE, FRAME_FIELDS)
+_CLAIM_PLAN: Final = _plan(STATUSCLAIM_TYPE, CLAIM_FIELDS)
+
+
+def _canonical(
+    plan: tuple[bytes, tuple[tuple[str, bytes, Callable[[str, object], bytes]], ...]],
+    message: object,
+) -> bytes:
+    header, steps = plan
+    parts = [header]
+    for name, prefix, encode in steps:
+        parts.append(prefix + encode(name, getattr(message, name)) + b"\n")
     return b"".join(parts)
 
 
 def canonical_frame(frame: BeatFrame) -> bytes:
     """The bytes a BeatFrame's signature covers (see the module docstring)."""
-    return _canonical(BEATFRAME_TYPE, FRAME_FIELDS, frame)
+    return _canonical(_FRAME_PLAN, frame)
 
 
 def canonical_claim(claim: StatusClaim) -> bytes:
     """The bytes a StatusClaim's signature covers (see the module docstring)."""
-    return _canonical(STATUSCLAIM_TYPE, CLAIM_FIELDS, claim)
+    return _canonical(_CLAIM_PLAN, claim)
 
 
 def hmac_hex(secret: bytes, content: bytes) -> str:
@@ -196,7 +235,7 @@ class Verification:
 class Keyring:
     """An immutable set of key versions. Build a new one to add or drop keys."""
 
-    __slots__ = ("_by_id", "_ordered", "_retired", "clock_skew_ns", "grace_ns")
+    __slots__ = ("_by_id", "_macs", "_ordered", "_retired", "clock_skew_ns", "grace_ns")
 
     def __init__(
         self,
@@ -213,6 +252,8 @@ class Keyring:
             by_id[key.key_id] = key
         self._ordered = tuple(ordered)
         self._by_id = by_id
+        # Keyed HMAC states, copied per message: skips re-deriving the key pads every time.
+        self._macs = {k.key_id: hmac.new(k.secret, digestmod=hashlib.sha256) for k in ordered}
         self.grace_ns = grace_ns
         self.clock_skew_ns = clock_skew_ns
         # A key retires when it expires or when the next newer key activates, whichever is first.
@@ -247,6 +288,12 @@ class Keyring:
         """When ``key_id`` stops signing (None: not yet known)."""
         return self._retired[key_id]
 
+    def mac_hex(self, key_id: str, content: bytes) -> str:
+        """HMAC-SHA256 of ``content`` under key ``key_id`` (which must be in the keyring)."""
+        mac = self._macs[key_id].copy()
+        mac.update(content)
+        return mac.hexdigest()
+
     def signing_key(self, now_ns: int) -> SigningKey:
         """The newest key active at ``now_ns``. Raises SigningError when there is none."""
         for key in reversed(self._ordered):
@@ -270,7 +317,7 @@ class Keyring:
             return Verification(
                 VerifyStatus.TAMPERED, key_id, "signature is not 64 lowercase hex characters"
             )
-        if not hmac.compare_digest(hmac_hex(key.secret, content), signature):
+        if not hmac.compare_digest(self.mac_hex(key_id, content), signature):
             return Verification(
                 VerifyStatus.TAMPERED, key_id, f"signature does not match the content ({key_id})"
             )
@@ -372,13 +419,15 @@ def _provider(keyring: Keyring | KeyringProvider) -> KeyringProvider:
 def sign_frame(frame: BeatFrame, keyring: Keyring, *, now_ns: int | None = None) -> BeatFrame:
     """The frame with ``key_id`` and ``signature`` set by the newest key active now."""
     key = keyring.signing_key(time.time_ns() if now_ns is None else now_ns)
-    return replace(frame, key_id=key.key_id, signature=hmac_hex(key.secret, canonical_frame(frame)))
+    signature = keyring.mac_hex(key.key_id, canonical_frame(frame))
+    return replace(frame, key_id=key.key_id, signature=signature)
 
 
 def sign_claim(claim: StatusClaim, keyring: Keyring, *, now_ns: int | None = None) -> StatusClaim:
     """The claim with ``key_id`` and ``signature`` set by the newest key active now."""
     key = keyring.signing_key(time.time_ns() if now_ns is None else now_ns)
-    return replace(claim, key_id=key.key_id, signature=hmac_hex(key.secret, canonical_claim(claim)))
+    signature = keyring.mac_hex(key.key_id, canonical_claim(claim))
+    return replace(claim, key_id=key.key_id, signature=signature)
 
 
 def verify_frame(frame: BeatFrame, keyring: Keyring, *, now_ns: int) -> Verification:
