@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "tempo": ("backbeat.ctl.tempo", "change the tempo at the next downbeat (±10 % a step)"),
     "windows": ("backbeat.ctl.windows", "list windows, or show one in detail"),
     "reports": ("backbeat.ctl.reports", "print bar reports (--follow for new ones)"),
+    "reverb-trigger": ("backbeat.trigger.command", "invoke the rollup function at every downbeat"),
 }
 
 

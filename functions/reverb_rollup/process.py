@@ -39,6 +39,7 @@ class ProcessRuntime:
         )
         self._thread.start()
         self._rollup: Rollup | None = None
+        self._connections: list[Any] = []
         self._connect_lock = asyncio.Lock()
 
     def _run(self, coro: Coroutine[Any, Any, _T]) -> _T:
@@ -50,6 +51,7 @@ class ProcessRuntime:
                 s = self.settings
                 redis = Redis.from_url(s.redis_url)
                 nc = await nats.connect(s.nats_url, name=f"reverb-rollup-{s.cluster_id}")
+                self._connections += [nc, redis]
                 rollup = build_rollup(
                     s.cluster_id,
                     redis=redis,
@@ -72,9 +74,32 @@ class ProcessRuntime:
         event = RollupEvent.decode(data, traceparent=traceparent)
         return self._run(self._invoke(event))
 
+    def shutdown(self) -> None:
+        """Close the connections and stop the loop (tests; a real process just exits)."""
+
+        async def close_all() -> None:
+            for conn in self._connections:
+                await (conn.close() if hasattr(conn, "is_connected") else conn.aclose())
+            self._connections.clear()
+            self._rollup = None
+
+        self._run(close_all())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+        self._loop.close()
+
 
 _runtime: ProcessRuntime | None = None
 _runtime_lock = threading.Lock()
+
+
+def reset_runtime() -> None:
+    """Forget the process-wide runtime (tests that change the environment)."""
+    global _runtime  # noqa: PLW0603
+    with _runtime_lock:
+        if _runtime is not None:
+            _runtime.shutdown()
+        _runtime = None
 
 
 def runtime() -> ProcessRuntime:

@@ -8,7 +8,8 @@ the rollup marks as reported. Tests that need real claims use the ingest's store
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import nats
 import nats.aio.client
@@ -88,3 +89,12 @@ async def nc(nats_server: NatsServer) -> AsyncIterator[nats.aio.client.Client]:
 @pytest.fixture
 def canned(cluster_id: str) -> CannedWindows:
     return CannedWindows(cluster_id)
+
+
+async def eventually(condition: Callable[[], Awaitable[bool]], *, within: float = 10.0) -> None:
+    """Poll ``condition`` until it holds; fail after ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while not await condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {within}s")
+        await asyncio.sleep(0.02)

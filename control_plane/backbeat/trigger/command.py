@@ -1,0 +1,142 @@
+"""``backbeat reverb-trigger``: run the trigger until SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+
+from backbeat.core.subjects import check_cluster_id
+from backbeat.service import AdminServer, ShutdownSignal, configure_logging, get_logger, masked
+from backbeat.service.settings import env_default
+from backbeat.trigger.invokers import HttpInvoker, Invoker, LambdaInvoker
+from backbeat.trigger.service import DEFAULT_DURABLE, ReverbTrigger, TriggerSettings
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    d = TriggerSettings("x")
+    parser.add_argument(
+        "--cluster",
+        default=env_default("BACKBEAT_CLUSTER", "dev"),
+        help="cluster id (env BACKBEAT_CLUSTER; default dev)",
+    )
+    parser.add_argument(
+        "--nats", default=env_default("NATS_URL", d.nats_url), help="NATS URL (env NATS_URL)"
+    )
+    parser.add_argument(
+        "--redis",
+        default=env_default("REDIS_URL", d.redis_url),
+        help="Redis URL holding the cluster's claims (env REDIS_URL)",
+    )
+    parser.add_argument(
+        "--invoker",
+        choices=("inprocess", "http", "lambda"),
+        default="inprocess",
+        help="how to call the function (default inprocess)",
+    )
+    parser.add_argument(
+        "--function-url", default="", help="CloudEvents endpoint of the function (--invoker http)"
+    )
+    parser.add_argument(
+        "--lambda-function",
+        default="",
+        help="Lambda function name or ARN (--invoker lambda; needs boto3)",
+    )
+    parser.add_argument(
+        "--bar-length",
+        type=int,
+        default=d.bar_length,
+        help="beats per bar when the downbeat does not say (default 4)",
+    )
+    parser.add_argument(
+        "--grace-ms",
+        type=float,
+        default=d.grace_ms,
+        help="wait after the downbeat before rolling up (default 100 ms)",
+    )
+    parser.add_argument(
+        "--max-attempts",
+        type=int,
+        default=d.max_attempts,
+        help="failed attempts before a window goes to the dead letters",
+    )
+    parser.add_argument(
+        "--backoff-ms",
+        type=float,
+        default=d.backoff_ms,
+        help="first retry delay, doubled per attempt up to --backoff-max-ms",
+    )
+    parser.add_argument("--backoff-max-ms", type=float, default=d.backoff_max_ms)
+    parser.add_argument(
+        "--catch-up-beats",
+        type=int,
+        default=d.catch_up_beats,
+        help="how far back missed windows are rolled up (beats)",
+    )
+    parser.add_argument(
+        "--durable", default=DEFAULT_DURABLE, help="durable consumer name shared by the replicas"
+    )
+    parser.add_argument(
+        "--lease-ms", type=int, default=d.lease_ms, help="lease of an in-process rollup attempt"
+    )
+    parser.add_argument("--admin-host", default="127.0.0.1")
+    parser.add_argument(
+        "--admin-port", type=int, default=8084, help="/health, /ready, /metrics (0: any free port)"
+    )
+    parser.add_argument("--log-level", default=None, help="debug|info|warn|error (env LOG_LEVEL)")
+
+
+def settings_from(args: argparse.Namespace) -> TriggerSettings:
+    return TriggerSettings(
+        cluster_id=check_cluster_id(args.cluster),
+        nats_url=args.nats,
+        redis_url=args.redis,
+        bar_length=args.bar_length,
+        grace_ms=args.grace_ms,
+        max_attempts=args.max_attempts,
+        backoff_ms=args.backoff_ms,
+        backoff_max_ms=args.backoff_max_ms,
+        catch_up_beats=args.catch_up_beats,
+        stale_after_beats=args.stale_after_beats,
+        durable=args.durable,
+        lease_ms=args.lease_ms,
+    )
+
+
+def build_invoker(args: argparse.Namespace) -> Invoker | None:
+    if args.invoker == "http":
+        if not args.function_url:
+            raise SystemExit("--invoker http needs --function-url")
+        return HttpInvoker(args.function_url)
+    if args.invoker == "lambda":
+        if not args.lambda_function:
+            raise SystemExit("--invoker lambda needs --lambda-function")
+        return LambdaInvoker(args.lambda_function)
+    return None  # in-process, built by the trigger on its own connections
+
+
+async def _main(args: argparse.Namespace) -> int:
+    configure_logging(args.log_level)
+    settings = settings_from(args)
+    log = get_logger(component="reverb-trigger", cluster=settings.cluster_id)
+    if settings.grace_ms <= 0:
+        log.warning("grace period is 0: claims still in flight at the downbeat will be late")
+    log.info("starting", invoker=args.invoker, **masked(settings))
+    async with (
+        ShutdownSignal() as stop,
+        ReverbTrigger(settings, invoker=build_invoker(args)) as trigger,
+    ):
+        admin = AdminServer(
+            host=args.admin_host,
+            port=args.admin_port,
+            registry=trigger.metrics.registry,
+            ready=trigger.ready,
+            component="reverb-trigger",
+        )
+        async with admin:
+            log.info("admin listening", url=admin.url)
+            await stop.wait()
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    return asyncio.run(_main(args))

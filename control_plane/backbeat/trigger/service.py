@@ -1,0 +1,336 @@
+"""The reverb trigger: downbeats in (durable JetStream consumer), rollup invocations out.
+
+At each downbeat ``d`` it waits the grace period, invokes the function for the bar that ended
+at ``d − 1`` and acks the downbeat only when the window is reported. A failed invocation is
+retried with backoff (a delayed NAK, so any replica may take it); a window that keeps failing
+goes to the dead letters and into the next report's issues. After each downbeat it also rolls
+up earlier windows that hold claims but were never reported (a missed trigger).
+
+Several replicas may run: they share the durable consumer, and the function itself makes
+every window's report unique.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Final
+
+import nats
+import nats.aio.client
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import FetchTimeoutError
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from redis.asyncio import Redis
+
+from backbeat.core import subjects
+from backbeat.core.kpi import FailedWindow
+from backbeat.core.messages import BeatFrame, CodecError, load_object
+from backbeat.core.timeline import NS_PER_MIN
+from backbeat.reverb.store import WindowStore
+from backbeat.service.logs import get_logger
+from backbeat.trigger.invokers import InProcessInvoker, InvokeError, Invoker
+from reverb_rollup import RollupEvent, RollupSettings
+from reverb_rollup.publisher import bar_stream_config, downbeat_stream_config, ensure_stream
+from reverb_rollup.record import RollupRecords
+
+DEFAULT_DURABLE: Final = "reverb-trigger"
+
+
+@dataclass(frozen=True, slots=True)
+class TriggerSettings:
+    cluster_id: str
+    nats_url: str = "nats://127.0.0.1:4222"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    #: Beats per bar, when the downbeat frame does not say (``bar_length`` field).
+    bar_length: int = 4
+    #: Wait after the downbeat's scheduled time before rolling up (claims in flight land).
+    grace_ms: float = 100.0
+    #: Failed attempts (over all replicas) before a window goes to the dead letters.
+    max_attempts: int = 5
+    backoff_ms: float = 50.0
+    backoff_max_ms: float = 2000.0
+    #: Only windows that started at most this many beats before the current one are caught
+    #: up (claims older than 64 beats are refused by ingest anyway).
+    catch_up_beats: int = 64
+    #: A downbeat older than this (a backlog after an outage) is not waited on or retried;
+    #: the catch-up rolls up its window if it holds claims.
+    stale_after_beats: int = 64
+    durable: str = DEFAULT_DURABLE
+    ack_wait_s: float = 30.0
+    #: Lease of an in-process rollup attempt (see reverb_rollup.RollupSettings).
+    lease_ms: int = 400
+
+    def backoff_s(self, attempt: int) -> float:
+        delay_ms = self.backoff_ms * 2.0 ** max(attempt - 1, 0)
+        return min(delay_ms, self.backoff_max_ms) / 1000.0
+
+
+class TriggerStatus(StrEnum):
+    NEW = "new"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+
+
+@dataclass(slots=True)
+class TriggerMetrics:
+    registry: CollectorRegistry
+    completed: Counter = field(init=False)
+    processing: Histogram = field(init=False)
+    failures: Counter = field(init=False)
+    dead_letters: Counter = field(init=False)
+    caught_up: Counter = field(init=False)
+
+    def __post_init__(self) -> None:
+        r = self.registry
+        self.completed = Counter(
+            "backbeat_reverb_windows_completed",
+            "Windows whose report the trigger saw published",
+            registry=r,
+        )
+        self.processing = Histogram(
+            "backbeat_reverb_window_processing_seconds",
+            "From a window's closing downbeat (scheduled time) to its report being published",
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1, 2, 5, 10),
+            registry=r,
+        )
+        self.failures = Counter(
+            "backbeat_reverb_rollup_failures", "Failed rollup invocations", registry=r
+        )
+        self.dead_letters = Counter(
+            "backbeat_reverb_rollup_dead_letters",
+            "Windows given up after max attempts",
+            registry=r,
+        )
+        self.caught_up = Counter(
+            "backbeat_reverb_rollup_caught_up",
+            "Earlier unreported windows rolled up after a missed trigger",
+            registry=r,
+        )
+
+
+def downbeat_time_ns(frame: BeatFrame) -> int:
+    """The scheduled time of the downbeat (its deadline minus one beat when not given)."""
+    if frame.scheduled_ns is not None:
+        return frame.scheduled_ns
+    return frame.deadline_ns - round(NS_PER_MIN / frame.tempo_bpm)
+
+
+class ReverbTrigger:
+    """``async with ReverbTrigger(settings) as trigger: await stop.wait()``."""
+
+    def __init__(
+        self,
+        settings: TriggerSettings,
+        *,
+        invoker: Invoker | None = None,
+        redis: Redis | None = None,
+        nats_client: nats.aio.client.Client | None = None,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        self.settings = settings
+        self._invoker = invoker
+        self._redis = redis
+        self._nc = nats_client
+        self._own_redis = redis is None
+        self._own_nats = nats_client is None
+        self.metrics = TriggerMetrics(registry or CollectorRegistry())
+        self.status = TriggerStatus.NEW
+        self._task: asyncio.Task[None] | None = None
+        self._log: Any = get_logger(component="reverb-trigger", cluster=settings.cluster_id)
+        self._store: WindowStore | None = None
+        self._records: RollupRecords | None = None
+        self._last_error = ""
+
+    @property
+    def invoker(self) -> Invoker:
+        assert self._invoker is not None, "start() first"
+        return self._invoker
+
+    async def start(self) -> None:
+        if self.status is not TriggerStatus.NEW:
+            return
+        s = self.settings
+        if self._redis is None:
+            self._redis = Redis.from_url(s.redis_url)
+        if self._nc is None:
+            self._nc = await nats.connect(s.nats_url, name=f"reverb-trigger-{s.cluster_id}")
+        js = self._nc.jetstream()
+        await ensure_stream(js, downbeat_stream_config(s.cluster_id))
+        await ensure_stream(js, bar_stream_config(s.cluster_id))
+        self._store = WindowStore(self._redis, s.cluster_id)
+        self._records = RollupRecords(self._redis, s.cluster_id)
+        if self._invoker is None:
+            self._invoker = InProcessInvoker(
+                s.cluster_id,
+                redis=self._redis,
+                nats_client=self._nc,
+                settings=RollupSettings(lease_ms=s.lease_ms),
+            )
+        sub = await js.pull_subscribe(
+            subjects.downbeat(s.cluster_id),
+            durable=s.durable,
+            stream=subjects.downbeat_stream(s.cluster_id),
+            config=ConsumerConfig(
+                ack_policy=AckPolicy.EXPLICIT,
+                ack_wait=s.ack_wait_s,
+                deliver_policy=DeliverPolicy.ALL,
+                max_deliver=-1,  # the trigger counts attempts itself (shared, in Redis)
+                max_ack_pending=64,
+            ),
+        )
+        self.status = TriggerStatus.RUNNING
+        self._task = asyncio.create_task(self._run(sub), name="reverb-trigger")
+        self._log.info("reverb trigger started", invoker=self.invoker.name, durable=s.durable)
+
+    async def close(self) -> None:
+        if self.status in (TriggerStatus.STOPPED, TriggerStatus.NEW):
+            self.status = TriggerStatus.STOPPED
+            return
+        self.status = TriggerStatus.STOPPING
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._invoker is not None:
+            await self._invoker.close()
+        if self._own_nats and self._nc is not None:
+            await self._nc.close()
+        if self._own_redis and self._redis is not None:
+            await self._redis.aclose()
+        self.status = TriggerStatus.STOPPED
+        self._log.info("reverb trigger stopped")
+
+    async def __aenter__(self) -> ReverbTrigger:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def ready(self) -> tuple[bool, str]:
+        ok = self.status is TriggerStatus.RUNNING and self._nc is not None and self._nc.is_connected
+        return ok, self.status.value if ok else f"{self.status.value}; NATS connected: {ok}"
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    async def _run(self, sub: Any) -> None:
+        while True:
+            try:
+                msgs = await sub.fetch(1, timeout=1.0)
+            except (FetchTimeoutError, TimeoutError):
+                continue
+            except nats.errors.ConnectionClosedError:
+                return
+            except Exception as exc:  # reconnecting NATS: keep trying, never die silently
+                self._log.warning("fetching downbeats failed", error=repr(exc))
+                await asyncio.sleep(0.5)
+                continue
+            for msg in msgs:
+                try:
+                    await self._handle(msg)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # one bad downbeat must not stop the trigger
+                    self._log.exception("downbeat handling failed", error=repr(exc))
+                    with contextlib.suppress(Exception):
+                        await msg.nak(delay=self.settings.backoff_max_ms / 1000.0)
+
+    async def _handle(self, msg: Any) -> None:
+        s = self.settings
+        try:
+            raw = load_object(msg.data)
+            frame = BeatFrame.decode(raw)
+        except CodecError as exc:
+            self._log.warning("undecodable downbeat dropped", error=str(exc))
+            await msg.term()
+            return
+        if not frame.downbeat or frame.cluster_id != s.cluster_id:
+            await msg.ack()
+            return
+        bar_length = raw.get("bar_length", s.bar_length)
+        if not isinstance(bar_length, int) or bar_length < 1:
+            bar_length = s.bar_length
+        if frame.beat_index - bar_length < 0:
+            await msg.ack()  # the very first downbeat closes no window
+            return
+        traceparent = (msg.headers or {}).get("traceparent", "")
+        try:
+            event = RollupEvent.from_downbeat(frame, bar_length, traceparent=traceparent)
+        except CodecError:
+            event = RollupEvent.from_downbeat(frame, bar_length)
+        downbeat_ns = downbeat_time_ns(frame)
+        beat_ns = NS_PER_MIN / frame.tempo_bpm
+        age_ns = time.time_ns() - downbeat_ns
+        if age_ns > s.stale_after_beats * beat_ns:
+            # A backlog (the trigger was down): too old for the fast path; windows that hold
+            # claims are rolled up by the catch-up below.
+            await msg.ack()
+            await self._catch_up(event.from_beat + bar_length)
+            return
+        wait_s = (downbeat_ns + s.grace_ms * 1e6 - time.time_ns()) / 1e9
+        if wait_s > 0:
+            await asyncio.sleep(wait_s)
+        if await self._roll_up(event):
+            self.metrics.processing.observe(max(time.time_ns() - downbeat_ns, 0) / 1e9)
+            await msg.ack()
+        else:
+            assert self._records is not None
+            attempts = await self._records.count_failure(event.window_id)
+            if attempts >= s.max_attempts:
+                await self._dead_letter(event, attempts)
+                await msg.ack()
+            else:
+                await msg.nak(delay=s.backoff_s(attempts))
+                return
+        await self._catch_up(event.from_beat)
+
+    async def _roll_up(self, event: RollupEvent) -> bool:
+        try:
+            await self.invoker.invoke(event)
+        except InvokeError as exc:
+            self.metrics.failures.inc()
+            self._last_error = str(exc)
+            self._log.warning("rollup failed", window_id=event.window_id, error=str(exc))
+            return False
+        self.metrics.completed.inc()
+        return True
+
+    async def _dead_letter(self, event: RollupEvent, attempts: int) -> None:
+        assert self._records is not None
+        failed = FailedWindow(
+            window_id=event.window_id,
+            from_beat=event.from_beat,
+            to_beat=event.to_beat,
+            attempts=attempts,
+            error=self._last_error or "unknown error",
+        )
+        await self._records.dead_letter(failed, failed_ns=time.time_ns())
+        self.metrics.dead_letters.inc()
+        self._log.error(
+            "window given up (dead letter)", window_id=event.window_id, attempts=attempts
+        )
+
+    async def _catch_up(self, before_beat: int) -> None:
+        """Roll up windows before ``before_beat`` that hold claims but have no report."""
+        assert self._store is not None
+        assert self._records is not None
+        s = self.settings
+        for window_id, from_beat, to_beat in await self._store.unreported_windows(before_beat):
+            if from_beat < before_beat - s.catch_up_beats:
+                continue
+            if await self._records.is_dead_lettered(window_id):
+                continue
+            event = RollupEvent(s.cluster_id, window_id, from_beat, to_beat, to_beat + 1)
+            if await self._roll_up(event):
+                self.metrics.caught_up.inc()
+                self._log.info("missed window rolled up", window_id=window_id)
+                continue
+            attempts = await self._records.count_failure(window_id)
+            if attempts >= s.max_attempts:
+                await self._dead_letter(event, attempts)
