@@ -17,6 +17,7 @@ from backbeat import __version__
 #: subcommand -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "version": ("backbeat.cli", "print the version"),
+    "pulse": ("backbeat.pulse.cli", "run a pulse replica (leader election, beats, PulseService)"),
     "up": ("backbeat.up", "run the whole system locally (embedded servers when no URLs given)"),
     "status": ("backbeat.ctl.status", "leader, term, tempo, last beat; latest windows"),
     "tempo": ("backbeat.ctl.tempo", "change the tempo at the next downbeat (±10 % a step)"),

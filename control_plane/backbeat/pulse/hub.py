@@ -32,7 +32,7 @@ class HistoryGone(LookupError):
         self.oldest = oldest
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)  # identity semantics: kept in a set
 class Subscription:
     queue: asyncio.Queue[HubEvent | None]
     dropped: int = 0

@@ -18,13 +18,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
-import logging
 import random
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 
+import structlog
 from nats.aio.msg import Msg
 
 from backbeat.core import keys
@@ -53,7 +53,7 @@ from backbeat.pulse.scheduler import build_frame, sleep_until_ns
 from backbeat.pulse.settings import PulseSettings
 from backbeat.pulse.state import TimelineRecord
 
-log = logging.getLogger(__name__)
+log = structlog.get_logger(component="pulse")
 
 #: Signs a frame (adds key_id and signature); plugged in by the beat-signing feature.
 FrameSigner = Callable[[BeatFrame], BeatFrame]
@@ -175,6 +175,8 @@ class PulseNode:
         self._background: set[asyncio.Task[object]] = set()
         self._timeline_fetch: asyncio.Task[None] | None = None
         self._newer_term_seen = False
+        #: Called with each emitted beat's jitter in seconds (the admin server keeps SLO figures).
+        self.on_emitted: Callable[[float], None] | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -488,6 +490,8 @@ class PulseNode:
             await self._emit(frame)
             drift_ns = emitted_ns - due
             self.metrics.jitter.observe(drift_ns / 1e9)
+            if self.on_emitted is not None:
+                self.on_emitted(drift_ns / 1e9)
             if flagged:
                 self.metrics.degraded_beats.inc()
             previous = EmittedBeat(frame.window_id, flagged, drift_ns // 1000)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections.abc import Awaitable, Callable, Mapping
 
 import nats
+import structlog
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js.api import StorageType, StreamConfig
@@ -16,7 +16,7 @@ from nats.js.errors import BadRequestError
 from backbeat.core import subjects
 from backbeat.core.messages import BeatFrame
 
-log = logging.getLogger(__name__)
+log = structlog.get_logger(component="pulse")
 
 #: JetStream drops a second downbeat with the same Msg-Id within this window (failover overlap).
 DUPLICATE_WINDOW_S = 300.0

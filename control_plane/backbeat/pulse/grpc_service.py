@@ -1,0 +1,326 @@
+"""``backbeat.v1.PulseService`` on every replica.
+
+The leader answers from its own state; followers relay the beats they receive (filtered by
+term in the hub) and forward ``SetTempo`` to the leader, or name it in a NOT_LEADER error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import time
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from backbeat.core.messages import BeatFrame
+from backbeat.core.timeline import TempoError, Timeline
+from backbeat.pulse.hub import HistoryGone
+from backbeat.pulse.node import NoQuorumError, NotLeaderError, PulseNode, TempoChange
+from backbeat.service.rpc import BearerAuth, abort_with_reason
+from backbeat.v1 import beat_frame_pb2, timeline_pb2
+from backbeat.v1 import pulse_service_pb2 as pb
+from backbeat.v1 import pulse_service_pb2_grpc as pb_grpc
+
+SERVICE_NAME = "backbeat.v1.PulseService"
+#: Set on a forwarded SetTempo so that a confused replica never forwards in a loop.
+FORWARDED_HEADER = "x-backbeat-forwarded"
+MAX_REQUEST_ID = 128
+DEFAULT_PROGRESS_MS = 5000
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+def timestamp(ns: int) -> Timestamp:
+    seconds, nanos = divmod(ns, 1_000_000_000)
+    return Timestamp(seconds=seconds, nanos=nanos)
+
+
+def timeline_pb(timeline: Timeline) -> timeline_pb2.Timeline:
+    return timeline_pb2.Timeline(
+        cluster_id=timeline.cluster_id,
+        revision=timeline.revision,
+        tempo_bpm=timeline.tempo_bpm,
+        bar_length=timeline.bar_length,
+        anchor_beat=timeline.anchor_beat,
+        anchor_time=timestamp(timeline.anchor_time_ns),
+        phases=[timeline_pb2.Phase(name=p.name, beats=p.beats) for p in timeline.phases],
+        term=timeline.term,
+        bar_origin=timeline.bar_origin,
+    )
+
+
+def frame_pb(frame: BeatFrame) -> beat_frame_pb2.BeatFrame:
+    out = beat_frame_pb2.BeatFrame(
+        cluster_id=frame.cluster_id,
+        beat_index=frame.beat_index,
+        downbeat=frame.downbeat,
+        phase=frame.phase,
+        hlc=frame.hlc,
+        deadline_time=timestamp(frame.deadline_ns),
+        tempo_bpm=frame.tempo_bpm,
+        window_id=frame.window_id,
+        term=frame.term,
+        degraded=frame.degraded,
+        bar_start_beat=frame.bar_start_beat or 0,
+        timeline_revision=frame.timeline_revision,
+        key_id=frame.key_id,
+        signature=frame.signature,
+    )
+    if frame.scheduled_ns is not None:
+        out.scheduled_time.CopyFrom(timestamp(frame.scheduled_ns))
+    if frame.emitted_ns is not None:
+        out.emitted_time.CopyFrom(timestamp(frame.emitted_ns))
+    return out
+
+
+def tempo_response(change: TempoChange) -> pb.SetTempoResponse:
+    return pb.SetTempoResponse(
+        timeline=timeline_pb(change.timeline),
+        effective_beat=change.effective_beat,
+        effective_time=timestamp(change.effective_time_ns),
+        target_tempo_bpm=change.target_tempo_bpm,
+        remaining_steps=change.remaining_steps,
+    )
+
+
+class TempoRequestError(ValueError):
+    """A SetTempo request that is wrong whatever the state (maps to INVALID_ARGUMENT)."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def check_tempo_request(tempo_bpm: float, request_id: str) -> None:
+    if not math.isfinite(tempo_bpm) or tempo_bpm <= 0:
+        raise TempoRequestError(
+            "TEMPO_OUT_OF_BOUNDS", f"tempo_bpm must be a positive finite number, got {tempo_bpm!r}"
+        )
+    if len(request_id) > MAX_REQUEST_ID:
+        raise TempoRequestError(
+            "INVALID_REQUEST_ID", f"request_id is longer than {MAX_REQUEST_ID} characters"
+        )
+
+
+class TempoForwarder:
+    """Sends a follower's SetTempo on to the leader, keeping the caller's credentials."""
+
+    def __init__(self) -> None:
+        self._channels: dict[str, grpc.aio.Channel] = {}
+
+    async def forward(
+        self, address: str, request: pb.SetTempoRequest, authorization: str, timeout_s: float
+    ) -> pb.SetTempoResponse:
+        channel = self._channels.get(address)
+        if channel is None:
+            channel = self._channels[address] = grpc.aio.insecure_channel(address)
+        metadata = [(FORWARDED_HEADER, "1")]
+        if authorization:
+            metadata.append(("authorization", authorization))
+        stub = pb_grpc.PulseServiceStub(channel)
+        response: pb.SetTempoResponse = await stub.SetTempo(
+            request, metadata=metadata, timeout=timeout_s
+        )
+        return response
+
+    async def close(self) -> None:
+        for channel in self._channels.values():
+            with contextlib.suppress(Exception):
+                await channel.close(None)
+        self._channels.clear()
+
+
+class PulseServicer(pb_grpc.PulseServiceServicer):
+    def __init__(self, node: PulseNode, auth: BearerAuth) -> None:
+        self.node = node
+        self.auth = auth
+        self.forwarder = TempoForwarder()
+
+    async def StreamBeats(
+        self, request: pb.StreamBeatsRequest, context: Context
+    ) -> AsyncIterator[pb.StreamBeatsResponse]:
+        hub = self.node.hub
+        start = request.start_beat if request.start_beat > 0 else None
+        interval = (request.progress_interval_ms or DEFAULT_PROGRESS_MS) / 1000.0
+        try:
+            sub, backlog = hub.subscribe(start)
+        except HistoryGone as gone:
+            await abort_with_reason(
+                context,
+                grpc.StatusCode.OUT_OF_RANGE,
+                "HISTORY_COMPACTED",
+                f"{gone}; resume from a later beat or start fresh (start_beat 0)",
+                {"oldest_beat": str(gone.oldest)},
+            )
+        metrics = self.node.metrics
+        metrics.stream_subscribers.inc()
+        dropped = 0
+        try:
+            if hub.timeline is not None:
+                yield pb.StreamBeatsResponse(timeline=timeline_pb(hub.timeline))
+            for frame in backlog:
+                yield pb.StreamBeatsResponse(beat=frame_pb(frame))
+            while True:
+                try:
+                    event = await asyncio.wait_for(sub.queue.get(), interval)
+                except TimeoutError:
+                    yield pb.StreamBeatsResponse(
+                        progress=pb.StreamProgress(
+                            last_beat_index=hub.last_beat,
+                            term=hub.last_term,
+                            server_time=timestamp(time.time_ns()),
+                        )
+                    )
+                    continue
+                if sub.dropped > dropped:
+                    metrics.stream_dropped.inc(sub.dropped - dropped)
+                    dropped = sub.dropped
+                if event is None:
+                    await abort_with_reason(
+                        context,
+                        grpc.StatusCode.UNAVAILABLE,
+                        "SHUTTING_DOWN",
+                        "this pulse replica is shutting down; reconnect to another replica "
+                        f"with start_beat {hub.last_beat + 1}",
+                    )
+                if isinstance(event, Timeline):
+                    yield pb.StreamBeatsResponse(timeline=timeline_pb(event))
+                elif start is None or event.beat_index >= start:
+                    yield pb.StreamBeatsResponse(beat=frame_pb(event))
+        finally:
+            hub.unsubscribe(sub)
+            metrics.stream_subscribers.dec()
+
+    async def SetTempo(self, request: pb.SetTempoRequest, context: Context) -> pb.SetTempoResponse:
+        await self.auth.require(context)
+        metadata: Mapping[str, Any] = dict(context.invocation_metadata() or ())
+        try:
+            change = await apply_tempo(
+                self.node, request.tempo_bpm, request.request_id, request.ramp
+            )
+        except TempoRequestError as exc:
+            await abort_with_reason(context, grpc.StatusCode.INVALID_ARGUMENT, exc.reason, str(exc))
+        except TempoError as exc:
+            low, high = exc.allowed
+            await abort_with_reason(
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                exc.reason,
+                str(exc),
+                {"allowed_min_bpm": f"{low:.4f}", "allowed_max_bpm": f"{high:.4f}"},
+            )
+        except NoQuorumError as exc:
+            await abort_with_reason(
+                context, grpc.StatusCode.FAILED_PRECONDITION, "NO_QUORUM", str(exc)
+            )
+        except NotLeaderError as exc:
+            address = exc.leader_address
+            if (
+                address
+                and address != self.node.advertise_address
+                and not metadata.get(FORWARDED_HEADER)
+            ):
+                auth = metadata.get("authorization", "")
+                try:
+                    return await self.forwarder.forward(
+                        address,
+                        request,
+                        auth.decode() if isinstance(auth, bytes) else str(auth),
+                        timeout_s=max(0.5, (context.time_remaining() or 5.0) - 0.1),
+                    )
+                except grpc.aio.AioRpcError as error:
+                    if error.code() not in (
+                        grpc.StatusCode.UNAVAILABLE,
+                        grpc.StatusCode.DEADLINE_EXCEEDED,
+                    ):
+                        await context.abort_with_status(  # type: ignore[attr-defined]
+                            _status_of(error)
+                        )
+            await abort_with_reason(
+                context,
+                grpc.StatusCode.UNAVAILABLE,
+                "NOT_LEADER",
+                f"{exc}; retry against the leader",
+                {"leader_id": exc.leader_id, "leader_address": address},
+            )
+        return tempo_response(change)
+
+    async def GetStatus(
+        self, request: pb.GetStatusRequest, context: Context
+    ) -> pb.GetStatusResponse:
+        status = self.node.status()
+        out = pb.GetStatusResponse(
+            cluster_id=status.cluster_id,
+            node_id=status.node_id,
+            is_leader=status.is_leader,
+            leader_id=status.leader_id,
+            leader_address=status.leader_address,
+            term=status.term,
+            last_beat_index=status.last_beat_index,
+            degraded=status.degraded,
+            redis_reachable=status.redis_reachable,
+            redis_total=status.redis_total,
+        )
+        if status.timeline is not None:
+            out.timeline.CopyFrom(timeline_pb(status.timeline))
+        return out
+
+    async def GetTimeline(
+        self, request: pb.GetTimelineRequest, context: Context
+    ) -> pb.GetTimelineResponse:
+        status = self.node.status()
+        if status.timeline is None:
+            await abort_with_reason(
+                context,
+                grpc.StatusCode.UNAVAILABLE,
+                "NO_TIMELINE",
+                "this replica does not know the timeline yet (no leader seen)",
+            )
+        out = pb.GetTimelineResponse(timeline=timeline_pb(status.timeline))
+        if status.pending is not None:
+            out.pending.CopyFrom(timeline_pb(status.pending))
+        return out
+
+
+def _status_of(error: grpc.aio.AioRpcError) -> grpc.Status:
+    """Pass the leader's refusal (with its ErrorInfo) through unchanged."""
+    from grpc_status import rpc_status
+
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    if status is not None:
+        return rpc_status.to_status(status)
+
+    class _Plain(grpc.Status):
+        code = error.code()
+        details = error.details() or ""
+        trailing_metadata = ()
+
+    return _Plain()
+
+
+async def apply_tempo(
+    node: PulseNode, tempo_bpm: float, request_id: str, ramp: bool
+) -> TempoChange:
+    """Validate and apply a tempo change (shared by gRPC and HTTP); records the outcome."""
+    outcome = "error"
+    try:
+        check_tempo_request(tempo_bpm, request_id)
+        change = await node.set_tempo(tempo_bpm, request_id=request_id, ramp=ramp)
+    except (TempoRequestError, TempoError):
+        outcome = "invalid"
+        raise
+    except NoQuorumError:
+        outcome = "no_quorum"
+        raise
+    except NotLeaderError:
+        outcome = "not_leader"
+        raise
+    else:
+        outcome = "accepted"
+        return change
+    finally:
+        node.metrics.tempo_changes.labels(outcome).inc()

@@ -1,0 +1,236 @@
+"""A pulse replica as a service: the node, its gRPC server and its HTTP admin server.
+
+Shutdown order (SIGTERM): health NOT_SERVING, hand leadership over (the next beat is emitted,
+the lock released, the followers woken), end every StreamBeats with UNAVAILABLE, stop gRPC,
+close the admin server.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from typing import Any
+
+import grpc
+from aiohttp import web
+
+from backbeat.core.timeline import TempoError, Timeline
+from backbeat.pulse.grpc_service import (
+    SERVICE_NAME,
+    PulseServicer,
+    TempoRequestError,
+    apply_tempo,
+)
+from backbeat.pulse.node import NoQuorumError, NotLeaderError, PulseNode, Role, TempoChange
+from backbeat.pulse.settings import PulseSettings
+from backbeat.pulse.state import timeline_to_json
+from backbeat.service.admin import AdminServer, error_response, json_response
+from backbeat.service.rpc import BearerAuth, GrpcServer
+from backbeat.v1 import pulse_service_pb2 as pb
+from backbeat.v1 import pulse_service_pb2_grpc as pb_grpc
+
+#: Targets reported next to the measured figures on /api/v1/status.
+SEED_JITTER_P95_S = 0.020
+TARGET_JITTER_P99_S = 0.001
+
+
+def _rfc3339(ns: int) -> str:
+    from backbeat.core.rfc3339 import format_ns
+
+    return format_ns(ns)
+
+
+def timeline_json(timeline: Timeline | None) -> dict[str, Any] | None:
+    if timeline is None:
+        return None
+    out = timeline_to_json(timeline)
+    out["anchor_time"] = _rfc3339(timeline.anchor_time_ns)
+    out["phases"] = [{"name": p.name, "beats": p.beats} for p in timeline.phases]
+    return out
+
+
+def change_json(change: TempoChange) -> dict[str, Any]:
+    return {
+        "effective_beat": change.effective_beat,
+        "effective_time": _rfc3339(change.effective_time_ns),
+        "timeline": timeline_json(change.timeline),
+        "target_tempo_bpm": change.target_tempo_bpm,
+        "remaining_steps": change.remaining_steps,
+    }
+
+
+def _quantile(sorted_values: list[float], q: float) -> float:
+    if not sorted_values:
+        return 0.0
+    index = min(len(sorted_values) - 1, math.ceil(q * len(sorted_values)) - 1)
+    return sorted_values[max(0, index)]
+
+
+class PulseServer:
+    def __init__(self, settings: PulseSettings) -> None:
+        self.settings = settings
+        token = settings.token
+        self.auth = BearerAuth(lambda: token or None)
+        self.grpc = GrpcServer(host=settings.grpc_host, port=settings.grpc_port)
+        self.node = PulseNode(settings)
+        self.servicer = PulseServicer(self.node, self.auth)
+        self.grpc.register(pb_grpc.add_PulseServiceServicer_to_server, self.servicer, SERVICE_NAME)
+        self.admin: AdminServer | None = None
+        if settings.admin_port >= 0:
+            self.admin = AdminServer(
+                host=settings.admin_host,
+                port=settings.admin_port,
+                registry=self.node.metrics.registry,
+                ready=self._ready,
+                token=(lambda: token) if token else None,
+                component="pulse",
+            )
+            self.admin.add_route("GET", "/api/v1/status", self._status)
+            self.admin.add_route("POST", "/api/v1/tempo", self._tempo)
+        self._started = False
+        self._closed = False
+        self.jitter_s: deque[float] = deque(maxlen=4096)
+        self.node.on_emitted = self._record_jitter
+
+    def _record_jitter(self, jitter_s: float) -> None:
+        self.jitter_s.append(jitter_s)
+
+    async def start(self) -> None:
+        if self._started:
+            return
+        self._started = True
+        await self.grpc.start()
+        self.node.advertise_address = self.grpc.address
+        if self.admin is not None:
+            await self.admin.start()
+        await self.node.start()
+
+    async def close(self) -> None:
+        """Graceful stop; idempotent."""
+        if self._closed or not self._started:
+            return
+        self._closed = True
+        await self.grpc.set_serving(False)
+        await self.node.close(handoff=True)  # ends streams with UNAVAILABLE
+        await self.grpc.stop(grace=2.0)
+        await self.servicer.forwarder.close()
+        if self.admin is not None:
+            await self.admin.close()
+
+    async def __aenter__(self) -> PulseServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- HTTP admin -----------------------------------------------------------------------
+
+    def _ready(self) -> tuple[bool, str]:
+        status = self.node.status()
+        if status.role in (Role.LEADER, Role.DEGRADED):
+            return True, status.role.value
+        if status.role is Role.FOLLOWER and status.timeline is not None:
+            return True, "follower"
+        return False, f"{status.role.value}: no leader or timeline seen yet"
+
+    def slo(self) -> dict[str, Any]:
+        values = sorted(self.jitter_s)
+        m = self.node.metrics
+        p95, p99 = _quantile(values, 0.95), _quantile(values, 0.99)
+        return {
+            "jitter_samples": len(values),
+            "jitter_p50_ms": _quantile(values, 0.50) * 1e3,
+            "jitter_p95_ms": p95 * 1e3,
+            "jitter_p99_ms": p99 * 1e3,
+            "jitter_max_ms": (values[-1] if values else 0.0) * 1e3,
+            "seed_jitter_p95_target_ms": SEED_JITTER_P95_S * 1e3,
+            "seed_jitter_p95_ok": p95 <= SEED_JITTER_P95_S,
+            "jitter_p99_target_ms": TARGET_JITTER_P99_S * 1e3,
+            "jitter_p99_ok": p99 <= TARGET_JITTER_P99_S,
+            "beats_emitted": int(m.beats._value.get()),
+            "degraded_beats": int(m.degraded_beats._value.get()),
+            "failovers": int(m.failovers._value.get()),
+            "fenced_writes": int(m.fenced_writes._value.get()),
+        }
+
+    def status_json(self) -> dict[str, Any]:
+        status = self.node.status()
+        return {
+            "cluster_id": status.cluster_id,
+            "node_id": status.node_id,
+            "role": status.role.value,
+            "is_leader": status.is_leader,
+            "leader": {"node_id": status.leader_id, "address": status.leader_address},
+            "term": status.term,
+            "timeline": timeline_json(status.timeline),
+            "pending": timeline_json(status.pending),
+            "last_beat": status.last_beat_index,
+            "degraded": status.degraded,
+            "redis": {"reachable": status.redis_reachable, "total": status.redis_total},
+            "grpc_address": self.grpc.address,
+            "stream_subscribers": self.node.hub.subscribers,
+            "slo": self.slo(),
+            "server_time": _rfc3339(time.time_ns()),
+        }
+
+    async def _status(self, _: web.Request) -> web.Response:
+        return json_response(self.status_json())
+
+    async def _tempo(self, request: web.Request) -> web.Response:
+        try:
+            body = await request.json()
+        except ValueError:
+            return error_response(400, "MALFORMED", "the body must be a JSON object")
+        if not isinstance(body, dict):
+            return error_response(400, "MALFORMED", "the body must be a JSON object")
+        bpm = body.get("tempo_bpm")
+        if isinstance(bpm, bool) or not isinstance(bpm, int | float):
+            return error_response(400, "MALFORMED", "tempo_bpm must be a number")
+        request_id = body.get("request_id", "")
+        ramp = body.get("ramp", False)
+        if not isinstance(request_id, str) or not isinstance(ramp, bool):
+            return error_response(400, "MALFORMED", "request_id is a string, ramp a boolean")
+        try:
+            change = await apply_tempo(self.node, float(bpm), request_id, ramp)
+        except TempoRequestError as exc:
+            return error_response(400, exc.reason, str(exc))
+        except TempoError as exc:
+            return error_response(400, exc.reason, str(exc))
+        except NoQuorumError as exc:
+            return error_response(409, "NO_QUORUM", str(exc))
+        except NotLeaderError as exc:
+            return await self._forward_tempo(request, exc, float(bpm), request_id, ramp)
+        return json_response(change_json(change))
+
+    async def _forward_tempo(
+        self, request: web.Request, exc: NotLeaderError, bpm: float, request_id: str, ramp: bool
+    ) -> web.Response:
+        if not exc.leader_address:
+            return error_response(503, "NOT_LEADER", str(exc))
+        try:
+            reply = await self.servicer.forwarder.forward(
+                exc.leader_address,
+                pb.SetTempoRequest(tempo_bpm=bpm, request_id=request_id, ramp=ramp),
+                request.headers.get("Authorization", ""),
+                timeout_s=5.0,
+            )
+        except grpc.aio.AioRpcError as error:
+            code = {
+                grpc.StatusCode.INVALID_ARGUMENT: 400,
+                grpc.StatusCode.UNAUTHENTICATED: 401,
+                grpc.StatusCode.PERMISSION_DENIED: 403,
+                grpc.StatusCode.FAILED_PRECONDITION: 409,
+            }.get(error.code(), 503)
+            return error_response(code, error.code().name, error.details() or "")
+        return json_response(
+            {
+                "effective_beat": reply.effective_beat,
+                "effective_time": reply.effective_time.ToJsonString(),
+                "timeline": {"tempo_bpm": reply.timeline.tempo_bpm},
+                "target_tempo_bpm": reply.target_tempo_bpm,
+                "remaining_steps": reply.remaining_steps,
+                "forwarded_to": exc.leader_address,
+            }
+        )

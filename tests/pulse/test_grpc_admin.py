@@ -1,0 +1,259 @@
+"""PulseService over gRPC and the HTTP admin API, served in this process by real servers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import aiohttp
+import grpc
+import pytest
+from google.protobuf import descriptor_pool, json_format, message_factory
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+    ProtoReflectionDescriptorDatabase,
+)
+
+from backbeat.embedded import NatsServer, RedisServer
+from backbeat.pulse import PulseSettings, Role
+from backbeat.pulse.server import PulseServer
+from backbeat.service.rpc import error_reason
+from backbeat.v1 import pulse_service_pb2 as pb
+from backbeat.v1 import pulse_service_pb2_grpc as pb_grpc
+
+pytestmark = pytest.mark.integration
+
+ServerFactory = Callable[..., Awaitable[PulseServer]]
+TOKEN = "s3cret-token"
+
+
+@pytest.fixture
+async def make_server(
+    redis_servers: list[RedisServer], nats_server: NatsServer, cluster_id: str
+) -> AsyncIterator[ServerFactory]:
+    servers: list[PulseServer] = []
+
+    async def make(name: str, **overrides: Any) -> PulseServer:
+        settings = PulseSettings(
+            cluster_id=cluster_id,
+            node_id=name,
+            redis_urls=tuple(s.url for s in redis_servers),
+            nats_url=nats_server.url,
+            tempo_bpm=240.0,
+            **overrides,
+        )
+        server = PulseServer(settings)
+        servers.append(server)
+        await server.start()
+        return server
+
+    yield make
+    for server in servers:
+        await server.close()
+
+
+async def _leader_of(*servers: PulseServer, within_s: float = 15.0) -> PulseServer:
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        leaders = [s for s in servers if s.node.role is Role.LEADER]
+        if len(leaders) == 1 and all(s.node.hub.timeline is not None for s in servers):
+            return leaders[0]
+        await asyncio.sleep(0.02)
+    raise AssertionError("no leader")
+
+
+async def _next(stream: Any) -> pb.StreamBeatsResponse:
+    event = await stream.read()
+    assert isinstance(event, pb.StreamBeatsResponse), event
+    return event
+
+
+def _reflective_call(address: str, method: str, request_json: str) -> dict[str, Any]:
+    """What grpcurl does: learn the schema through server reflection, encode JSON, call.
+
+    No generated stubs or message classes of ours are used here.
+    """
+    with grpc.insecure_channel(address) as channel:
+        database = ProtoReflectionDescriptorDatabase(channel)
+        services = database.get_services()
+        assert "backbeat.v1.PulseService" in services
+        assert "grpc.health.v1.Health" in services
+        pool = descriptor_pool.DescriptorPool(database)
+        service_name, method_name = method.rsplit("/", 1)
+        method_desc = pool.FindServiceByName(service_name).FindMethodByName(method_name)
+        request_cls = message_factory.GetMessageClass(method_desc.input_type)
+        response_cls = message_factory.GetMessageClass(method_desc.output_type)
+        call = channel.unary_unary(
+            f"/{service_name}/{method_name}",
+            request_serializer=lambda m: m.SerializeToString(),
+            response_deserializer=response_cls.FromString,
+        )
+        reply = call(json_format.Parse(request_json, request_cls()), timeout=10)
+        result: dict[str, Any] = json_format.MessageToDict(reply)
+        return result
+
+
+async def test_grpcurl_style_set_tempo_through_reflection(make_server: ServerFactory) -> None:
+    server = await make_server("a")
+    await _leader_of(server)
+    reply = await asyncio.to_thread(
+        _reflective_call,
+        server.grpc.address,
+        "backbeat.v1.PulseService/SetTempo",
+        '{"tempo_bpm": 252}',
+    )
+    # proto3 JSON renders int64 as a string (for JavaScript clients): "effectiveBeat": "8"
+    assert isinstance(reply["effectiveBeat"], str)
+    assert server.node.timelines is not None
+    pending = server.node.timelines.pending
+    assert pending is not None
+    assert int(reply["effectiveBeat"]) == pending.anchor_beat
+    assert math.isclose(reply["timeline"]["tempoBpm"], 252.0)
+
+    async with grpc.aio.insecure_channel(server.grpc.address) as channel:
+        health = await health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service="backbeat.v1.PulseService")
+        )
+        assert health.status == health_pb2.HealthCheckResponse.SERVING
+
+
+async def test_bad_set_tempo_requests_change_nothing(make_server: ServerFactory) -> None:
+    server = await make_server("a", token=TOKEN)
+    await _leader_of(server)
+    good = (("authorization", f"Bearer {TOKEN}"),)
+    cases: list[tuple[float, tuple[tuple[str, str], ...], grpc.StatusCode, str]] = [
+        (math.nan, good, grpc.StatusCode.INVALID_ARGUMENT, "TEMPO_OUT_OF_BOUNDS"),
+        (math.inf, good, grpc.StatusCode.INVALID_ARGUMENT, "TEMPO_OUT_OF_BOUNDS"),
+        (-120.0, good, grpc.StatusCode.INVALID_ARGUMENT, "TEMPO_OUT_OF_BOUNDS"),
+        (0.0, good, grpc.StatusCode.INVALID_ARGUMENT, "TEMPO_OUT_OF_BOUNDS"),
+        (1e12, good, grpc.StatusCode.INVALID_ARGUMENT, "TEMPO_OUT_OF_BOUNDS"),
+        (290.0, good, grpc.StatusCode.INVALID_ARGUMENT, "TEMPO_STEP_TOO_LARGE"),
+        (250.0, (("authorization", "Bearer nope"),), grpc.StatusCode.PERMISSION_DENIED, ""),
+        (250.0, (("authorization", "Basic x"),), grpc.StatusCode.UNAUTHENTICATED, ""),
+        (250.0, (), grpc.StatusCode.UNAUTHENTICATED, "UNAUTHENTICATED"),
+    ]
+    before = server.node.timelines
+    async with grpc.aio.insecure_channel(server.grpc.address) as channel:
+        stub = pb_grpc.PulseServiceStub(channel)
+        for bpm, metadata, code, reason in cases:
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await stub.SetTempo(pb.SetTempoRequest(tempo_bpm=bpm), metadata=metadata)
+            assert info.value.code() == code, (bpm, metadata, info.value.details())
+            if reason:
+                assert error_reason(info.value) == reason
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.SetTempo(pb.SetTempoRequest(tempo_bpm=290.0), metadata=good)
+        assert "216.00 to 264.00" in (info.value.details() or "")  # names the allowed range
+        timeline = await stub.GetTimeline(pb.GetTimelineRequest())
+        assert not timeline.HasField("pending")
+        assert server.node.timelines == before
+        ok = await stub.SetTempo(pb.SetTempoRequest(tempo_bpm=250.0), metadata=good)
+        assert ok.timeline.tempo_bpm == 250.0
+
+
+async def test_stream_beats_resume_and_history(make_server: ServerFactory) -> None:
+    server = await make_server("a", history_beats=6)
+    follower = await make_server("b", history_beats=6)
+    await _leader_of(server, follower)
+    async with grpc.aio.insecure_channel(server.grpc.address) as channel:
+        stub = pb_grpc.PulseServiceStub(channel)
+        stream = stub.StreamBeats(pb.StreamBeatsRequest(progress_interval_ms=100))
+        first = await _next(stream)
+        assert first.WhichOneof("event") == "timeline"
+        beats: list[Any] = []
+        while len(beats) < 8:
+            event = await _next(stream)
+            if event.WhichOneof("event") == "beat":
+                beats.append(event.beat)
+        stream.cancel()
+        indexes = [b.beat_index for b in beats]
+        assert indexes == list(range(indexes[0], indexes[0] + 8))
+
+        resume_from = indexes[-3]
+        stream = stub.StreamBeats(pb.StreamBeatsRequest(start_beat=resume_from))
+        assert (await _next(stream)).WhichOneof("event") == "timeline"
+        resumed = await _next(stream)
+        assert resumed.beat.beat_index == resume_from
+        stream.cancel()
+
+        stream = stub.StreamBeats(pb.StreamBeatsRequest(start_beat=1))
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await _next(stream)
+        assert info.value.code() == grpc.StatusCode.OUT_OF_RANGE
+        assert error_reason(info.value) == "HISTORY_COMPACTED"
+
+    # A follower relays the same frames, and forwards SetTempo to the leader.
+    async with grpc.aio.insecure_channel(follower.grpc.address) as channel:
+        stub = pb_grpc.PulseServiceStub(channel)
+        stream = stub.StreamBeats(pb.StreamBeatsRequest())
+        got: list[Any] = []
+        while len(got) < 2:
+            event = await _next(stream)
+            if event.WhichOneof("event") == "beat":
+                got.append(event.beat)
+        stream.cancel()
+        assert got[1].beat_index == got[0].beat_index + 1
+        assert got[0].term == server.node.term
+        reply = await stub.SetTempo(pb.SetTempoRequest(tempo_bpm=230.0, request_id="x"))
+        assert reply.timeline.tempo_bpm == 230.0
+        status = await stub.GetStatus(pb.GetStatusRequest())
+        assert not status.is_leader
+        assert status.leader_address == server.grpc.address
+        assert status.redis_total == 3
+
+
+async def test_http_admin_api(make_server: ServerFactory) -> None:
+    server = await make_server("a", token=TOKEN)
+    await _leader_of(server)
+    assert server.admin is not None
+    base = server.admin.url
+    async with aiohttp.ClientSession() as http:
+        for path in ("/health", "/ready"):
+            async with http.get(base + path) as response:
+                assert response.status == 200
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if server.node.status().last_beat_index >= 1:
+                break
+            await asyncio.sleep(0.05)
+        async with http.get(base + "/metrics") as response:
+            text = await response.text()
+        for name in (
+            "backbeat_beats_total",
+            "backbeat_pulse_jitter_seconds_bucket",
+            "backbeat_is_leader 1.0",
+            "backbeat_current_tempo_bpm 240.0",
+            "backbeat_pulse_term",
+            "backbeat_pulse_failovers_total",
+            "backbeat_pulse_fenced_writes_total",
+            "backbeat_pulse_degraded_beats_total",
+        ):
+            assert name in text, name
+        async with http.get(base + "/api/v1/status") as response:
+            status = await response.json()
+        assert status["is_leader"] is True
+        assert status["term"] == server.node.term
+        assert status["timeline"]["tempo_bpm"] == 240.0
+        assert status["last_beat"] >= 1
+        assert status["degraded"] is False
+        assert status["slo"]["jitter_samples"] >= 1
+        body = json.dumps({"tempo_bpm": 250})
+        async with http.post(base + "/api/v1/tempo", data=body) as response:
+            assert response.status == 401
+        async with http.post(
+            base + "/api/v1/tempo", data=body, headers={"Authorization": "Bearer wrong"}
+        ) as response:
+            assert response.status == 403
+        auth = {"Authorization": f"Bearer {TOKEN}"}
+        for bad in ('{"tempo_bpm": "fast"}', "[1]", "nope", '{"tempo_bpm": 1000}'):
+            async with http.post(base + "/api/v1/tempo", data=bad, headers=auth) as response:
+                assert response.status == 400, bad
+        async with http.post(base + "/api/v1/tempo", data=body, headers=auth) as response:
+            assert response.status == 200
+            change = await response.json()
+        assert change["timeline"]["tempo_bpm"] == 250.0
+        assert change["effective_beat"] % 4 == 0
