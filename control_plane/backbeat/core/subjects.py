@@ -53,3 +53,9 @@ def bar_stream(cluster_id: str) -> str:
 
 
 CLAIMS_QUEUE_GROUP = "backbeat-reverb-ingest"
+
+
+def timeline(cluster_id: str) -> str:
+    """Core NATS: the leader announces its timeline record (current + pending) here on
+    election and on every change; followers and SDKs pick up pending tempo changes early."""
+    return f"backbeat.{cluster_id}.timeline"
