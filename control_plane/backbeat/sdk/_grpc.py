@@ -1,0 +1,166 @@
+"""The gRPC edge of the SDK: PulseService.StreamBeats in, ReverbService.SubmitClaims out."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Sequence
+
+import grpc
+
+from backbeat.core.messages import StatusClaim
+from backbeat.core.protobuf import beat_frame_from_pb, status_claim_to_pb, timeline_from_pb
+from backbeat.sdk._follower import BeatFollower
+from backbeat.v1 import (
+    pulse_service_pb2,
+    pulse_service_pb2_grpc,
+    reverb_service_pb2,
+    reverb_service_pb2_grpc,
+)
+
+log = logging.getLogger("backbeat.sdk")
+
+_RESULTS = {
+    reverb_service_pb2.CLAIM_RESULT_ACCEPTED: "accepted",
+    reverb_service_pb2.CLAIM_RESULT_DUPLICATE: "duplicate",
+    reverb_service_pb2.CLAIM_RESULT_LATE: "late",
+    reverb_service_pb2.CLAIM_RESULT_REJECTED: "rejected",
+}
+
+
+def _metadata(token: str | None) -> tuple[tuple[str, str], ...] | None:
+    return (("authorization", f"Bearer {token}"),) if token else None
+
+
+class GrpcBeatSource:
+    """Follows ``StreamBeats`` on the first replica that answers, resuming after failures.
+
+    A stream is resumed from the next undelivered beat on the next target. A stream that stays
+    silent longer than ``idle_timeout_s`` (no beat, timeline or progress message: e.g. a paused
+    server) is abandoned; ``OUT_OF_RANGE`` (history gone) restarts from the next live beat.
+    """
+
+    def __init__(
+        self,
+        targets: Sequence[str],
+        follower: BeatFollower,
+        now_ns: Callable[[], int],
+        *,
+        token: str | None = None,
+        idle_timeout_s: float = 10.0,
+        progress_interval_ms: int = 1000,
+    ) -> None:
+        if not targets:
+            raise ValueError("no gRPC pulse targets")
+        self._targets = list(targets)
+        self._follower = follower
+        self._now_ns = now_ns
+        self._token = token
+        self._idle_timeout_s = idle_timeout_s
+        self._progress_ms = progress_interval_ms
+        self._history_gone = False
+        self.connected_target: str | None = None
+        self.reconnects = 0
+
+    async def run(self) -> None:
+        """Stream until cancelled."""
+        backoff = 0.05
+        index = 0
+        while True:
+            target = self._targets[index % len(self._targets)]
+            try:
+                await self._stream(target)
+                backoff = 0.05
+            except asyncio.CancelledError:
+                raise
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() is grpc.StatusCode.OUT_OF_RANGE:
+                    self._history_gone = True
+                log.info("beat stream from %s ended: %s", target, exc.code().name)
+            except (TimeoutError, OSError) as exc:
+                log.info("beat stream from %s ended: %r", target, exc)
+            self.connected_target = None
+            self.reconnects += 1
+            index += 1
+            if index % len(self._targets) == 0:
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 1.0)
+
+    async def _stream(self, target: str) -> None:
+        follower = self._follower
+        start = 0 if self._history_gone or follower.next_beat is None else follower.next_beat
+        self._history_gone = False
+        async with grpc.aio.insecure_channel(target) as channel:
+            stub = pulse_service_pb2_grpc.PulseServiceStub(channel)
+            call = stub.StreamBeats(
+                pulse_service_pb2.StreamBeatsRequest(
+                    start_beat=start, progress_interval_ms=self._progress_ms
+                ),
+                metadata=_metadata(self._token),
+            )
+            try:
+                stream = aiter(call)
+                while True:
+                    try:
+                        response = await asyncio.wait_for(anext(stream), self._idle_timeout_s)
+                    except StopAsyncIteration:
+                        return
+                    self.connected_target = target
+                    kind = response.WhichOneof("event")
+                    if kind == "beat":
+                        follower.offer_frame(beat_frame_from_pb(response.beat), self._now_ns())
+                    elif kind == "timeline":
+                        with contextlib.suppress(ValueError):
+                            follower.offer_timeline(timeline_from_pb(response.timeline))
+            finally:
+                call.cancel()
+
+
+class GrpcClaimSink:
+    """One long-lived ``SubmitClaims`` stream; a batch is one request and one response."""
+
+    def __init__(self, target: str, *, token: str | None = None, timeout_s: float = 5.0) -> None:
+        self._target = target
+        self._token = token
+        self._timeout_s = timeout_s
+        self._channel: grpc.aio.Channel | None = None
+        self._call: (
+            grpc.aio.StreamStreamCall[
+                reverb_service_pb2.SubmitClaimsRequest, reverb_service_pb2.SubmitClaimsResponse
+            ]
+            | None
+        ) = None
+
+    async def send(self, claims: Sequence[StatusClaim]) -> Sequence[str] | None:
+        if self._call is None:
+            if self._channel is None:
+                self._channel = grpc.aio.insecure_channel(self._target)
+            stub = reverb_service_pb2_grpc.ReverbServiceStub(self._channel)
+            self._call = stub.SubmitClaims(metadata=_metadata(self._token))  # type: ignore[call-arg]
+        call = self._call
+        try:
+            await call.write(
+                reverb_service_pb2.SubmitClaimsRequest(
+                    claims=[status_claim_to_pb(c) for c in claims]
+                )
+            )
+            response = await asyncio.wait_for(call.read(), self._timeout_s)
+        except BaseException:
+            self._call = None
+            call.cancel()
+            raise
+        if not isinstance(response, reverb_service_pb2.SubmitClaimsResponse):  # grpc.aio.EOF
+            self._call = None
+            raise ConnectionError("SubmitClaims stream ended by the server")
+        return [_RESULTS.get(o.result, "rejected") for o in response.outcomes]
+
+    async def close(self) -> None:
+        call, self._call = self._call, None
+        if call is not None:
+            with contextlib.suppress(Exception):
+                await call.done_writing()
+            call.cancel()
+        channel, self._channel = self._channel, None
+        if channel is not None:
+            await channel.close(None)

@@ -1,0 +1,131 @@
+"""The NATS edge of the SDK: beats and timeline announcements in, claims out."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import nats
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from backbeat.core import subjects
+from backbeat.core.messages import StatusClaim
+from backbeat.core.timeline import Phase, Timeline
+from backbeat.sdk._follower import BeatFollower
+
+log = logging.getLogger("backbeat.sdk")
+
+# A follower that falls this far behind loses messages (counted by NATS) instead of growing.
+_PENDING_MSGS = 4096
+
+
+def decode_timeline_record(payload: bytes) -> list[Timeline]:
+    """The pulse's timeline announcement: ``{"current": {...}, "pending": {...} | null}``.
+
+    Returns the timelines it names, current first. Raises ValueError when it is unreadable.
+    """
+    try:
+        obj = json.loads(payload)
+        out = []
+        for name in ("current", "pending"):
+            entry: Any = obj.get(name)
+            if entry:
+                out.append(
+                    Timeline(
+                        cluster_id=str(entry["cluster_id"]),
+                        tempo_bpm=float(entry["tempo_bpm"]),
+                        anchor_beat=int(entry["anchor_beat"]),
+                        anchor_time_ns=int(entry["anchor_time_ns"]),
+                        bar_length=int(entry["bar_length"]),
+                        bar_origin=int(entry.get("bar_origin", 0)),
+                        phases=tuple(Phase(str(n), int(b)) for n, b in entry["phases"]),
+                        revision=int(entry.get("revision", 0)),
+                        term=int(entry.get("term", 0)),
+                    )
+                )
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise ValueError(f"unreadable timeline record: {exc!r}") from None
+    return out
+
+
+async def connect(url: str, name: str) -> NatsClient:
+    """A connection that reconnects forever (an agent outlives NATS restarts)."""
+
+    async def on_error(exc: Exception) -> None:
+        # Reconnect attempts fail loudly by default; the agent's status says what matters.
+        log.debug("NATS: %r", exc)
+
+    async def on_disconnected() -> None:
+        log.info("NATS connection lost; reconnecting (beats continue on the local timeline)")
+
+    return await nats.connect(
+        url,
+        name=name,
+        error_cb=on_error,
+        disconnected_cb=on_disconnected,
+        allow_reconnect=True,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.25,
+        connect_timeout=2,
+    )
+
+
+class NatsBeatSource:
+    """Feeds a BeatFollower from ``backbeat.<cluster>.beat`` and ``.timeline``."""
+
+    def __init__(self, nc: NatsClient, follower: BeatFollower, now_ns: Callable[[], int]) -> None:
+        self._nc = nc
+        self._follower = follower
+        self._now_ns = now_ns
+        self._subs: list[Subscription] = []
+
+    async def start(self) -> None:
+        if self._subs:
+            return
+        cluster = self._follower.cluster_id
+        self._subs = [
+            await self._nc.subscribe(
+                subjects.timeline(cluster), cb=self._on_timeline, pending_msgs_limit=64
+            ),
+            await self._nc.subscribe(
+                subjects.beat(cluster), cb=self._on_beat, pending_msgs_limit=_PENDING_MSGS
+            ),
+        ]
+
+    async def _on_beat(self, msg: Msg) -> None:
+        self._follower.offer_bytes(msg.data, self._now_ns())
+
+    async def _on_timeline(self, msg: Msg) -> None:
+        try:
+            timelines = decode_timeline_record(msg.data)
+        except ValueError:
+            return  # an unreadable announcement changes nothing; frames still keep time
+        for timeline in timelines:
+            self._follower.offer_timeline(timeline)
+
+    async def close(self) -> None:
+        subs, self._subs = self._subs, []
+        for sub in subs:
+            with contextlib.suppress(Exception):  # closing: the connection may be gone
+                await sub.unsubscribe()
+
+
+class NatsClaimSink:
+    """Publishes claims as INT-B JSON on ``backbeat.<cluster>.claims``; one flush per batch."""
+
+    def __init__(self, nc: NatsClient, cluster_id: str, *, flush_timeout_s: float = 2.0) -> None:
+        self._nc = nc
+        self._subject = subjects.claims(cluster_id)
+        self._flush_timeout_s = flush_timeout_s
+
+    async def send(self, claims: Sequence[StatusClaim]) -> Sequence[str] | None:
+        publish = self._nc.publish
+        for claim in claims:
+            await publish(self._subject, claim.encode())
+        await self._nc.flush(timeout=self._flush_timeout_s)  # type: ignore[arg-type]
+        return None

@@ -1,0 +1,103 @@
+"""AgentSettings: everything an Agent can be told, in one typed object."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+from backbeat.core.messages import BeatFrame
+from backbeat.core.signing import Keyring, Verification
+from backbeat.core.subjects import check_cluster_id
+
+#: Decides whether a received frame is genuine (``backbeat.core.signing.frame_verifier``).
+FrameVerifier = Callable[[BeatFrame], Verification]
+
+
+@dataclass(frozen=True, slots=True)
+class AgentSettings:
+    """How an Agent connects and behaves.
+
+    Beats come over NATS when ``nats_url`` is set, otherwise over gRPC ``StreamBeats`` from
+    ``pulse_targets`` (tried in turn; any pulse replica relays the leader's beats). Claims go
+    over NATS when ``nats_url`` is set, otherwise over gRPC ``SubmitClaims`` to
+    ``reverb_target``.
+    """
+
+    cluster_id: str
+    agent_id: str
+    nats_url: str | None = None
+    pulse_targets: Sequence[str] = ()
+    reverb_target: str | None = None
+    #: Bearer token for gRPC calls that need one (sent as ``authorization`` metadata).
+    token: str | None = None
+    #: Verify every frame; frames that do not verify are dropped (``bad_signature``).
+    frame_verifier: FrameVerifier | None = None
+    #: Sign every claim with the newest active key of this keyring.
+    claim_keyring: Keyring | None = None
+    #: A beat whose frame has not arrived this long after its expected arrival is delivered
+    #: from the local timeline (capped at a quarter of the beat period).
+    frame_grace_s: float = 0.020
+    #: This many beats in a row without a frame switch the status to DEGRADED.
+    degraded_after_beats: int = 2
+    #: Frames whose arrival times feed the median clock offset estimate.
+    offset_samples: int = 15
+    #: Beats per bar until the timeline (or two downbeats) says otherwise.
+    bar_length_hint: int = 4
+    #: After a gap (e.g. frames come back on a faster grid), at most this many missed beats
+    #: are delivered at once; older ones are skipped and counted.
+    max_catch_up_beats: int = 64
+    #: Claims buffered before ``report`` waits (and ``report_nowait`` raises).
+    claim_buffer: int = 10_000
+    claim_batch: int = 500
+    #: Longest a claim waits for its batch to fill.
+    claim_linger_s: float = 0.005
+    #: Give up a batch after this many failed attempts (0: retry until close).
+    claim_max_attempts: int = 0
+    #: Queue length of each ``beats()`` iterator; a slow reader loses the oldest beats.
+    iterator_queue: int = 64
+    #: How long close() waits for buffered claims to go out.
+    close_timeout_s: float = 5.0
+    #: gRPC stream considered dead when silent this long (progress messages keep it alive).
+    stream_idle_timeout_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        check_cluster_id(self.cluster_id)
+        if not self.agent_id:
+            raise ValueError("agent_id must not be empty")
+        if not self.nats_url and not self.pulse_targets:
+            raise ValueError("give nats_url or pulse_targets (gRPC) to receive beats")
+        if not self.nats_url and not self.reverb_target and not self.pulse_targets:
+            raise ValueError("give nats_url or reverb_target to send claims")
+        if self.claim_buffer < 1 or self.claim_batch < 1:
+            raise ValueError("claim_buffer and claim_batch must be at least 1")
+        if self.degraded_after_beats < 1:
+            raise ValueError("degraded_after_beats must be at least 1")
+
+    @classmethod
+    def from_env(
+        cls, agent_id: str, *, env: Mapping[str, str] | None = None, **overrides: object
+    ) -> AgentSettings:
+        """From ``BACKBEAT_CLUSTER``, ``NATS_URL``, ``BACKBEAT_PULSE_TARGETS`` (comma separated),
+        ``BACKBEAT_REVERB_TARGET`` and ``BACKBEAT_TOKEN``; keyword arguments win."""
+        env = os.environ if env is None else env
+        values: dict[str, object] = {
+            "cluster_id": env.get("BACKBEAT_CLUSTER", "default"),
+            "agent_id": agent_id,
+            "nats_url": env.get("NATS_URL") or None,
+            "pulse_targets": tuple(
+                t.strip() for t in env.get("BACKBEAT_PULSE_TARGETS", "").split(",") if t.strip()
+            ),
+            "reverb_target": env.get("BACKBEAT_REVERB_TARGET") or None,
+            "token": env.get("BACKBEAT_TOKEN") or None,
+        }
+        values.update(overrides)
+        return cls(**values)  # type: ignore[arg-type]
+
+    def __repr__(self) -> str:  # never print the token
+        return (
+            f"AgentSettings(cluster_id={self.cluster_id!r}, agent_id={self.agent_id!r}, "
+            f"nats_url={self.nats_url!r}, pulse_targets={tuple(self.pulse_targets)!r}, "
+            f"reverb_target={self.reverb_target!r}, token={'***' if self.token else None}, "
+            f"verify_frames={self.frame_verifier is not None})"
+        )
