@@ -1,0 +1,116 @@
+"""The SDK against real pulse replicas (OS processes): kill -9 the leader, change the tempo.
+
+Two agents follow the same cluster, one over NATS and one over gRPC StreamBeats. Both must
+deliver every beat once, in order, and switch tempo at the leader's effective downbeat.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from backbeat.embedded import NatsServer, RedisServer
+from backbeat.sdk import Agent, AgentSettings, Beat, TempoChange
+from backbeat.v1 import pulse_service_pb2 as pb
+from backbeat.v1 import pulse_service_pb2_grpc as pb_grpc
+from tests.pulse.cluster import PulseProcess, wait_for_leader
+
+pytestmark = [pytest.mark.integration, pytest.mark.fault]
+
+TOKEN = "sdk-test-token"
+TEMPO = 240.0
+
+
+@pytest.fixture
+def replicas(
+    redis_servers: list[RedisServer], nats_server: NatsServer, cluster_id: str, tmp_path: Path
+) -> Iterator[list[PulseProcess]]:
+    procs = [
+        PulseProcess(
+            cluster_id,
+            f"p{i}",
+            [s.url for s in redis_servers],
+            nats_server.url,
+            log_dir=tmp_path,
+            tempo_bpm=TEMPO,
+            lock_ttl_ms=1000,
+            token=TOKEN,
+        )
+        for i in range(2)
+    ]
+    try:
+        for proc in procs:
+            proc.start(timeout=30)
+        yield procs
+    finally:
+        for proc in procs:
+            proc.close()
+
+
+async def _until(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.02)
+
+
+async def _set_tempo(address: str, tempo_bpm: float) -> int:
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = pb_grpc.PulseServiceStub(channel)
+        response = await stub.SetTempo(
+            pb.SetTempoRequest(tempo_bpm=tempo_bpm, request_id="sdk-test"),
+            metadata=(("authorization", f"Bearer {TOKEN}"),),
+            timeout=10,
+        )
+        return int(response.effective_beat)
+
+
+async def test_sdk_over_nats_and_grpc_across_kill_and_tempo_change(
+    replicas: list[PulseProcess], nats_server: NatsServer, cluster_id: str
+) -> None:
+    leader = await wait_for_leader(replicas)
+    over_nats = AgentSettings(
+        cluster_id=cluster_id, agent_id="nats-agent", nats_url=nats_server.url
+    )
+    over_grpc = AgentSettings(
+        cluster_id=cluster_id,
+        agent_id="grpc-agent",
+        pulse_targets=[r.grpc_address for r in replicas],
+        stream_idle_timeout_s=3.0,
+    )
+    seen: dict[str, list[Beat]] = {"nats": [], "grpc": []}
+    changes: dict[str, list[TempoChange]] = {"nats": [], "grpc": []}
+    async with Agent(over_nats) as a_nats, Agent(over_grpc) as a_grpc:
+        for name, agent in (("nats", a_nats), ("grpc", a_grpc)):
+            agent.on_beat(seen[name].append)
+            agent.on_tempo_change(changes[name].append)
+        await a_nats.wait_synced(20)
+        await a_grpc.wait_synced(20)
+        effective = await _set_tempo(leader.grpc_address, TEMPO * 1.1)
+        await _until(
+            lambda: all(s and s[-1].beat_index >= effective + 2 for s in seen.values()),
+            30,
+            "the tempo change",
+        )
+        leader.kill()
+        survivor = await wait_for_leader([r for r in replicas if r is not leader])
+        killed_at = max(s[-1].beat_index for s in seen.values())
+        await _until(
+            lambda: all(
+                s[-1].beat_index >= killed_at + 12 and s[-1].term > s[0].term for s in seen.values()
+            ),
+            30,
+            f"beats from the new leader {survivor.node_id}",
+        )
+    for name, beats in seen.items():
+        indices = [b.beat_index for b in beats]
+        assert indices == list(range(indices[0], indices[0] + len(indices))), (name, indices)
+        assert changes[name] == [TempoChange(effective, TEMPO, TEMPO * 1.1)], name
+        tempo = {b.beat_index: b.tempo_bpm for b in beats}
+        assert tempo[effective - 1] == TEMPO
+        assert tempo[effective] == pytest.approx(TEMPO * 1.1)
