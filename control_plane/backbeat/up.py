@@ -37,7 +37,7 @@ from rich.text import Text
 
 from backbeat.core.messages import BarReport, BeatFrame, CodecError
 from backbeat.core.subjects import bars_wildcard, beat, check_cluster_id
-from backbeat.embedded import NatsServer, RedisServer, free_port
+from backbeat.embedded import NatsServer, RedisServer, ServerError, free_port
 from backbeat.ports import (
     PULSE_ADMIN_PORTS,
     PULSE_GRPC_PORTS,
@@ -426,6 +426,9 @@ def run(args: argparse.Namespace) -> int:
         state = asyncio.run(_follow(args, stack, console))
     except KeyboardInterrupt:
         pass  # Ctrl-C before the live view took over: still shut down cleanly below
+    except ServerError as exc:
+        console.print(f"[red]could not start the stack[/]: {exc}")
+        own_dir = False  # keep the logs for a look
     finally:
         console.print("stopping…")
         stack.close()
