@@ -12,9 +12,9 @@ import nats
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
-from backbeat.core import subjects
 from backbeat.core.hlc import HLCTimestamp
 from backbeat.core.messages import BeatFrame
+from backbeat.core.subjects import beat as beat_subject
 
 
 @dataclass(slots=True)
@@ -34,7 +34,7 @@ class BeatCollector:
 
     async def start(self) -> BeatCollector:
         self.nc = await nats.connect(self.url)
-        await self.nc.subscribe(subjects.beat(self.cluster_id), cb=self._on_msg)
+        await self.nc.subscribe(beat_subject(self.cluster_id), cb=self._on_msg)
         await self.nc.flush()
         return self
 

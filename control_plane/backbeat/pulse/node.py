@@ -338,7 +338,9 @@ class PulseNode:
         else:
             record = state.timelines
             self.metrics.failovers.inc()
-        first = max(state.beat + 1, next_beat_after(record, now + lead_ns // 2))
+        # The first beat is at least one commit lead away: our announcement below reaches a
+        # replica still emitting degraded beats (no quorum on its side) before that beat.
+        first = max(state.beat + 1, next_beat_after(record, now + lead_ns))
         record = record.promoted(first)
         # The first write under the new term fences out every older leader on a majority.
         result = await self.store.write(term, timelines=record, hlc=self.clock.now())
@@ -352,6 +354,10 @@ class PulseNode:
         self._set_role(Role.LEADER)
         log.info("%s: leading term %d from beat %d", self.node_id, term, first)
         await self._announce_timeline(record)
+        nc = self.publisher.nc
+        if nc is not None:
+            with contextlib.suppress(Exception):
+                await nc.publish(self._handoff_subject, f"elected:{term}".encode())
         renew = asyncio.create_task(self._renew_loop(), name=f"renew-{self.node_id}")
         try:
             reason, next_beat = await self._beat_loop(first, degraded=False)
@@ -478,6 +484,8 @@ class PulseNode:
                 n = next_beat_after(promoted, time.time_ns())
                 continue
             emitted_ns = await sleep_until_ns(due, spin_ns=spin_ns)
+            if degraded and self._newer_term_seen:
+                return _StopLeading.LOST, n
             if not degraded and not self._lease_covers(emitted_ns):
                 return (
                     _StopLeading.LOST
@@ -679,5 +687,12 @@ class PulseNode:
         self._follow_timeline(record)
 
     async def _on_handoff_msg(self, msg: Msg) -> None:
+        """``elected:<term>`` from a new leader, or a released lock (anything else)."""
+        kind, _, value = msg.data.partition(b":")
+        if kind == b"elected":
+            with contextlib.suppress(ValueError):
+                if int(value) > self.term and self.role is Role.DEGRADED:
+                    self._newer_term_seen = True
+            return
         if self.role is not Role.LEADER:
             self._wake.set()
