@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "windows": ("backbeat.ctl.windows", "list windows, or show one in detail"),
     "reports": ("backbeat.ctl.reports", "print bar reports (--follow for new ones)"),
     "reverb-trigger": ("backbeat.trigger.command", "invoke the rollup function at every downbeat"),
+    "secrets": ("backbeat.secrets.cli", "check secret settings; create signing keys"),
 }
 
 

@@ -29,6 +29,7 @@ class SecretError(Exception):
     """A secret could not be obtained. The message says which and why, never the value."""
 
     def __init__(self, name: str, message: str) -> None:
+        name = str(name)  # a SecretName prints as its plain value
         super().__init__(f"secret {name!r}: {message}")
         self.name = name
 

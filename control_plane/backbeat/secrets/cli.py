@@ -1,0 +1,96 @@
+"""``backbeat secrets``: check the secret configuration, or create a signing keyring.
+
+``backbeat secrets check`` prints the settings (secrets masked), which secrets load, and what
+production mode would refuse; exit status 1 when there is a problem and BACKBEAT_ENV=production
+(or ``--strict``).
+
+``backbeat secrets new-key [--keyring FILE]`` prints a keyring document with a fresh random
+key, appended to the keyring in FILE when given (activating after ``--lead-s`` seconds, so
+verifiers load it before signers use it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+
+from backbeat.core.signing import Keyring, SigningError, SigningKey
+from backbeat.secrets._production import production_problems
+from backbeat.secrets._rotation import new_key_id
+from backbeat.secrets._settings import SecretsSettings
+from backbeat.secrets._source import SecretError, SecretName
+from backbeat.service.settings import Environment
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    check = sub.add_parser("check", help="show settings, loaded secrets and production problems")
+    check.add_argument("--strict", action="store_true", help="fail on problems in any env")
+    check.add_argument("--json", action="store_true", help="print as JSON")
+    new = sub.add_parser("new-key", help="print a keyring document with a fresh signing key")
+    new.add_argument("--keyring", help="file with the current keyring document to extend")
+    new.add_argument(
+        "--lead-s",
+        type=float,
+        default=120.0,
+        help="seconds until the new key activates when extending a keyring (default 120)",
+    )
+
+
+async def _check(settings: SecretsSettings) -> dict[str, object]:
+    from backbeat.secrets import open_secret_source
+
+    loaded: dict[str, object] = {}
+    async with open_secret_source(settings) as source:
+        for name in SecretName:
+            try:
+                secret = await source.get(name)
+            except SecretError as exc:
+                loaded[name] = {"loaded": False, "error": str(exc)}
+            else:
+                loaded[name] = {"loaded": True, "version": secret.version}
+        problems = await production_problems(settings, source)
+    return {"settings": settings.describe(), "secrets": loaded, "production_problems": problems}
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.action == "new-key":
+        return _new_key(args)
+    try:
+        settings = SecretsSettings.from_env()
+        report = asyncio.run(_check(settings))
+    except (ValueError, SecretError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(report, indent=2, default=str))
+    else:
+        print(f"settings: {report['settings']}")
+        for name, state in report["secrets"].items():  # type: ignore[attr-defined]
+            print(f"  {name}: {state}")
+        problems = report["production_problems"]
+        print("production: " + ("OK" if not problems else "would refuse to start:"))
+        for problem in problems:  # type: ignore[attr-defined]
+            print(f"  - {problem}")
+    failing = bool(report["production_problems"])
+    return 1 if failing and (args.strict or settings.environment is Environment.PRODUCTION) else 0
+
+
+def _new_key(args: argparse.Namespace) -> int:
+    now = time.time_ns()
+    keyring = Keyring()
+    if args.keyring:
+        try:
+            with open(args.keyring, encoding="utf-8") as handle:
+                keyring = Keyring.from_document(handle.read())
+        except (OSError, SigningError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+    activates = now + int(args.lead_s * 1e9) if len(keyring) else now
+    key = SigningKey(new_key_id(activates, keyring), os.urandom(32), activates)
+    print(Keyring([*keyring.without_expired(now).keys, key]).to_document())
+    return 0
