@@ -161,7 +161,9 @@ async def test_background_rotation_keeps_honest_frames_verifying(
     """Signer and verifier read the keyring from Vault while the rotator replaces the key."""
     token = vault.add_token(readable=("secret/data/",), writable=("secret/data/bb/",))
     settings = VaultSettings(addr=vault.url, token=token.token, secret_path="bb")
-    rotation = RotationSettings(period_s=1.5, lead_s=0.5, check_interval_s=0.05)
+    # The lead (1.2 s) is far above the refresh interval (0.1 s): the documented rule, with a
+    # margin wide enough for a loaded test machine.
+    rotation = RotationSettings(period_s=2.4, lead_s=1.2, check_interval_s=0.05)
     signer_source = VaultSecretSource(settings, refresh_interval_s=0.1)
     verifier_source = VaultSecretSource(settings, refresh_interval_s=0.1)
     async with signer_source, verifier_source:

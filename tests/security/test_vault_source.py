@@ -108,13 +108,13 @@ async def test_sealed_or_unreachable_vault_keeps_the_last_good_secret(vault: Vau
 
 
 async def test_token_lease_is_renewed_before_expiry(vault: VaultDouble) -> None:
-    token = vault.add_token(readable=(f"{MOUNT}/data/",), ttl_s=3, renewable=True)
+    token = vault.add_token(readable=(f"{MOUNT}/data/",), ttl_s=5, renewable=True)
     put(vault, "api_token", "v")
     source = VaultSecretSource(settings(vault, token=token.token), refresh_interval_s=0.1)
     async with source:
         await source.get("api_token")
         await eventually(lambda: source.renewals >= 2)
-        # The original 3 s lease would have run out by now; the token still reads.
+        # The original 5 s lease would have run out by now; the token still reads.
         put(vault, "api_token", "w")
         await eventually(lambda: (s := source.cached("api_token")) is not None and s.value == "w")
         assert source.problems() == {}
