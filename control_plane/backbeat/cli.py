@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "reports": ("backbeat.ctl.reports", "print bar reports (--follow for new ones)"),
     "reverb-trigger": ("backbeat.trigger.command", "invoke the rollup function at every downbeat"),
     "secrets": ("backbeat.secrets.cli", "check secret settings; create signing keys"),
+    "agent-sim": ("backbeat.agentsim.command", "simulate a fleet of agents (load tests)"),
 }
 
 

@@ -19,6 +19,7 @@ from backbeat.core.timeline import Phase, Timeline
 from backbeat.sdk._follower import BeatFollower
 
 log = logging.getLogger("backbeat.sdk")
+_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
 
 # A follower that falls this far behind loses messages (counted by NATS) instead of growing.
 _PENDING_MSGS = 4096
@@ -125,7 +126,10 @@ class NatsClaimSink:
 
     async def send(self, claims: Sequence[StatusClaim]) -> Sequence[str] | None:
         publish = self._nc.publish
+        encode = _ENCODER.encode
         for claim in claims:
-            await publish(self._subject, claim.encode())
+            # The same JSON as StatusClaim.encode() minus key sorting, with one reusable
+            # encoder: json.dumps builds a new encoder per call when given options.
+            await publish(self._subject, encode(claim.to_json_dict()).encode())
         await self._nc.flush(timeout=self._flush_timeout_s)  # type: ignore[arg-type]
         return None
