@@ -10,6 +10,7 @@ short form of the specification's example, ``"7ffd:0001:beef"``, parses too.
 
 from __future__ import annotations
 
+import re
 import time
 import zlib
 from collections.abc import Callable
@@ -22,6 +23,9 @@ _MAX_FIELD = (1 << 64) - 1
 
 class ClockSkewError(ValueError):
     """A remote stamp is further ahead of the local physical clock than ``max_offset_ms``."""
+
+
+_HLC_RE = re.compile(r"([0-9a-fA-F]{1,16}):([0-9a-fA-F]{1,16}):([0-9a-fA-F]{1,16})")
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -38,6 +42,9 @@ class HLCTimestamp:
         """Parse ``phys:logical:node`` (hex). Raises ValueError naming what is wrong."""
         if not isinstance(text, str):
             raise TypeError(f"HLC stamp must be a string, got {type(text).__name__}")
+        match = _HLC_RE.fullmatch(text)
+        if match is not None:  # the common case, fast; the slow path names what is wrong
+            return cls(int(match[1], 16), int(match[2], 16), int(match[3], 16))
         parts = text.split(":")
         if len(parts) != 3:
             raise ValueError(f"HLC stamp {text!r} must have the form phys:logical:node (hex)")

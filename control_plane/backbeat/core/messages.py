@@ -45,12 +45,19 @@ def _reject_constant(name: str) -> Any:
     raise CodecError("", f"{name} is not valid JSON")
 
 
+#: One decoder for every payload (json.loads with parse_constant builds a new one per call).
+_DECODER: Final = json.JSONDecoder(parse_constant=_reject_constant)
+
+
 def load_object(payload: bytes | str | Mapping[str, Any]) -> Mapping[str, Any]:
     """Parse a JSON object (NaN/Infinity refused) or pass a mapping through."""
     if isinstance(payload, Mapping):
         return payload
     try:
-        obj = json.loads(payload, parse_constant=_reject_constant)
+        if isinstance(payload, bytes | bytearray):
+            # What json.loads does with bytes, without building a new decoder per call.
+            payload = payload.decode(json.detect_encoding(payload), "surrogatepass")
+        obj = _DECODER.decode(payload)
     except CodecError:
         raise
     except (ValueError, UnicodeDecodeError) as exc:
