@@ -98,3 +98,14 @@ def test_field_fuzz_is_accepted_or_rejected_with_a_reason(changes: dict[str, Any
         assert verdict.claim is not None
     else:
         assert verdict.reason in set(RejectReason)
+
+
+@pytest.mark.parametrize("field", ["agent_id", "task_id", "key_id"])
+@pytest.mark.parametrize("char", ["\x00", "\x1e", "\x1f", "\n", "\x7f"])
+def test_ids_with_control_characters_are_malformed(field: str, char: str) -> None:
+    obj = json.loads(SEED_STATUSCLAIM)
+    obj[field] = f"agent{char}x"
+    obj.setdefault("signature", "ab")
+    verdict = validate_claim(json.dumps(obj), current_beat=1234)
+    assert verdict.reason is RejectReason.MALFORMED
+    assert field in verdict.detail

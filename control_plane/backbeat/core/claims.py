@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -57,6 +58,9 @@ class ClaimVerdict:
         return self.reason is None
 
 
+_CONTROL_CHARS: Final = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def _reject(reason: RejectReason, detail: str) -> ClaimVerdict:
     return ClaimVerdict(None, reason, detail)
 
@@ -89,14 +93,17 @@ def validate_claim(
         except (TypeError, ValueError, RecursionError) as exc:  # defensive: never crash ingest
             return _reject(RejectReason.MALFORMED, f"undecodable payload: {exc}")
 
-    for name in ("agent_id", "task_id"):
+    for name in ("agent_id", "task_id", "key_id"):
         value: str = getattr(claim, name)
-        if not value:
+        if not value and name != "key_id":
             return _reject(RejectReason.MALFORMED, f"{name}: must not be empty")
         if len(value) > limits.max_id_chars:
             return _reject(
                 RejectReason.OVERSIZED, f"{name}: {len(value)} chars; limit {limits.max_id_chars}"
             )
+        if _CONTROL_CHARS.search(value):
+            # Ids become Redis set members and separators in the ingest's batches.
+            return _reject(RejectReason.MALFORMED, f"{name}: must not contain control characters")
     if len(claim.notes) > limits.max_notes_chars:
         return _reject(
             RejectReason.OVERSIZED,
