@@ -10,17 +10,19 @@ from __future__ import annotations
 
 from typing import Final
 
-#: Fields of one record in the append batch (claims and rejects share the stride).
-RECORD_STRIDE: Final = 11
-
 # ARGV: prefix, batch_id, now_ms, late_horizon_ms, dead_letter_maxlen, batch_ttl_s,
 #   nwin, nwin × (window_id, from_beat, to_beat),
 #   ncand, ncand × window index (late/reject targets, oldest first),
-#   nrec, nrec × record (RECORD_STRIDE fields):
-#     claim : 'c', window index, agent, task, beat, state, beats_left, signed '1'|'0',
-#             key_id, payload, traceparent
-#     reject: 'r', reason, detail, payload, traceparent, received_ns, size, '', '', '', ''
-# Returns one character per record: a(ccepted) d(uplicate) l(ate) r(ejected).
+#   nrec (claims + rejects, in arrival order),
+#   claims: one string, records separated by 0x1e, fields by 0x1f:
+#     window index, agent, task, beat, state, beats_left, signed 1|0, key_id, payload, traceparent
+#     (validation guarantees that no field contains 0x1e or 0x1f: ids refuse control characters
+#     and the payload is valid JSON, which has none outside escapes),
+#   nrej, nrej × (position among all records, reason, detail, payload, traceparent,
+#     received_ns, size) -- rejects are separate arguments because their payload is arbitrary.
+# Packing the claims into one argument keeps the client's command encoding cheap (one large
+# argument instead of ten small ones per claim). Returns one character per record, in order:
+# a(ccepted) d(uplicate) l(ate) r(ejected).
 APPEND: Final = r"""
 local prefix = ARGV[1]
 local batch_id = ARGV[2]
@@ -47,6 +49,38 @@ end
 local ncand = tonumber(ARGV[i]); i = i + 1
 local cands = {}
 for c = 1, ncand do cands[c] = tonumber(ARGV[i]); i = i + 1 end
+local nrec = tonumber(ARGV[i]); i = i + 1
+local blob = ARGV[i]; i = i + 1
+local nrej = tonumber(ARGV[i]); i = i + 1
+local rejects = {}
+for r = 1, nrej do
+  rejects[tonumber(ARGV[i])] = i + 1
+  i = i + 7
+end
+
+local function split(rec)
+  local f, n, start = {}, 0, 1
+  while true do
+    local sep = string.find(rec, '\31', start, true)
+    n = n + 1
+    if not sep then f[n] = string.sub(rec, start); return f end
+    f[n] = string.sub(rec, start, sep - 1)
+    start = sep + 1
+  end
+end
+local blob_pos = 1
+local function next_claim()
+  local sep = string.find(blob, '\30', blob_pos, true)
+  local rec
+  if sep then
+    rec = string.sub(blob, blob_pos, sep - 1)
+    blob_pos = sep + 1
+  else
+    rec = string.sub(blob, blob_pos)
+    blob_pos = #blob + 1
+  end
+  return split(rec)
+end
 
 local sealed = {}
 local function is_sealed(w)
@@ -111,16 +145,16 @@ local late_stream = prefix .. ':late'
 local late_minid = tostring(now_ms - late_horizon_ms)
 local dead_stream = prefix .. ':deadletter'
 
-local nrec = tonumber(ARGV[i]); i = i + 1
 local out = {}
 for k = 1, nrec do
-  local kind = ARGV[i]
   total('received')
-  if kind == 'c' then
-    local w = tonumber(ARGV[i + 1])
-    local agent, task, beat, state = ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5]
-    local left = tonumber(ARGV[i + 6])
-    local payload, tp = ARGV[i + 9], ARGV[i + 10]
+  local r = rejects[k]
+  if r == nil then
+    local f = next_claim()
+    local w = tonumber(f[1])
+    local agent, task, beat, state = f[2], f[3], f[4], f[5]
+    local left = tonumber(f[6])
+    local payload, tp = f[9], f[10]
     local win = wins[w]
     local dedupe = win.p .. 'dedupe'
     local fresh = redis.call('SADD', dedupe, agent .. '\31' .. task .. '\31' .. beat)
@@ -157,9 +191,9 @@ for k = 1, nrec do
         redis.call('XADD', win.p .. 'claims', '*', 'c', payload)
       end
       add_member(agents, w, agent)
-      if ARGV[i + 7] == '1' then
+      if f[7] == '1' then
         bump(w, 'signed')
-        if ARGV[i + 8] ~= '' then add_member(keyids, w, ARGV[i + 8]) end
+        if f[8] ~= '' then add_member(keyids, w, f[8]) end
       end
       local b = tonumber(beat)
       if (state == 'review' or state == 'done') and left >= 0 then
@@ -192,7 +226,7 @@ for k = 1, nrec do
     end
   else
     local t = target_window()
-    local reason = ARGV[i + 1]
+    local reason = ARGV[r]
     out[k] = 'r'
     total('rejected')
     total('rejected:' .. reason)
@@ -204,11 +238,10 @@ for k = 1, nrec do
       total('unassigned')
     end
     redis.call('XADD', dead_stream, 'MAXLEN', '~', dl_maxlen, '*',
-               'reason', reason, 'detail', ARGV[i + 2], 'payload', ARGV[i + 3],
-               'tp', ARGV[i + 4], 'received_ns', ARGV[i + 5], 'size', ARGV[i + 6],
+               'reason', reason, 'detail', ARGV[r + 1], 'payload', ARGV[r + 2],
+               'tp', ARGV[r + 3], 'received_ns', ARGV[r + 4], 'size', ARGV[r + 5],
                'counted_in', counted_in)
   end
-  i = i + 11
 end
 
 local function sadd_all(key, set)

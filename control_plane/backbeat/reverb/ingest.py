@@ -41,8 +41,9 @@ from backbeat.core.claims import (
 )
 from backbeat.core.hlc import DEFAULT_MAX_OFFSET_MS
 from backbeat.core.messages import StatusClaim
+from backbeat.core.timeline import Timeline
 from backbeat.reverb.metrics import ReverbMetrics
-from backbeat.reverb.store import Outcome, StoreSettings, WindowStore
+from backbeat.reverb.store import Outcome, StoreSettings, WindowStore, valid_traceparent
 from backbeat.reverb.timeline_follower import TimelineFollower
 from backbeat.service.logs import get_logger
 
@@ -104,16 +105,20 @@ class ClaimOutcome:
 
 
 class _Item:
-    __slots__ = ("future", "payload", "received_ns", "traceparent")
+    """A claim validated on arrival, waiting to be committed."""
+
+    __slots__ = ("future", "raw", "received_ns", "traceparent", "verdict")
 
     def __init__(
         self,
-        payload: bytes | StatusClaim | ClaimVerdict,
+        verdict: ClaimVerdict,
+        raw: bytes,
         traceparent: str,
         received_ns: int,
         future: asyncio.Future[ClaimOutcome] | None,
     ) -> None:
-        self.payload = payload
+        self.verdict = verdict
+        self.raw = raw
         self.traceparent = traceparent
         self.received_ns = received_ns
         self.future = future
@@ -157,6 +162,12 @@ class ClaimIngest:
         self._boot = f"{settings.node_id}-{os.getpid()}-{time.time_ns():x}"
         self._seq = 0
         self._redis_ok = False
+        # The beat current at arrival, recomputed only when a beat boundary passes.
+        self._beat = -1
+        self._beat_start = 0
+        self._beat_end = -1
+        self._beat_timeline: Timeline | None = None
+        self._skew_ns = settings.max_clock_skew_ms * 1_000_000
         self._log = get_logger(
             component="reverb", cluster=settings.cluster_id, node=settings.node_id
         )
@@ -291,7 +302,7 @@ class ClaimIngest:
         headers = msg.headers
         traceparent = headers.get("traceparent", "") if headers else ""
         self.metrics.received.labels("nats").inc()
-        await self._put(_Item(msg.data, traceparent, self.follower.clock(), None))
+        await self._put(self._validate(msg.data, traceparent, None))
 
     async def submit(
         self, claims: Sequence[StatusClaim | ClaimVerdict | bytes], traceparent: str = ""
@@ -306,14 +317,62 @@ class ClaimIngest:
         if self.follower.timeline is None:
             raise NotReadyError("no timeline yet: waiting for the first beat frame")
         loop = asyncio.get_running_loop()
-        now = self.follower.clock()
         futures: list[asyncio.Future[ClaimOutcome]] = []
         self.metrics.received.labels("grpc").inc(len(claims))
         for claim in claims:
             future: asyncio.Future[ClaimOutcome] = loop.create_future()
             futures.append(future)
-            await self._put(_Item(claim, traceparent, now, future))
+            await self._put(self._validate(claim, traceparent, future))
         return list(await asyncio.gather(*futures))
+
+    def _validate(
+        self,
+        payload: StatusClaim | ClaimVerdict | bytes,
+        traceparent: str,
+        future: asyncio.Future[ClaimOutcome] | None,
+    ) -> _Item:
+        """Validate on arrival, against the beat current now (event time, not commit time).
+
+        Doing it here rather than in the flusher also overlaps validation with the flusher's
+        wait for Redis.
+        """
+        received = self.follower.clock()
+        timeline = self.follower.timeline
+        if (
+            received >= self._beat_end
+            or received < self._beat_start
+            or timeline is not self._beat_timeline
+        ):
+            if timeline is None:  # pragma: no cover - claims are only taken with a timeline
+                raise NotReadyError("no timeline")
+            self._beat = timeline.beat_at(received)
+            self._beat_start = timeline.beat_time_ns(self._beat)
+            self._beat_end = timeline.beat_time_ns(self._beat + 1)
+            self._beat_timeline = timeline
+        if isinstance(payload, ClaimVerdict):
+            verdict = payload
+            raw = b"" if verdict.claim is None else _claim_json(verdict.claim)
+        else:
+            raw = payload if isinstance(payload, bytes) else _claim_json(payload)
+            verdict = validate_claim(
+                payload,
+                current_beat=self._beat,
+                cluster_id=self.settings.cluster_id,
+                limits=self.settings.limits,
+                check_signature=self.check_signature,
+            )
+        claim = verdict.claim
+        # HLC stamps carry wall-clock time: compare with the real clock, not the grid's.
+        if claim is not None and _hlc_ahead(claim.hlc, time.time_ns() + self._skew_ns):
+            verdict = ClaimVerdict(
+                None,
+                RejectReason.CLOCK_SKEW,
+                f"hlc: {claim.hlc[:40]!r} is more than {self.settings.max_clock_skew_ms} ms "
+                "ahead of the receiver's clock",
+            )
+        if traceparent:
+            traceparent = valid_traceparent(traceparent)
+        return _Item(verdict, raw, traceparent, received, future)
 
     async def _put(self, item: _Item) -> None:
         while len(self._buffer) >= self.settings.buffer_capacity:
@@ -368,47 +427,16 @@ class ClaimIngest:
         timeline = self.follower.timeline
         if timeline is None:  # pragma: no cover - claims are only taken with a timeline
             raise NotReadyError("no timeline")
-        settings = self.settings
-        limits = settings.limits
-        cluster = settings.cluster_id
-        check = self.check_signature
-        max_dead = settings.dead_letter_payload_bytes
-        skew_ns = settings.max_clock_skew_ms * 1_000_000
+        max_dead = self.settings.dead_letter_payload_bytes
+        # Late claims and rejects are counted from the beat current when the batch is applied.
         batch = self.store.batch(timeline, timeline.beat_at(self.follower.clock()))
         windows: list[str] = []
         details: list[tuple[str, str]] = []
-        # The beat current at each claim's arrival, computed once per beat boundary.
-        beat = -1
-        beat_end = -1
         for item in items:
-            received = item.received_ns
-            if received >= beat_end or beat < 0:
-                beat = timeline.beat_at(received)
-                beat_end = timeline.beat_time_ns(beat + 1)
-            payload = item.payload
-            if isinstance(payload, ClaimVerdict):
-                verdict = payload
-                raw = b"" if verdict.claim is None else _claim_json(verdict.claim)
-            else:
-                raw = payload if isinstance(payload, bytes) else _claim_json(payload)
-                verdict = validate_claim(
-                    payload,
-                    current_beat=beat,
-                    cluster_id=cluster,
-                    limits=limits,
-                    check_signature=check,
-                )
+            verdict = item.verdict
             claim = verdict.claim
-            if claim is not None and _hlc_ahead(claim.hlc, received + skew_ns):
-                verdict = ClaimVerdict(
-                    None,
-                    RejectReason.CLOCK_SKEW,
-                    f"hlc: {claim.hlc[:40]!r} is more than {settings.max_clock_skew_ms} ms "
-                    "ahead of the receiver's clock",
-                )
-            if verdict.claim is not None:
-                claim = verdict.claim
-                batch.add_claim(claim, raw or claim.encode(), item.traceparent)
+            if claim is not None:
+                batch.add_claim(claim, item.raw, item.traceparent)
                 windows.append(batch.window_id_of(claim.beat_index))
                 details.append(("", ""))
             else:
@@ -416,10 +444,10 @@ class ClaimIngest:
                 batch.add_reject(
                     reason,
                     verdict.detail[:512],
-                    raw[:max_dead],
+                    item.raw[:max_dead],
                     traceparent=item.traceparent,
-                    received_ns=received,
-                    size=len(raw),
+                    received_ns=item.received_ns,
+                    size=len(item.raw),
                 )
                 windows.append("")
                 details.append((reason.value, verdict.detail))

@@ -8,6 +8,7 @@ claims (see docs/reverb-ingest.md for the layout and the rules).
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -57,13 +58,14 @@ class AppendBatch:
     """Claims and rejects to apply in one round trip. Built by the ingest, applied by
     :meth:`WindowStore.append`; the argument layout stays private to this module."""
 
-    __slots__ = ("_cands", "_records", "_size", "_timeline", "_win_args", "_win_index")
+    __slots__ = ("_cands", "_claims", "_rejects", "_size", "_timeline", "_win_args", "_win_index")
 
     def __init__(self, timeline: Timeline, current_beat: int) -> None:
         self._timeline = timeline
         self._win_index: dict[int, int] = {}
         self._win_args: list[str | int] = []
-        self._records: list[bytes | str | int] = []
+        self._claims: list[bytes] = []
+        self._rejects: list[bytes | str | int] = []
         self._size = 0
         start = timeline.bar_start(current_beat)
         self._cands = [
@@ -90,21 +92,29 @@ class AppendBatch:
         return keys_window_id(self._timeline, self._timeline.bar_start(beat_index))
 
     def add_claim(self, claim: StatusClaim, payload: bytes, traceparent: str = "") -> None:
-        """An accepted-by-validation claim; ``payload`` is its INT-B JSON as buffered."""
+        """A claim that passed validation; ``payload`` is its INT-B JSON as buffered.
+
+        Validation guarantees the separators 0x1e/0x1f appear in no field (ids refuse control
+        characters; valid JSON has none outside escapes); ``traceparent`` must be checked by
+        the caller (see ``valid_traceparent``).
+        """
         w = self._window(self._timeline.bar_start(claim.beat_index))
         signed = bool(claim.signature)
-        self._records += (
-            "c",
-            w,
-            claim.agent_id,
-            claim.task_id,
-            claim.beat_index,
-            claim.state,
-            claim.beats_left,
-            "1" if signed else "0",
-            claim.key_id if signed else "",
-            payload,
-            traceparent,
+        self._claims.append(
+            b"\x1f".join(
+                (
+                    b"%d" % w,
+                    claim.agent_id.encode(),
+                    claim.task_id.encode(),
+                    b"%d" % claim.beat_index,
+                    claim.state.encode(),
+                    b"%d" % claim.beats_left,
+                    b"1" if signed else b"0",
+                    claim.key_id.encode() if signed else b"",
+                    payload,
+                    traceparent.encode(),
+                )
+            )
         )
         self._size += 1
 
@@ -120,24 +130,20 @@ class AppendBatch:
     ) -> None:
         """A rejected payload, for the dead-letter stream (``payload`` may be truncated;
         ``size`` is the original size)."""
-        self._records += (
-            "r",
+        self._size += 1
+        self._rejects += (
+            self._size,
             str(reason),
             detail,
             payload,
             traceparent,
             received_ns,
             len(payload) if size is None else size,
-            "",
-            "",
-            "",
-            "",
         )
-        self._size += 1
 
     def args(self, prefix: str, batch_id: str, settings: StoreSettings) -> list[Any]:
         now_ms = time.time_ns() // 1_000_000
-        head: list[Any] = [
+        return [
             prefix,
             batch_id,
             now_ms,
@@ -145,15 +151,22 @@ class AppendBatch:
             settings.dead_letter_maxlen,
             settings.batch_record_seconds,
             len(self._win_index),
-        ]
-        return [
-            *head,
             *self._win_args,
             len(self._cands),
             *self._cands,
             self._size,
-            *self._records,
+            b"\x1e".join(self._claims),
+            len(self._rejects) // 7,
+            *self._rejects,
         ]
+
+
+_TRACEPARENT = re.compile(r"[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
+
+
+def valid_traceparent(value: str) -> str:
+    """``value`` when it is a W3C traceparent, else "" (invalid trace context is dropped)."""
+    return value if _TRACEPARENT.fullmatch(value) else ""
 
 
 _window_id_cache: dict[tuple[str, int], str] = {}
