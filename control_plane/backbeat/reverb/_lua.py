@@ -14,15 +14,15 @@ from typing import Final
 #   nwin, nwin × (window_id, from_beat, to_beat),
 #   ncand, ncand × window index (late/reject targets, oldest first),
 #   nrec (claims + rejects, in arrival order),
-#   claims: one string, records separated by 0x1e, fields by 0x1f:
-#     window index, agent, task, beat, state, beats_left, signed 1|0, key_id, payload, traceparent
-#     (validation guarantees that no field contains 0x1e or 0x1f: ids refuse control characters
-#     and the payload is valid JSON, which has none outside escapes),
+#   claims: a JSON array with one array per claim (decoded by cjson, in C):
+#     [window index, agent, task, beat, state, beats_left, signed 1|0, key_id, traceparent,
+#      payload length],
+#   payloads: the claims' INT-B JSON payloads, concatenated (cut by their lengths),
 #   nrej, nrej × (position among all records, reason, detail, payload, traceparent,
 #     received_ns, size) -- rejects are separate arguments because their payload is arbitrary.
-# Packing the claims into one argument keeps the client's command encoding cheap (one large
-# argument instead of ten small ones per claim). Returns one character per record, in order:
-# a(ccepted) d(uplicate) l(ate) r(ejected).
+# Two arguments for all claims keep the client's command encoding cheap, and cjson parses the
+# metadata far faster than splitting strings in Lua. Returns one character per record, in
+# order: a(ccepted) d(uplicate) l(ate) r(ejected).
 APPEND: Final = r"""
 local prefix = ARGV[1]
 local batch_id = ARGV[2]
@@ -50,37 +50,16 @@ local ncand = tonumber(ARGV[i]); i = i + 1
 local cands = {}
 for c = 1, ncand do cands[c] = tonumber(ARGV[i]); i = i + 1 end
 local nrec = tonumber(ARGV[i]); i = i + 1
-local blob = ARGV[i]; i = i + 1
+local metas = cjson.decode(ARGV[i]); i = i + 1
+local payloads = ARGV[i]; i = i + 1
 local nrej = tonumber(ARGV[i]); i = i + 1
 local rejects = {}
 for r = 1, nrej do
   rejects[tonumber(ARGV[i])] = i + 1
   i = i + 7
 end
-
-local function split(rec)
-  local f, n, start = {}, 0, 1
-  while true do
-    local sep = string.find(rec, '\31', start, true)
-    n = n + 1
-    if not sep then f[n] = string.sub(rec, start); return f end
-    f[n] = string.sub(rec, start, sep - 1)
-    start = sep + 1
-  end
-end
-local blob_pos = 1
-local function next_claim()
-  local sep = string.find(blob, '\30', blob_pos, true)
-  local rec
-  if sep then
-    rec = string.sub(blob, blob_pos, sep - 1)
-    blob_pos = sep + 1
-  else
-    rec = string.sub(blob, blob_pos)
-    blob_pos = #blob + 1
-  end
-  return split(rec)
-end
+local claim_no = 0
+local payload_pos = 1
 
 local sealed = {}
 local function is_sealed(w)
@@ -150,11 +129,14 @@ for k = 1, nrec do
   total('received')
   local r = rejects[k]
   if r == nil then
-    local f = next_claim()
-    local w = tonumber(f[1])
+    claim_no = claim_no + 1
+    local f = metas[claim_no]
+    local w = f[1]
     local agent, task, beat, state = f[2], f[3], f[4], f[5]
-    local left = tonumber(f[6])
-    local payload, tp = f[9], f[10]
+    local left = f[6]
+    local tp = f[9]
+    local payload = string.sub(payloads, payload_pos, payload_pos + f[10] - 1)
+    payload_pos = payload_pos + f[10]
     local win = wins[w]
     local dedupe = win.p .. 'dedupe'
     local fresh = redis.call('SADD', dedupe, agent .. '\31' .. task .. '\31' .. beat)
@@ -191,11 +173,11 @@ for k = 1, nrec do
         redis.call('XADD', win.p .. 'claims', '*', 'c', payload)
       end
       add_member(agents, w, agent)
-      if f[7] == '1' then
+      if f[7] == 1 then
         bump(w, 'signed')
         if f[8] ~= '' then add_member(keyids, w, f[8]) end
       end
-      local b = tonumber(beat)
+      local b = beat
       if (state == 'review' or state == 'done') and left >= 0 then
         add_member(ontime, w, task)
       end

@@ -8,6 +8,7 @@ claims (see docs/reverb-ingest.md for the layout and the rules).
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import Mapping, Sequence
@@ -58,13 +59,23 @@ class AppendBatch:
     """Claims and rejects to apply in one round trip. Built by the ingest, applied by
     :meth:`WindowStore.append`; the argument layout stays private to this module."""
 
-    __slots__ = ("_cands", "_claims", "_rejects", "_size", "_timeline", "_win_args", "_win_index")
+    __slots__ = (
+        "_cands",
+        "_metas",
+        "_payloads",
+        "_rejects",
+        "_size",
+        "_timeline",
+        "_win_args",
+        "_win_index",
+    )
 
     def __init__(self, timeline: Timeline, current_beat: int) -> None:
         self._timeline = timeline
         self._win_index: dict[int, int] = {}
         self._win_args: list[str | int] = []
-        self._claims: list[bytes] = []
+        self._metas: list[list[Any]] = []
+        self._payloads: list[bytes] = []
         self._rejects: list[bytes | str | int] = []
         self._size = 0
         start = timeline.bar_start(current_beat)
@@ -92,30 +103,25 @@ class AppendBatch:
         return keys_window_id(self._timeline, self._timeline.bar_start(beat_index))
 
     def add_claim(self, claim: StatusClaim, payload: bytes, traceparent: str = "") -> None:
-        """A claim that passed validation; ``payload`` is its INT-B JSON as buffered.
-
-        Validation guarantees the separators 0x1e/0x1f appear in no field (ids refuse control
-        characters; valid JSON has none outside escapes); ``traceparent`` must be checked by
-        the caller (see ``valid_traceparent``).
-        """
+        """A claim that passed validation; ``payload`` is its INT-B JSON as buffered and
+        ``traceparent`` a checked W3C traceparent or "" (see ``valid_traceparent``)."""
         w = self._window(self._timeline.bar_start(claim.beat_index))
         signed = bool(claim.signature)
-        self._claims.append(
-            b"\x1f".join(
-                (
-                    b"%d" % w,
-                    claim.agent_id.encode(),
-                    claim.task_id.encode(),
-                    b"%d" % claim.beat_index,
-                    claim.state.encode(),
-                    b"%d" % claim.beats_left,
-                    b"1" if signed else b"0",
-                    claim.key_id.encode() if signed else b"",
-                    payload,
-                    traceparent.encode(),
-                )
-            )
+        self._metas.append(
+            [
+                w,
+                claim.agent_id,
+                claim.task_id,
+                claim.beat_index,
+                claim.state,
+                claim.beats_left,
+                1 if signed else 0,
+                claim.key_id if signed else "",
+                traceparent,
+                len(payload),
+            ]
         )
+        self._payloads.append(payload)
         self._size += 1
 
     def add_reject(
@@ -155,7 +161,8 @@ class AppendBatch:
             len(self._cands),
             *self._cands,
             self._size,
-            b"\x1e".join(self._claims),
+            json.dumps(self._metas, separators=(",", ":")),
+            b"".join(self._payloads),
             len(self._rejects) // 7,
             *self._rejects,
         ]
