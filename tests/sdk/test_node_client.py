@@ -1,0 +1,83 @@
+"""The Node.js example (examples/node-client) against a real pulse replica, run with `node`.
+
+Skipped only when `node` is not installed. The first run installs the locked dependencies
+with `npm ci` (needs the npm registry once); later runs reuse examples/node-client/node_modules.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from backbeat.embedded import NatsServer, RedisServer
+from tests.pulse.cluster import PulseProcess, wait_for_leader
+
+pytestmark = pytest.mark.integration
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "node-client"
+TOKEN = "node-example-token"
+NODE = shutil.which("node")
+
+
+@pytest.fixture(scope="module")
+def node_modules() -> Path:
+    if NODE is None:
+        pytest.skip("`node` is not installed: the Node.js example cannot run (install Node.js 18+)")
+    modules = EXAMPLE / "node_modules"
+    if not (modules / "@grpc" / "grpc-js").is_dir():
+        npm = shutil.which("npm")
+        if npm is None:
+            pytest.fail("node is installed but npm is not: cannot install the example's deps")
+        subprocess.run(
+            [npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"],
+            cwd=EXAMPLE, check=True, timeout=300,
+        )  # fmt: skip
+    return modules
+
+
+@pytest.fixture
+def pulse(
+    redis_servers: list[RedisServer], nats_server: NatsServer, cluster_id: str, tmp_path: Path
+) -> Iterator[PulseProcess]:
+    proc = PulseProcess(
+        cluster_id,
+        "p0",
+        [s.url for s in redis_servers],
+        nats_server.url,
+        log_dir=tmp_path,
+        tempo_bpm=240.0,
+        token=TOKEN,
+    )
+    try:
+        proc.start(timeout=30)
+        yield proc
+    finally:
+        proc.close()
+
+
+async def test_node_client_streams_beats_and_changes_tempo(
+    node_modules: Path, pulse: PulseProcess
+) -> None:
+    await wait_for_leader([pulse])
+    assert NODE is not None
+    env = dict(os.environ, PULSE_ADDR=pulse.grpc_address, BACKBEAT_TOKEN=TOKEN, BEATS="6")
+    env.pop("REVERB_ADDR", None)
+    proc = await asyncio.create_subprocess_exec(
+        NODE, "client.js", cwd=EXAMPLE, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    stdout = out.decode()
+    assert proc.returncode == 0, stdout + err.decode()
+    lines = stdout.splitlines()
+    assert lines[0].startswith("timeline: 240 BPM")
+    beats = [int(line.split()[1]) for line in lines if line.startswith("beat ")]
+    assert len(beats) == 6
+    assert beats == list(range(beats[0], beats[0] + 6))
+    assert any(line.startswith("tempo: 240 -> 252 BPM from beat") for line in lines)
