@@ -73,6 +73,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="how far back missed windows are rolled up (beats)",
     )
     parser.add_argument(
+        "--stale-after-beats",
+        type=int,
+        default=d.stale_after_beats,
+        help="downbeats older than this (a backlog) are acked and left to the catch-up",
+    )
+    parser.add_argument(
         "--durable", default=DEFAULT_DURABLE, help="durable consumer name shared by the replicas"
     )
     parser.add_argument(
