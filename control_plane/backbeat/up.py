@@ -29,6 +29,7 @@ from typing import Any
 import grpc
 import nats
 from nats.aio.msg import Msg
+from nats.js.errors import NotFoundError
 from rich.console import Console, Group
 from rich.live import Live
 from rich.panel import Panel
@@ -327,7 +328,20 @@ async def _follow(args: argparse.Namespace, stack: LocalStack, console: Console)
             )
 
     await nc.subscribe(beat(args.cluster), cb=on_beat)
-    await nc.subscribe(bars_wildcard(args.cluster), cb=on_report)
+
+    async def follow_reports() -> None:
+        # An ordered JetStream consumer replays every retained report in order, so none is
+        # missed between start-up and the first downbeat (the trigger creates the stream).
+        js = nc.jetstream()
+        while True:
+            try:
+                await js.subscribe(bars_wildcard(args.cluster), cb=on_report, ordered_consumer=True)
+            except NotFoundError:
+                await asyncio.sleep(0.2)
+            else:
+                return
+
+    await asyncio.wait_for(follow_reports(), timeout=30)
 
     async def poll_leader() -> None:
         channels = [grpc.aio.insecure_channel(f"127.0.0.1:{p}") for p in ep.pulse_grpc]
