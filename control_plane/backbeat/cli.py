@@ -18,6 +18,7 @@ from backbeat import __version__
 COMMANDS: dict[str, tuple[str, str]] = {
     "version": ("backbeat.cli", "print the version"),
     "pulse": ("backbeat.pulse.cli", "run a pulse replica (leader election, beats, PulseService)"),
+    "reverb": ("backbeat.reverb.cli", "run a reverb ingest replica (claims -> Redis windows)"),
     "up": ("backbeat.up", "run the whole system locally (embedded servers when no URLs given)"),
     "status": ("backbeat.ctl.status", "leader, term, tempo, last beat; latest windows"),
     "tempo": ("backbeat.ctl.tempo", "change the tempo at the next downbeat (±10 % a step)"),

@@ -265,6 +265,11 @@ class ClaimIngest:
         return True, "ready"
 
     @property
+    def nats(self) -> NatsClient | None:
+        """The ingest's NATS connection (None without NATS or before start)."""
+        return self._nc
+
+    @property
     def buffered(self) -> int:
         return len(self._buffer)
 

@@ -1,0 +1,213 @@
+"""``backbeat.v1.ReverbService``: claim submission, window inspection and bar reports."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any, Final
+
+import grpc
+from nats.aio.client import Client as NatsClient
+from nats.js.api import ConsumerConfig, DeliverPolicy
+
+from backbeat.core import subjects
+from backbeat.core.claims import ClaimVerdict, RejectReason
+from backbeat.core.hlc import HLCTimestamp
+from backbeat.core.messages import BarReport, CodecError, StatusClaim
+from backbeat.core.protobuf import bar_report_to_pb, status_claim_from_pb, timestamp_from_ns
+from backbeat.reverb.ingest import ClaimIngest, ClaimOutcome, NotReadyError
+from backbeat.reverb.store import WindowDetail
+from backbeat.service.rpc import abort_with_reason
+from backbeat.v1 import bar_report_pb2, status_claim_pb2
+from backbeat.v1 import reverb_service_pb2 as pb
+from backbeat.v1 import reverb_service_pb2_grpc as pb_grpc
+
+SERVICE_NAME: Final = "backbeat.v1.ReverbService"
+#: Claims per SubmitClaims request at most (the message size limit is 4 MiB anyway).
+MAX_CLAIMS_PER_REQUEST: Final = 10_000
+DEFAULT_PAGE_SIZE: Final = 50
+MAX_PAGE_SIZE: Final = 1000
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+_RESULTS: Final = {
+    "accepted": pb.CLAIM_RESULT_ACCEPTED,
+    "duplicate": pb.CLAIM_RESULT_DUPLICATE,
+    "late": pb.CLAIM_RESULT_LATE,
+    "rejected": pb.CLAIM_RESULT_REJECTED,
+}
+
+
+def claim_from_pb(message: status_claim_pb2.StatusClaim) -> StatusClaim | ClaimVerdict:
+    """The core claim of a protobuf claim, or a rejection when it cannot be one (bad HLC)."""
+    claim = status_claim_from_pb(message)
+    try:
+        HLCTimestamp.parse(claim.hlc)
+    except ValueError as exc:
+        return ClaimVerdict(None, RejectReason.MALFORMED, f"hlc: {exc}")
+    return claim
+
+
+def outcome_pb(outcome: ClaimOutcome) -> pb.ClaimOutcome:
+    return pb.ClaimOutcome(
+        result=_RESULTS[outcome.result],
+        reason=outcome.reason,
+        detail=outcome.detail,
+        window_id=outcome.window_id,
+    )
+
+
+def summary_pb(window: WindowDetail) -> pb.WindowSummary:
+    return pb.WindowSummary(
+        window_id=window.window_id,
+        from_beat=window.from_beat,
+        to_beat=window.to_beat,
+        accepted_claims=window.accepted_claims,
+        duplicate_claims=window.duplicate_claims,
+        late_claims=window.late_claims,
+        agents_reporting=window.agent_count,
+        status=window.status,
+    )
+
+
+class ReverbServicer(pb_grpc.ReverbServiceServicer):
+    def __init__(self, ingest: ClaimIngest) -> None:
+        self.ingest = ingest
+        self._stopping = asyncio.Event()
+
+    def stop_streams(self) -> None:
+        """End every StreamBarReports call with UNAVAILABLE (graceful shutdown)."""
+        self._stopping.set()
+
+    def _current_beat(self) -> int | None:
+        try:
+            return self.ingest.follower.current_beat()
+        except LookupError:
+            return None
+
+    async def SubmitClaims(
+        self, request_iterator: AsyncIterator[pb.SubmitClaimsRequest], context: Context
+    ) -> AsyncIterator[pb.SubmitClaimsResponse]:
+        metadata = dict(context.invocation_metadata() or ())
+        traceparent = metadata.get("traceparent", "")
+        if isinstance(traceparent, bytes):
+            traceparent = traceparent.decode(errors="replace")
+        async for request in request_iterator:
+            if len(request.claims) > MAX_CLAIMS_PER_REQUEST:
+                await abort_with_reason(
+                    context,
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    "TOO_MANY_CLAIMS",
+                    f"{len(request.claims)} claims in one request; at most "
+                    f"{MAX_CLAIMS_PER_REQUEST}",
+                )
+            claims = [claim_from_pb(c) for c in request.claims]
+            try:
+                outcomes = await self.ingest.submit(claims, traceparent)
+            except NotReadyError as exc:
+                await abort_with_reason(context, grpc.StatusCode.UNAVAILABLE, "NOT_READY", str(exc))
+            yield pb.SubmitClaimsResponse(outcomes=[outcome_pb(o) for o in outcomes])
+
+    async def ListWindows(
+        self, request: pb.ListWindowsRequest, context: Context
+    ) -> pb.ListWindowsResponse:
+        size = min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        windows = await self.ingest.store.list_windows(size, current_beat=self._current_beat())
+        return pb.ListWindowsResponse(windows=[summary_pb(w) for w in windows])
+
+    async def GetWindow(
+        self, request: pb.GetWindowRequest, context: Context
+    ) -> pb.GetWindowResponse:
+        window_id = request.window_id
+        if len(window_id) != 32 or any(c not in "0123456789abcdef" for c in window_id):
+            await abort_with_reason(
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "INVALID_WINDOW_ID",
+                f"window_id {window_id[:64]!r} is not 32 lowercase hex characters",
+            )
+        window = await self.ingest.store.get_window(window_id, current_beat=self._current_beat())
+        if window is None:
+            await abort_with_reason(
+                context,
+                grpc.StatusCode.NOT_FOUND,
+                "WINDOW_NOT_FOUND",
+                f"window {window_id} is not buffered (no claims yet, or past retention)",
+            )
+        response = pb.GetWindowResponse(
+            summary=summary_pb(window),
+            claims_by_state=dict(window.claims_by_state),
+            rejected_by_reason=dict(window.rejected_by_reason),
+            agent_ids=list(window.agent_ids),
+        )
+        if window.report_json is not None:
+            report = report_pb_from_json(window.report_json)
+            if report is not None:
+                response.report.CopyFrom(report)
+        if window.reported_ns is not None:
+            response.reported_time.CopyFrom(timestamp_from_ns(window.reported_ns))
+        return response
+
+    async def StreamBarReports(
+        self, request: pb.StreamBarReportsRequest, context: Context
+    ) -> AsyncIterator[pb.StreamBarReportsResponse]:
+        nc = self.ingest.nats
+        if nc is None:
+            await abort_with_reason(
+                context,
+                grpc.StatusCode.UNAVAILABLE,
+                "NO_NATS",
+                "this reverb runs without NATS; bar reports are not available",
+            )
+        await ensure_bar_stream(nc, self.ingest.settings.cluster_id)
+        start = request.start_beat
+        policy = DeliverPolicy.ALL if start > 0 else DeliverPolicy.NEW
+        sub = await nc.jetstream().subscribe(
+            subjects.bars_wildcard(self.ingest.settings.cluster_id),
+            ordered_consumer=True,
+            config=ConsumerConfig(deliver_policy=policy),
+            pending_msgs_limit=1000,
+        )
+        stopping = asyncio.ensure_future(self._stopping.wait())
+        try:
+            while True:
+                next_msg = asyncio.ensure_future(sub.next_msg(timeout=None))
+                done, _ = await asyncio.wait(
+                    {next_msg, stopping}, return_when=asyncio.FIRST_COMPLETED
+                )
+                if stopping in done:
+                    next_msg.cancel()
+                    with contextlib.suppress(BaseException):
+                        await next_msg
+                    await abort_with_reason(
+                        context, grpc.StatusCode.UNAVAILABLE, "SHUTTING_DOWN",
+                        "the reverb is shutting down; reconnect to another replica",
+                    )  # fmt: skip
+                msg = next_msg.result()
+                try:
+                    report = BarReport.decode(msg.data)
+                except (CodecError, ValueError):
+                    continue  # not ours to judge; never break the stream for one message
+                if start > 0 and report.from_beat < start:
+                    continue
+                yield pb.StreamBarReportsResponse(report=bar_report_to_pb(report))
+        finally:
+            stopping.cancel()
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+
+async def ensure_bar_stream(nc: NatsClient, cluster_id: str) -> None:
+    """Create the bar-report stream with the rollup publisher's config unless it exists."""
+    from reverb_rollup.publisher import bar_stream_config, ensure_stream
+
+    await ensure_stream(nc.jetstream(), bar_stream_config(cluster_id))
+
+
+def report_pb_from_json(report_json: bytes) -> bar_report_pb2.BarReport | None:
+    """The protobuf BarReport of a stored report JSON, or None when it does not decode."""
+    try:
+        return bar_report_to_pb(BarReport.decode(report_json))
+    except (CodecError, ValueError):
+        return None

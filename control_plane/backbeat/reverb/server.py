@@ -1,0 +1,193 @@
+"""One reverb ingest replica: the ingest, its gRPC service and its HTTP admin API.
+
+Shutdown order: readiness and gRPC health go NOT_SERVING, bar-report streams end with
+UNAVAILABLE, gRPC stops taking calls (running ones get a grace period), then the ingest
+drains NATS and commits what it buffered, then the admin server stops.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from backbeat.core.claims import DEFAULT_LIMITS, ClaimLimits
+from backbeat.core.messages import BarReport, CodecError
+from backbeat.reverb.grpc_service import SERVICE_NAME, ReverbServicer, ensure_bar_stream
+from backbeat.reverb.ingest import ClaimIngest, IngestSettings
+from backbeat.reverb.store import StoreSettings, WindowDetail
+from backbeat.service.admin import AdminServer, error_response, json_response
+from backbeat.service.rpc import GrpcServer
+from backbeat.service.settings import masked
+from backbeat.v1 import reverb_service_pb2_grpc as pb_grpc
+
+
+@dataclass(frozen=True, slots=True)
+class ReverbSettings:
+    cluster_id: str = "backbeat"
+    node_id: str = "reverb-1"
+    nats_url: str = "nats://127.0.0.1:4222"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    bar_length: int = 4
+    grpc_host: str = "127.0.0.1"
+    #: 0 picks a free port; -1 runs without gRPC.
+    grpc_port: int = 0
+    admin_host: str = "127.0.0.1"
+    #: 0 picks a free port; -1 runs without the admin server.
+    admin_port: int = 0
+    buffer_capacity: int = 50_000
+    max_batch: int = 1000
+    retention_seconds: float = 3600.0
+    limits: ClaimLimits = DEFAULT_LIMITS
+    log_level: str = "info"
+    environment: str = field(default_factory=lambda: os.environ.get("BACKBEAT_ENV", "development"))
+
+    def ingest_settings(self) -> IngestSettings:
+        return IngestSettings(
+            cluster_id=self.cluster_id,
+            node_id=self.node_id,
+            nats_url=self.nats_url or None,
+            redis_url=self.redis_url,
+            bar_length=self.bar_length,
+            limits=self.limits,
+            buffer_capacity=self.buffer_capacity,
+            max_batch=self.max_batch,
+            store=StoreSettings(retention_seconds=self.retention_seconds),
+        )
+
+    def describe(self) -> dict[str, Any]:
+        """The settings for the start-up log line (URL passwords masked)."""
+        out = masked(self)
+        out["limits"] = str(self.limits)
+        return out
+
+
+def window_json(window: WindowDetail) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "window_id": window.window_id,
+        "from_beat": window.from_beat,
+        "to_beat": window.to_beat,
+        "status": window.status,
+        "accepted_claims": window.accepted_claims,
+        "duplicate_claims": window.duplicate_claims,
+        "late_claims": window.late_claims,
+        "agents_reporting": window.agent_count,
+        "claims_by_state": dict(window.claims_by_state),
+        "rejected_by_reason": dict(window.rejected_by_reason),
+        "report_status": "published" if window.report_json is not None else "pending",
+    }
+    if window.agent_ids:
+        out["agent_ids"] = list(window.agent_ids)
+    if window.report_json is not None:
+        try:
+            out["report"] = BarReport.decode(window.report_json).to_json_dict()
+        except (CodecError, ValueError):
+            out["report"] = window.report_json.decode(errors="replace")
+    if window.reported_ns is not None:
+        out["reported_ns"] = window.reported_ns
+    return out
+
+
+class ReverbServer:
+    """``async with ReverbServer(settings) as server: ...`` (start/close are idempotent)."""
+
+    def __init__(self, settings: ReverbSettings, ingest: ClaimIngest | None = None) -> None:
+        self.settings = settings
+        self.ingest = ingest or ClaimIngest(settings.ingest_settings())
+        self.servicer = ReverbServicer(self.ingest)
+        self.grpc: GrpcServer | None = None
+        if settings.grpc_port >= 0:
+            self.grpc = GrpcServer(host=settings.grpc_host, port=settings.grpc_port)
+            self.grpc.register(
+                pb_grpc.add_ReverbServiceServicer_to_server, self.servicer, SERVICE_NAME
+            )
+        self.admin: AdminServer | None = None
+        if settings.admin_port >= 0:
+            self.admin = AdminServer(
+                host=settings.admin_host,
+                port=settings.admin_port,
+                registry=self.ingest.metrics.registry,
+                ready=self.ingest.readiness,
+                component="reverb",
+            )
+            self.admin.add_route("GET", "/api/v1/status", self._status)
+            self.admin.add_route("GET", "/api/v1/windows", self._windows)
+            self.admin.add_route("GET", "/api/v1/windows/{window_id}", self._window)
+        self._started = False
+        self._closed = False
+
+    async def start(self) -> None:
+        if self._started:
+            return
+        self._started = True
+        if self.admin is not None:
+            await self.admin.start()
+        await self.ingest.start()
+        if self.ingest.nats is not None:
+            # The rollup publisher creates it too; whoever comes first, same config.
+            await ensure_bar_stream(self.ingest.nats, self.settings.cluster_id)
+        if self.grpc is not None:
+            await self.grpc.start()
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.servicer.stop_streams()
+        if self.grpc is not None:
+            await self.grpc.set_serving(False)
+            await self.grpc.stop(grace=5.0)
+        await self.ingest.close()
+        if self.admin is not None:
+            await self.admin.close()
+
+    async def __aenter__(self) -> ReverbServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- HTTP admin API --------------------------------------------------------------------
+
+    def _current_beat(self) -> int | None:
+        try:
+            return self.ingest.follower.current_beat()
+        except LookupError:
+            return None
+
+    async def _status(self, _: web.Request) -> web.Response:
+        status = self.ingest.status()
+        try:
+            totals = await self.ingest.store.totals()
+        except Exception as exc:  # the status page must answer even when Redis does not
+            status["totals_error"] = repr(exc)
+        else:
+            status["totals"] = totals
+            parts = sum(totals.get(k, 0) for k in ("accepted", "duplicate", "late", "rejected"))
+            status["totals_reconcile"] = parts == totals.get("received", 0)
+        return json_response(status)
+
+    async def _windows(self, request: web.Request) -> web.Response:
+        try:
+            limit = int(request.query.get("limit", "50"))
+        except ValueError:
+            return error_response(400, "INVALID_ARGUMENT", "limit must be an integer")
+        limit = max(1, min(limit, 1000))
+        windows = await self.ingest.store.list_windows(limit, current_beat=self._current_beat())
+        return json_response({"windows": [window_json(w) for w in windows]})
+
+    async def _window(self, request: web.Request) -> web.Response:
+        window_id = request.match_info["window_id"]
+        if len(window_id) != 32 or any(c not in "0123456789abcdef" for c in window_id):
+            return error_response(
+                400, "INVALID_WINDOW_ID", "a window id is 32 lowercase hex characters"
+            )
+        window = await self.ingest.store.get_window(window_id, current_beat=self._current_beat())
+        if window is None:
+            return error_response(
+                404, "WINDOW_NOT_FOUND", f"window {window_id} is not buffered (or past retention)"
+            )
+        return json_response(window_json(window))
