@@ -257,3 +257,42 @@ async def test_http_admin_api(make_server: ServerFactory) -> None:
             change = await response.json()
         assert change["timeline"]["tempo_bpm"] == 250.0
         assert change["effective_beat"] % 4 == 0
+
+
+async def test_nats_and_grpc_subscribers_switch_tempo_at_the_same_beat(
+    make_server: ServerFactory, nats_server: NatsServer, cluster_id: str
+) -> None:
+    from tests.pulse.collect import BeatCollector
+
+    leader_server = await make_server("a")
+    follower = await make_server("b")
+    leader = await _leader_of(leader_server, follower)
+    other = follower if leader is leader_server else leader_server
+    collector = await BeatCollector(nats_server.url, cluster_id).start()
+    try:
+        async with grpc.aio.insecure_channel(other.grpc.address) as channel:
+            stream = pb_grpc.PulseServiceStub(channel).StreamBeats(pb.StreamBeatsRequest())
+            await collector.wait_for(lambda fs: len(fs) >= 2 and not fs[-1].downbeat)
+            change = await leader.node.set_tempo(252.0)  # asked mid-bar
+            grpc_beats: list[Any] = []
+            timelines: list[Any] = []
+            while not grpc_beats or grpc_beats[-1].beat_index <= change.effective_beat:
+                event = await _next(stream)
+                if event.WhichOneof("event") == "beat":
+                    grpc_beats.append(event.beat)
+                else:
+                    timelines.append(event)
+            stream.cancel()
+        frames = await collector.wait_for(lambda fs: fs[-1].beat_index > change.effective_beat)
+    finally:
+        await collector.close()
+
+    def switch(beats: list[tuple[int, float]]) -> int:
+        return min(i for i, tempo in beats if math.isclose(tempo, 252.0))
+
+    assert switch([(f.beat_index, f.tempo_bpm) for f in frames]) == change.effective_beat
+    assert switch([(b.beat_index, b.tempo_bpm) for b in grpc_beats]) == change.effective_beat
+    assert all(
+        math.isclose(b.tempo_bpm, 240.0) for b in grpc_beats if b.beat_index < change.effective_beat
+    )
+    assert any(t.timeline.tempo_bpm == 252.0 for t in timelines if t.WhichOneof("event"))

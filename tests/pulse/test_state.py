@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from hypothesis import given
+import math
+
+import pytest
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from backbeat.core.hlc import HLCTimestamp
 from backbeat.core.messages import BeatFrame
-from backbeat.core.timeline import Timeline
+from backbeat.core.timeline import TempoError, Timeline, check_tempo_step
+from backbeat.pulse.grpc_service import TempoRequestError, check_tempo_request
 from backbeat.pulse.node import next_beat_after
 from backbeat.pulse.scheduler import build_frame
 from backbeat.pulse.state import PulseState, TimelineRecord
@@ -83,3 +87,27 @@ def test_frame_carries_the_grid() -> None:
     assert frame.window_id == timeline.window_id(4)
     assert frame.bar_start_beat == 4
     assert BeatFrame.decode(frame.encode()) == frame
+
+
+@settings(deadline=None)
+@given(
+    current=st.floats(min_value=20, max_value=300),
+    requested=st.floats(allow_nan=True, allow_infinity=True, width=64),
+)
+def test_tempo_rule_is_plus_minus_ten_percent(current: float, requested: float) -> None:
+    """What a SetTempo request goes through before any state is touched."""
+    legal = (
+        math.isfinite(requested)
+        and 20 <= requested <= 300
+        and current * 0.9 * (1 - 1e-9) <= requested <= current * 1.1 * (1 + 1e-9)
+    )
+
+    def check() -> None:
+        check_tempo_request(requested, "")
+        check_tempo_step(current, requested)
+
+    if legal:
+        check()
+    else:
+        with pytest.raises((TempoRequestError, TempoError)):
+            check()
