@@ -1,0 +1,130 @@
+"""Metrics as the code defines them and as docs/metrics.md documents them.
+
+Definitions are read from the source (AST), not by importing components, so a component's
+metrics are known as soon as its code is on the branch. Names are compared as exported:
+a counter ``x`` (or ``x_total``) is exported as ``x_total``, a histogram ``h`` as
+``h_bucket``/``h_sum``/``h_count``.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+SOURCE_DIRS = (REPO / "control_plane" / "backbeat", REPO / "functions")
+GENERATED_DIR = REPO / "control_plane" / "backbeat" / "v1"
+
+_CONSTRUCTORS = {
+    "Counter": "counter",
+    "Gauge": "gauge",
+    "Histogram": "histogram",
+    "Summary": "summary",
+    "CounterMetricFamily": "counter",
+    "GaugeMetricFamily": "gauge",
+    "HistogramMetricFamily": "histogram",
+    "SummaryMetricFamily": "summary",
+}
+
+
+@dataclass(frozen=True)
+class MetricDefinition:
+    name: str  #: family name: counters without ``_total``
+    kind: str  #: counter, gauge, histogram, summary
+    where: str  #: file:line
+
+    @property
+    def query_name(self) -> str:
+        """The name one writes in PromQL for the whole metric (``x_total`` for counters)."""
+        return f"{self.name}_total" if self.kind == "counter" else self.name
+
+    def exported(self) -> set[str]:
+        """Every sample name this metric exports."""
+        if self.kind == "counter":
+            return {f"{self.name}_total", f"{self.name}_created"}
+        if self.kind == "histogram":
+            return {f"{self.name}_{s}" for s in ("bucket", "sum", "count", "created")}
+        if self.kind == "summary":
+            return {self.name, f"{self.name}_sum", f"{self.name}_count", f"{self.name}_created"}
+        return {self.name}
+
+
+def _constant_str(node: ast.expr | None) -> str | None:
+    return node.value if isinstance(node, ast.Constant) and isinstance(node.value, str) else None
+
+
+def defined_metrics() -> dict[str, MetricDefinition]:
+    """Every metric constructed with a literal name in the project's code, by family name."""
+    found: dict[str, MetricDefinition] = {}
+    for root in SOURCE_DIRS:
+        for path in sorted(root.rglob("*.py")):
+            if GENERATED_DIR in path.parents:
+                continue
+            tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+            for node in ast.walk(tree):
+                if not isinstance(node, ast.Call):
+                    continue
+                func = node.func
+                ctor = func.id if isinstance(func, ast.Name) else getattr(func, "attr", None)
+                if ctor not in _CONSTRUCTORS:
+                    continue
+                keywords = {k.arg: k.value for k in node.keywords if k.arg}
+                name = _constant_str(node.args[0] if node.args else keywords.get("name"))
+                if name is None:
+                    continue
+                prefix = "_".join(
+                    part
+                    for part in (
+                        _constant_str(keywords.get("namespace")),
+                        _constant_str(keywords.get("subsystem")),
+                    )
+                    if part
+                )
+                full = f"{prefix}_{name}" if prefix else name
+                kind = _CONSTRUCTORS[ctor]
+                if kind == "counter":
+                    full = full.removesuffix("_total")
+                where = f"{path.relative_to(REPO)}:{node.lineno}"
+                found[full] = MetricDefinition(full, kind, where)
+    return found
+
+
+def exported_names(definitions: dict[str, MetricDefinition]) -> set[str]:
+    return {name for d in definitions.values() for name in d.exported()}
+
+
+@dataclass(frozen=True)
+class CatalogueEntry:
+    name: str  #: as written in PromQL (``_total`` for counters)
+    kind: str
+    labels: tuple[str, ...]
+    command: str  #: the ``backbeat`` subcommand whose process exports it
+    line: int
+
+
+METRICS_DOC = REPO / "docs" / "metrics.md"
+_SECTION = re.compile(r"^##+ .*?`backbeat ([a-z][a-z-]*)`")
+_ROW = re.compile(
+    r"^\|\s*`(?P<name>backbeat_[a-z0-9_]+)`\s*\|\s*(?P<kind>counter|gauge|histogram|summary)\s*"
+    r"\|\s*(?P<labels>[^|]*)\|"
+)
+
+
+def documented_metrics() -> list[CatalogueEntry]:
+    """The rows of the tables in docs/metrics.md, each under its component's heading."""
+    entries: list[CatalogueEntry] = []
+    command = ""
+    for number, line in enumerate(METRICS_DOC.read_text(encoding="utf-8").splitlines(), 1):
+        section = _SECTION.match(line)
+        if section:
+            command = section.group(1)
+            continue
+        row = _ROW.match(line)
+        if row:
+            labels = tuple(re.findall(r"`([a-z_]+)`", row.group("labels")))
+            entries.append(
+                CatalogueEntry(row.group("name"), row.group("kind"), labels, command, number)
+            )
+    return entries
