@@ -34,6 +34,7 @@ class MetricDefinition:
     name: str  #: family name: counters without ``_total``
     kind: str  #: counter, gauge, histogram, summary
     where: str  #: file:line
+    buckets: tuple[float, ...] | None = None  #: histogram bucket bounds, when literal
 
     @property
     def query_name(self) -> str:
@@ -53,6 +54,28 @@ class MetricDefinition:
 
 def _constant_str(node: ast.expr | None) -> str | None:
     return node.value if isinstance(node, ast.Constant) and isinstance(node.value, str) else None
+
+
+def _literal_buckets(node: ast.expr | None, tree: ast.Module) -> tuple[float, ...] | None:
+    """A ``buckets=`` literal, or a module-level constant it names."""
+    if isinstance(node, ast.Name):
+        for statement in tree.body:
+            if isinstance(statement, ast.Assign):
+                targets, value = statement.targets, statement.value
+            elif isinstance(statement, ast.AnnAssign) and statement.value is not None:
+                targets, value = [statement.target], statement.value
+            else:
+                continue
+            if any(isinstance(t, ast.Name) and t.id == node.id for t in targets):
+                node = value
+                break
+    if node is None:
+        return None
+    try:
+        value = ast.literal_eval(node)
+    except ValueError:
+        return None
+    return tuple(float(v) for v in value)
 
 
 def defined_metrics() -> dict[str, MetricDefinition]:
@@ -87,7 +110,8 @@ def defined_metrics() -> dict[str, MetricDefinition]:
                 if kind == "counter":
                     full = full.removesuffix("_total")
                 where = f"{path.relative_to(REPO)}:{node.lineno}"
-                found[full] = MetricDefinition(full, kind, where)
+                buckets = _literal_buckets(keywords.get("buckets"), tree)
+                found[full] = MetricDefinition(full, kind, where, buckets)
     return found
 
 

@@ -145,19 +145,22 @@ def test_recording_rules_are_defined_before_use() -> None:
                 seen.add(rule["record"])
 
 
-def test_jitter_slo_buckets_exist_in_the_code() -> None:
-    # The SLO ratio rules read fixed `le` buckets; they must be boundaries the pulse exports.
-    from backbeat.pulse.metrics import JITTER_BUCKETS
-
-    wanted = {
-        float(le)
+def test_slo_ratio_buckets_exist_in_the_code() -> None:
+    # SLO ratio rules read fixed `le` buckets; each must be a boundary the histogram exports.
+    definitions = defined_metrics()
+    used = {
+        (name, float(le))
         for rule in rules()
-        for le in re.findall(
-            r'backbeat_pulse_jitter_seconds_bucket\{le="([0-9.]+)"\}', rule["expr"]
-        )
+        for name, le in re.findall(r'(backbeat_[a-z0-9_]+)_bucket\{le="([0-9.]+)"\}', rule["expr"])
     }
-    assert wanted, "no SLO ratio rule on the jitter histogram"
-    assert wanted <= set(JITTER_BUCKETS)
+    assert {name for name, _ in used} >= {
+        "backbeat_pulse_jitter_seconds",
+        "backbeat_reverb_window_processing_seconds",
+    }
+    for name, le in used:
+        buckets = definitions[name].buckets if name in definitions else None
+        assert buckets is not None, f"{name}: buckets not found in the code"
+        assert le in buckets, f"{name} has no bucket le={le}: {buckets}"
 
 
 def test_promtool_check_rules() -> None:
