@@ -420,7 +420,14 @@ class ClaimIngest:
             items = [buffer.popleft() for _ in range(count)]
             self._space.set()
             self._update_buffer_gauges()
-            await self._apply(items)
+            try:
+                await self._apply(items)
+            except Exception as exc:  # a bug, not bad input: keep the ingest alive, loudly
+                self._log.exception("batch failed", claims=len(items))
+                self.metrics.dropped.labels("error").inc(len(items))
+                for item in items:
+                    if item.future is not None and not item.future.done():
+                        item.future.set_exception(exc)
             self._update_buffer_gauges()
 
     def _update_buffer_gauges(self) -> None:
@@ -478,7 +485,9 @@ class ClaimIngest:
         while True:
             try:
                 result = await self.store.append(batch, batch_id)
-            except _RETRYABLE as exc:
+            except (*_RETRYABLE, redis_errors.ResponseError) as exc:
+                # A script error (e.g. during a Redis restart) is retried like a lost connection:
+                # the batch id makes the retry safe.
                 if self._redis_ok:
                     self._log.warning("redis unavailable; retrying the batch", error=repr(exc))
                 self._redis_ok = False

@@ -29,8 +29,8 @@ class ReverbMetrics:
         )
         self.dropped = Counter(
             "backbeat_reverb_claims_dropped_total",
-            "Claims dropped before they reached the ingest (NATS slow consumer), or lost at "
-            "shutdown because Redis stayed unreachable",
+            "Claims dropped before they reached the ingest (slow_consumer: by the NATS client), "
+            "not committed at shutdown (shutdown) or failed by an unexpected error (error)",
             ["cause"],
             registry=r,
         )
@@ -79,5 +79,5 @@ class ReverbMetrics:
             self.processed.labels("rejected", reason)
         for source in ("nats", "grpc"):
             self.received.labels(source)
-        for cause in ("slow_consumer", "shutdown"):
+        for cause in ("slow_consumer", "shutdown", "error"):
             self.dropped.labels(cause)
