@@ -67,12 +67,19 @@ def _publish_main(url: str, subject: str, total: int, ready: MpEvent, go: MpEven
     asyncio.run(main())
 
 
-async def _raw_xadd_rate(url: str, total: int, payloads: list[bytes]) -> tuple[float, float]:
-    """Claims/s and CPU ms per 1k of pipelined XADD of the same payloads, 1,000 per pipeline."""
+async def _redis_cpu(client: aioredis.Redis) -> float:
+    """CPU seconds the Redis server has used so far."""
+    info = await client.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+async def _raw_xadd_rate(url: str, total: int, payloads: list[bytes]) -> tuple[float, float, float]:
+    """Claims/s, client CPU ms and Redis CPU ms per 1k of pipelined XADD, 1,000 per pipeline."""
     client = aioredis.from_url(url)
     try:
         key = "backbeat:{bench-raw}:w:raw:claims"
         await client.delete(key)
+        redis_cpu0 = await _redis_cpu(client)
         cpu0, t0 = time.process_time(), time.perf_counter()
         for start in range(0, total, 1000):
             async with client.pipeline(transaction=False) as pipe:
@@ -80,16 +87,18 @@ async def _raw_xadd_rate(url: str, total: int, payloads: list[bytes]) -> tuple[f
                     pipe.xadd(key, {"c": payload})
                 await pipe.execute()
         elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+        redis_cpu = await _redis_cpu(client) - redis_cpu0
         await client.delete(key)
     finally:
         await client.aclose()
-    return total / elapsed, cpu * 1000 / (total / 1000)
+    per_k = total / 1000
+    return total / elapsed, cpu * 1000 / per_k, redis_cpu * 1000 / per_k
 
 
 async def _ingest_rate(
     redis_url: str, nats_url: str, cluster: str, total: int
-) -> tuple[float, float, int, int]:
-    """Claims/s, CPU ms per 1k claims, claims accepted, claims lost."""
+) -> tuple[float, float, float, int, int]:
+    """Claims/s, ingest and Redis CPU ms per 1k claims, claims accepted, claims lost."""
     # A grid whose current beat stays CURRENT_BEAT for the whole run (a very slow tempo would
     # work too; a fixed clock keeps every claim in range however long the run takes).
     timeline = Timeline.start(cluster, 120, time.time_ns() - CURRENT_BEAT * 500_000_000)
@@ -114,6 +123,7 @@ async def _ingest_rate(
     async with ClaimIngest(settings, follower=follower) as ingest:
         child.start()
         await asyncio.to_thread(ready.wait, 60)
+        redis_cpu0 = await _redis_cpu(ingest.redis)
         cpu0, t0 = time.process_time(), time.perf_counter()
         go.set()
         totals_key = keys.ingest_totals(cluster)
@@ -126,10 +136,12 @@ async def _ingest_rate(
                 break
             await asyncio.sleep(0.005)
         elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+        redis_cpu = await _redis_cpu(ingest.redis) - redis_cpu0
         totals = await ingest.store.totals()
         await asyncio.to_thread(child.join, 30)
     accepted = totals.get("accepted", 0)
-    return total / elapsed, cpu * 1000 / (total / 1000), accepted, total - accepted
+    per_k = total / 1000
+    return total / elapsed, cpu * 1000 / per_k, redis_cpu * 1000 / per_k, accepted, total - accepted
 
 
 def run(quick: bool) -> list[Result]:
@@ -139,12 +151,16 @@ def run(quick: bool) -> list[Result]:
         redis_srv.start()
         nats_srv.start()
 
-        async def measure() -> tuple[tuple[float, float], tuple[float, float, int, int]]:
+        async def measure() -> tuple[
+            tuple[float, float, float], tuple[float, float, float, int, int]
+        ]:
             raw = await _raw_xadd_rate(redis_srv.url, total, _payloads(total))
             ingest = await _ingest_rate(redis_srv.url, nats_srv.url, "bench-ingest", total)
             return raw, ingest
 
-        (raw_rate, raw_cpu), (rate, cpu, accepted, lost) = asyncio.run(measure())
+        (raw_rate, raw_cpu, raw_redis), (rate, cpu, redis_cpu, accepted, lost) = asyncio.run(
+            measure()
+        )
     finally:
         nats_srv.close()
         redis_srv.close()
@@ -170,5 +186,15 @@ def run(quick: bool) -> list[Result]:
             baseline_value=raw_cpu,
             better="lower",
             notes="load generator in a separate process",
+        ),
+        Result(
+            bench="ingest",
+            metric="Redis CPU per 1k claims (append script: stream + aggregates + dedupe)",
+            value=redis_cpu,
+            unit="ms",
+            baseline_name="raw pipelined XADD",
+            baseline_value=raw_redis,
+            better="lower",
+            notes="INFO cpu of the Redis server, same run",
         ),
     ]

@@ -172,6 +172,7 @@ class ClaimIngest:
             component="reverb", cluster=settings.cluster_id, node=settings.node_id
         )
         self.metrics.buffer_capacity.set(settings.buffer_capacity)
+        self._received_nats = self.metrics.received.labels("nats")  # hot path: look up once
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -306,7 +307,7 @@ class ClaimIngest:
     async def _on_claim(self, msg: Msg) -> None:
         headers = msg.headers
         traceparent = headers.get("traceparent", "") if headers else ""
-        self.metrics.received.labels("nats").inc()
+        self._received_nats.inc()
         await self._put(self._validate(msg.data, traceparent, None))
 
     async def submit(
