@@ -1,0 +1,123 @@
+"""`backbeat up` end to end, as a user runs it: beats, bar reports, a tempo change, clean stop."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
+
+TOKEN = "up-test-token"
+
+
+def _children(pid: int) -> set[int]:
+    """Direct children of ``pid`` (from /proc)."""
+    found: set[int] = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if ppid == pid:
+            found.add(int(entry.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+class Output:
+    """Collects a process's stdout lines on a thread; ``wait_for`` polls with a deadline."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.lines: list[str] = []
+        self._proc = proc
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def close(self) -> None:
+        self._reader.join(timeout=10)
+        if self._proc.stdout is not None:
+            self._proc.stdout.close()
+
+    def _read(self) -> None:
+        assert self._proc.stdout is not None
+        for line in self._proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    def wait_for(self, pattern: str, timeout: float, count: int = 1) -> list[re.Match[str]]:
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            matches = [m for line in list(self.lines) if (m := regex.search(line))]
+            if len(matches) >= count:
+                return matches
+            if self._proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        tail = "\n".join(self.lines[-40:])
+        raise AssertionError(f"no {count}× {pattern!r} within {timeout}s; output:\n{tail}")
+
+
+def test_up_shows_beats_reports_and_tempo_change_then_stops_cleanly(tmp_path: Path) -> None:
+    env = {**os.environ, "COLUMNS": "250", "PYTHONUNBUFFERED": "1"}
+    argv = [sys.executable, "-m", "backbeat.cli", "up", "--no-ui", "--cluster", "uptest",
+            "--agents", "20", "--token", TOKEN, "--run-dir", str(tmp_path / "run")]  # fmt: skip
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=env)  # fmt: skip
+    out = Output(proc)
+    try:
+        (pulse,) = out.wait_for(r"pulse-1\s+gRPC (127\.0\.0\.1:\d+)", timeout=90)
+        started = time.monotonic()
+        out.wait_for(r"beat \d+ downbeat", timeout=30)
+        out.wait_for(r"report bar \d+-\d+", timeout=30 - (time.monotonic() - started), count=3)
+        children = _children(proc.pid)
+        assert len(children) >= 5 + 4  # 3 redis + nats + pulse x2, reverb, trigger, agent-sim
+
+        changed = subprocess.run(
+            [sys.executable, "-m", "backbeat.cli", "tempo", "126", "--pulse", pulse[1],
+             "--token", TOKEN, "--json"],
+            capture_output=True, text=True, env=env, timeout=30, check=False,
+        )  # fmt: skip
+        assert changed.returncode == 0, changed.stdout + changed.stderr
+        effective = int(re.search(r'"effective_beat": (\d+)', changed.stdout)[1])  # type: ignore[index]
+        (switch,) = out.wait_for(r"tempo 120 → 126 BPM at beat (\d+)", timeout=30)
+        assert int(switch[1]) == effective
+        assert effective % 4 == 0  # a downbeat: bars of 4 beats from beat 0
+
+        refused = subprocess.run(
+            [sys.executable, "-m", "backbeat.cli", "tempo", "200", "--pulse", pulse[1],
+             "--token", TOKEN],
+            capture_output=True, text=True, env=env, timeout=30, check=False,
+        )  # fmt: skip
+        assert refused.returncode == 2
+        assert "TEMPO_STEP_TOO_LARGE" in refused.stdout
+
+        proc.send_signal(signal.SIGINT)  # Ctrl-C
+        assert proc.wait(timeout=60) == 0, "\n".join(out.lines[-30:])
+        out.wait_for(r"stopped after .* every process has exited", timeout=5)
+        deadline = time.monotonic() + 10
+        while any(_alive(pid) for pid in children) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not [pid for pid in children if _alive(pid)], "orphan processes left behind"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        out.close()
