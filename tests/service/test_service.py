@@ -136,3 +136,21 @@ def test_masked_settings_hide_secrets() -> None:
     assert "tok" not in shown.replace("api_token", "")
     assert '"role"' in shown  # ids are not secrets
     assert "production" in shown
+
+
+def test_masked_settings_hide_an_approle_secret_id_but_not_other_ids() -> None:
+    @dataclasses.dataclass
+    class Settings:
+        secret_id: str = "s-3cr3t-id"
+        vault_secret_id: str = "s-3cr3t-id-2"
+        secret_id_file: str = "approle-secret-id"
+        role_id: str = "role-1"
+        key_id: str = "beat-7"
+        node_id: str = "pulse-1"
+
+    shown = masked(Settings())
+    assert shown["secret_id"] == "***"
+    assert shown["vault_secret_id"] == "***"
+    # The name of the file holding the secret id is not a secret; ids are not either.
+    assert shown["secret_id_file"] == "approle-secret-id"
+    assert (shown["role_id"], shown["key_id"], shown["node_id"]) == ("role-1", "beat-7", "pulse-1")

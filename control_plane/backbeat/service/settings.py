@@ -8,8 +8,9 @@ import re
 from enum import StrEnum
 from typing import Any
 
-#: Field names that hold secrets: printed masked.
-_SECRET_NAME = re.compile(r"(token|password|secret|key)(?!_id)", re.IGNORECASE)
+#: Field names that hold secrets: printed masked. Identifiers (``key_id``, ``role_id``,
+#: ``node_id``) are not secrets, but an AppRole ``secret_id`` is a credential.
+_SECRET_NAME = re.compile(r"(token|password|secret|key)(?!_id)|(^|_)secret_id$", re.IGNORECASE)
 _URL_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@]*):(?P<pw>[^@/]+)@")
 
 
