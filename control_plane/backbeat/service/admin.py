@@ -7,6 +7,7 @@ has a token source; the comparison is constant-time.
 from __future__ import annotations
 
 import json
+import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -43,10 +44,12 @@ class AdminServer:
         ready: ReadyCheck | None = None,
         token: TokenSource | None = None,
         component: str = "backbeat",
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.host = host
         self.port = port
         self.registry = registry
+        self._ssl = ssl_context
         self._ready = ready or (lambda: (True, "ready"))
         self._token = token
         self._component = component
@@ -64,12 +67,15 @@ class AdminServer:
 
     def _authorized(self, handler: Handler) -> Handler:
         async def wrapped(request: web.Request) -> web.StreamResponse:
-            if self._token is not None:
+            # An empty token (none configured, development) disables the check, as in
+            # BearerAuth; production refuses to start without one.
+            expected = self._token() if self._token is not None else None
+            if expected:
                 header = request.headers.get("Authorization", "")
                 scheme, _, presented = header.partition(" ")
                 if scheme.lower() != "bearer" or not presented:
                     return error_response(401, "UNAUTHENTICATED", "missing bearer token")
-                if not token_matches(presented.strip(), self._token()):
+                if not token_matches(presented.strip(), expected):
                     return error_response(403, "PERMISSION_DENIED", "invalid bearer token")
             return await handler(request)
 
@@ -94,14 +100,14 @@ class AdminServer:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"{'https' if self._ssl else 'http'}://{self.host}:{self.port}"
 
     async def start(self) -> None:
         if self._runner is not None:
             return
         runner = web.AppRunner(self._app, access_log=None, handle_signals=False)
         await runner.setup()
-        site = web.TCPSite(runner, self.host, self.port)
+        site = web.TCPSite(runner, self.host, self.port, ssl_context=self._ssl)
         await site.start()
         if runner.addresses:  # the port actually bound (port 0 picks a free one)
             self.port = int(runner.addresses[0][1])
