@@ -75,6 +75,10 @@ def configure_tracing(
         attributes["backbeat.cluster"] = cluster_id
     if node_id:
         attributes["service.instance.id"] = node_id
+        attributes["backbeat.node"] = node_id
+    environment = os.environ.get("BACKBEAT_ENV", "").strip().lower()
+    if environment:
+        attributes["deployment.environment"] = environment
     provider = TracerProvider(resource=Resource.create(attributes))
     exporter = _exporter_from_env()
     if exporter is not None:
@@ -101,3 +105,32 @@ def extract_context(headers: Mapping[str, str] | None) -> otel_context.Context:
 def traceparent() -> str:
     """The current span's ``traceparent`` value, or "" outside a span."""
     return inject_headers().get("traceparent", "")
+
+
+def context_from_traceparent(value: str, tracestate: str = "") -> otel_context.Context:
+    """The context a stored ``traceparent`` (and ``tracestate``) describe; empty when "" ."""
+    if not value:
+        return otel_context.Context()
+    carrier = {"traceparent": value}
+    if tracestate:
+        carrier["tracestate"] = tracestate
+    return propagate.extract(carrier)
+
+
+def link_to(value: str) -> trace.Link | None:
+    """A span link to the span a ``traceparent`` names (None when it names none)."""
+    span_context = trace.get_current_span(context_from_traceparent(value)).get_span_context()
+    return trace.Link(span_context) if span_context.is_valid else None
+
+
+def tracer(component: str) -> trace.Tracer:
+    """The tracer of a BACKBEAT component (``backbeat.pulse``, ``backbeat.reverb``, ...)."""
+    return trace.get_tracer(f"backbeat.{component}")
+
+
+def force_flush(timeout_ms: int = 2000) -> None:
+    """Export buffered spans now (short-lived runtimes such as AWS Lambda call this after
+    every invocation, since the process may be frozen right after it)."""
+    provider = trace.get_tracer_provider()
+    if isinstance(provider, TracerProvider):
+        provider.force_flush(timeout_ms)
