@@ -28,4 +28,4 @@ def _unwrap(event: Mapping[str, Any]) -> tuple[bytes | Mapping[str, Any], str]:
 
 def handler(event: Mapping[str, Any], context: object = None) -> dict[str, Any]:
     data, traceparent = _unwrap(event)
-    return runtime().invoke(data, traceparent=traceparent)
+    return runtime().invoke(data, traceparent=traceparent, via="lambda")

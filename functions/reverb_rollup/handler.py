@@ -13,18 +13,24 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
+from opentelemetry import trace
+
+from backbeat.core import subjects
 from backbeat.core.kpi import compute_report
 from backbeat.core.messages import BarReport
 from backbeat.core.timeline import window_id as compute_window_id
+from backbeat.service.tracing import context_from_traceparent, inject_headers, tracer
 from reverb_rollup.event import RollupEvent
 from reverb_rollup.publisher import BarPublisher
 from reverb_rollup.record import RecordState, RecordView, RollupRecords
+from reverb_rollup.rotations import RotationSource
 from reverb_rollup.source import WindowSource
 
 log = logging.getLogger("reverb_rollup")
+_tracer = tracer("rollup")
 
 
 class RollupError(RuntimeError):
@@ -67,18 +73,26 @@ class RollupSettings:
     poll_s: float = 0.005
 
 
-#: Trace hook: given the event, the headers to put on the published report. The default passes
-#: the W3C trace context on unchanged; an OpenTelemetry wiring can start a span here instead.
+#: Trace hook: given the event, the headers to put on the published report.
 TraceHeaders = Callable[[RollupEvent], Mapping[str, str]]
 
 
 def pass_trace_context(event: RollupEvent) -> Mapping[str, str]:
+    """The event's W3C trace context, unchanged."""
     headers: dict[str, str] = {}
     if event.traceparent:
         headers["traceparent"] = event.traceparent
         if event.tracestate:
             headers["tracestate"] = event.tracestate
     return headers
+
+
+def current_trace_context(event: RollupEvent) -> Mapping[str, str]:
+    """The context of the current span (``reverb.report.publish``), so a report's consumers
+    continue the trace of the downbeat that triggered it; the event's when nothing traces."""
+    if trace.get_current_span().get_span_context().is_valid:
+        return inject_headers()
+    return pass_trace_context(event)
 
 
 @dataclass(slots=True)
@@ -98,10 +112,34 @@ class Rollup:
     records: RollupRecords
     publisher: BarPublisher
     settings: RollupSettings = field(default_factory=RollupSettings)
-    trace_headers: TraceHeaders = pass_trace_context
+    trace_headers: TraceHeaders = current_trace_context
     hooks: RollupHooks = field(default_factory=RollupHooks)
+    #: Where the window's signing-key rotations are read (None: none are counted).
+    rotations: RotationSource | None = None
+    #: How the function was called (``inprocess``, ``cloudevents``, ``lambda``), for traces.
+    runtime: str = "inprocess"
 
     async def __call__(self, event: RollupEvent) -> RollupResult:
+        """Roll up ``event``'s window, in a ``reverb.rollup`` span continuing the caller's
+        trace (the event's ``traceparent``)."""
+        with _tracer.start_as_current_span(
+            "reverb.rollup",
+            context=context_from_traceparent(event.traceparent, event.tracestate),
+            kind=trace.SpanKind.SERVER,
+            attributes={
+                "backbeat.cluster": event.cluster_id,
+                "backbeat.window_id": event.window_id,
+                "backbeat.from_beat": event.from_beat,
+                "backbeat.to_beat": event.to_beat,
+                "backbeat.runtime": self.runtime,
+                "faas.invoked_name": "reverb_rollup",
+            },
+        ) as span:
+            result = await self._roll_up(event)
+            span.set_attribute("backbeat.rollup.outcome", result.outcome.value)
+            return result
+
+    async def _roll_up(self, event: RollupEvent) -> RollupResult:
         if event.cluster_id != self.cluster_id:
             raise WrongClusterError(
                 f"event for cluster {event.cluster_id!r}; this function serves {self.cluster_id!r}"
@@ -132,6 +170,9 @@ class Rollup:
             aggregate = await self.source.seal_and_read(
                 event.window_id, event.from_beat, event.to_beat
             )
+            if self.rotations is not None and event.time_span_known:
+                due = await self.rotations.in_span(event.window_start_ns, event.window_end_ns)
+                aggregate = replace(aggregate, rotations_due=due.due, rotations_failed=due.failed)
             if self.hooks.after_seal is not None:
                 await self.hooks.after_seal(event)
             bar_length = event.to_beat - event.from_beat + 1
@@ -171,9 +212,18 @@ class Rollup:
                 return
 
     async def _publish(self, event: RollupEvent, report: bytes) -> RollupResult:
-        publication = await self.publisher.publish_once(
-            event.window_id, report, self.trace_headers(event)
-        )
+        with _tracer.start_as_current_span(
+            "reverb.report.publish",
+            kind=trace.SpanKind.PRODUCER,
+            attributes={
+                "messaging.system": "nats",
+                "messaging.destination.name": subjects.bar(self.cluster_id, event.window_id),
+                "backbeat.window_id": event.window_id,
+            },
+        ):
+            publication = await self.publisher.publish_once(
+                event.window_id, report, self.trace_headers(event)
+            )
         if publication.report != report:
             # Cannot happen while every publisher goes through the record; if it does, the
             # published report wins (a published report never changes).

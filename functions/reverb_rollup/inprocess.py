@@ -12,6 +12,7 @@ from reverb_rollup.event import RollupEvent
 from reverb_rollup.handler import Rollup, RollupHooks, RollupResult, RollupSettings
 from reverb_rollup.publisher import BarPublisher
 from reverb_rollup.record import RollupRecords
+from reverb_rollup.rotations import RotationLog
 from reverb_rollup.source import WindowSource
 
 
@@ -32,6 +33,7 @@ def build_rollup(
     source: WindowSource | None = None,
     settings: RollupSettings | None = None,
     hooks: RollupHooks | None = None,
+    runtime: str = "inprocess",
 ) -> Rollup:
     return Rollup(
         cluster_id=cluster_id,
@@ -40,6 +42,8 @@ def build_rollup(
         publisher=BarPublisher(nats_client.jetstream(), cluster_id),
         settings=settings or RollupSettings(),
         hooks=hooks or RollupHooks(),
+        rotations=RotationLog(redis, cluster_id),
+        runtime=runtime,
     )
 
 

@@ -23,4 +23,4 @@ def rollup(cloud_event: Any) -> None:
     if data is None:
         raise ValueError("the CloudEvent carries no data; expected the rollup event JSON")
     traceparent = cloud_event.get("traceparent") or ""
-    runtime().invoke(data, traceparent=str(traceparent))
+    runtime().invoke(data, traceparent=str(traceparent), via="cloudevents")

@@ -12,12 +12,14 @@ import asyncio
 import logging
 import threading
 from collections.abc import Coroutine, Mapping
+from dataclasses import replace
 from typing import Any, TypeVar
 
 import nats
 from redis.asyncio import Redis
 
 from backbeat.service.logs import configure_logging
+from backbeat.service.tracing import configure_tracing, force_flush
 from reverb_rollup.event import RollupEvent
 from reverb_rollup.handler import Rollup, RollupSettings
 from reverb_rollup.inprocess import build_rollup
@@ -63,16 +65,25 @@ class ProcessRuntime:
                 log.info("reverb rollup connected: %s", s.masked())
             return self._rollup
 
-    async def _invoke(self, event: RollupEvent) -> dict[str, Any]:
+    async def _invoke(self, event: RollupEvent, via: str) -> dict[str, Any]:
         rollup = await self._get_rollup()
+        if via:
+            rollup = replace(rollup, runtime=via)
         return (await rollup(event)).to_json_dict()
 
     def invoke(
-        self, data: bytes | str | Mapping[str, Any], *, traceparent: str = ""
+        self, data: bytes | str | Mapping[str, Any], *, traceparent: str = "", via: str = ""
     ) -> dict[str, Any]:
-        """Roll up the window named by ``data`` (the event's JSON form); return the result."""
+        """Roll up the window named by ``data`` (the event's JSON form); return the result.
+
+        ``via`` names the runtime (``cloudevents``, ``lambda``) on the ``reverb.rollup`` span.
+        """
         event = RollupEvent.decode(data, traceparent=traceparent)
-        return self._run(self._invoke(event))
+        try:
+            return self._run(self._invoke(event, via))
+        finally:
+            # The runtime may freeze or end the process right after the answer: export now.
+            force_flush()
 
     def shutdown(self) -> None:
         """Close the connections and stop the loop (tests; a real process just exits)."""
@@ -109,5 +120,6 @@ def runtime() -> ProcessRuntime:
         if _runtime is None:
             settings = FunctionSettings.from_env()
             configure_logging(settings.log_level)
+            configure_tracing("reverb-rollup", cluster_id=settings.cluster_id)
             _runtime = ProcessRuntime(settings)
         return _runtime
