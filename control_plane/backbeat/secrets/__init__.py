@@ -11,6 +11,13 @@ keep serving the last good value when the backend is down. See docs/security.md.
         await keys.start()
 """
 
+from backbeat.secrets._component import (
+    ComponentSecrets,
+    UnsafeConfiguration,
+    open_component_secrets,
+    with_nats_credentials,
+    with_url_password,
+)
 from backbeat.secrets._env import ENV_PREFIX, EnvSecretSource, env_var
 from backbeat.secrets._production import production_check, production_problems
 from backbeat.secrets._rotation import (
@@ -52,6 +59,7 @@ __all__ = [
     "ENV_PREFIX",
     "ApiToken",
     "CachingSecretSource",
+    "ComponentSecrets",
     "EnvSecretSource",
     "KeyRotator",
     "RotationEvent",
@@ -65,12 +73,16 @@ __all__ = [
     "SecretWriter",
     "SecretsSettings",
     "SigningKeys",
+    "UnsafeConfiguration",
     "VaultSecretSource",
     "VaultSettings",
     "env_var",
+    "open_component_secrets",
     "open_secret_source",
     "production_check",
     "production_problems",
     "raw_key_id",
     "read_rotation_events",
+    "with_nats_credentials",
+    "with_url_password",
 ]

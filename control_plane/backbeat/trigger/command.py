@@ -4,10 +4,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
+import time
+from dataclasses import replace
+
+from aiohttp import web
 
 from backbeat.core.subjects import check_cluster_id
+from backbeat.secrets import SecretError, UnsafeConfiguration, open_component_secrets
 from backbeat.service import AdminServer, ShutdownSignal, configure_logging, get_logger, masked
+from backbeat.service.admin import json_response
 from backbeat.service.settings import env_default
+from backbeat.service.tls import TlsSettings, add_tls_arguments
+from backbeat.service.tracing import configure_tracing
 from backbeat.trigger.invokers import HttpInvoker, Invoker, LambdaInvoker
 from backbeat.trigger.service import DEFAULT_DURABLE, ReverbTrigger, TriggerSettings
 
@@ -89,6 +98,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--admin-port", type=int, default=8084, help="/health, /ready, /metrics (0: any free port)"
     )
     parser.add_argument("--log-level", default=None, help="debug|info|warn|error (env LOG_LEVEL)")
+    add_tls_arguments(parser)
 
 
 def settings_from(args: argparse.Namespace) -> TriggerSettings:
@@ -120,29 +130,68 @@ def build_invoker(args: argparse.Namespace) -> Invoker | None:
     return None  # in-process, built by the trigger on its own connections
 
 
+def status_json(trigger: ReverbTrigger) -> dict[str, object]:
+    ready, detail = trigger.ready()
+    return {
+        "component": "reverb-trigger",
+        "cluster_id": trigger.settings.cluster_id,
+        "status": trigger.status.value,
+        "ready": ready,
+        "detail": detail,
+        "invoker": trigger.invoker.name if ready else None,
+        "slo": trigger.metrics.slo.status(),
+        "server_time_ns": time.time_ns(),
+    }
+
+
 async def _main(args: argparse.Namespace) -> int:
     configure_logging(args.log_level)
     settings = settings_from(args)
+    tls = TlsSettings.from_args(args)
+    configure_tracing("reverb-trigger", cluster_id=settings.cluster_id)
     log = get_logger(component="reverb-trigger", cluster=settings.cluster_id)
-    if settings.grace_ms <= 0:
-        log.warning("grace period is 0: claims still in flight at the downbeat will be late")
-    log.info("starting", invoker=args.invoker, **masked(settings))
-    async with (
-        ShutdownSignal() as stop,
-        ReverbTrigger(settings, invoker=build_invoker(args)) as trigger,
-    ):
-        admin = AdminServer(
-            host=args.admin_host,
-            port=args.admin_port,
-            registry=trigger.metrics.registry,
-            ready=trigger.ready,
-            component="reverb-trigger",
+    secrets = await open_component_secrets("reverb-trigger")
+    try:
+        settings = replace(
+            settings,
+            nats_url=secrets.nats_url(settings.nats_url),
+            redis_url=secrets.redis_url(settings.redis_url),
         )
-        async with admin:
-            log.info("admin listening", url=admin.url)
-            await stop.wait()
+        if settings.grace_ms <= 0:
+            log.warning("grace period is 0: claims still in flight at the downbeat will be late")
+        log.info("starting", invoker=args.invoker, tls=tls.enabled, **masked(settings))
+        async with (
+            ShutdownSignal() as stop,
+            ReverbTrigger(settings, invoker=build_invoker(args)) as trigger,
+        ):
+            admin = AdminServer(
+                host=args.admin_host,
+                port=args.admin_port,
+                registry=trigger.metrics.registry,
+                ready=trigger.ready,
+                token=secrets.api_token,
+                component="reverb-trigger",
+                ssl_context=tls.server_ssl_context(),
+            )
+
+            async def status(_: web.Request) -> web.Response:
+                return json_response(status_json(trigger))
+
+            admin.add_route("GET", "/api/v1/status", status)
+            async with admin:
+                log.info("admin listening", url=admin.url)
+                await stop.wait()
+    finally:
+        await secrets.close()
     return 0
 
 
 def run(args: argparse.Namespace) -> int:
-    return asyncio.run(_main(args))
+    try:
+        return asyncio.run(_main(args))
+    except UnsafeConfiguration as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    except (SecretError, ValueError) as exc:
+        print(f"backbeat reverb-trigger: {exc}", file=sys.stderr)
+        return 2

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any, Final
 
@@ -23,6 +23,7 @@ import nats
 import nats.aio.client
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import FetchTimeoutError
+from opentelemetry import trace
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from redis.asyncio import Redis
 
@@ -32,12 +33,15 @@ from backbeat.core.messages import BeatFrame, CodecError, load_object
 from backbeat.core.timeline import NS_PER_MIN
 from backbeat.reverb.store import WindowStore
 from backbeat.service.logs import get_logger
+from backbeat.service.slo import ROLLUP, SloTracker
+from backbeat.service.tracing import extract_context, inject_headers, tracer
 from backbeat.trigger.invokers import InProcessInvoker, InvokeError, Invoker
 from reverb_rollup import RollupEvent, RollupSettings
 from reverb_rollup.publisher import bar_stream_config, downbeat_stream_config, ensure_stream
 from reverb_rollup.record import RollupRecords
 
 DEFAULT_DURABLE: Final = "reverb-trigger"
+_tracer = tracer("trigger")
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,9 +88,12 @@ class TriggerMetrics:
     failures: Counter = field(init=False)
     dead_letters: Counter = field(init=False)
     caught_up: Counter = field(init=False)
+    #: PER-002: rollup done within one beat of the closing downbeat.
+    slo: SloTracker = field(init=False)
 
     def __post_init__(self) -> None:
         r = self.registry
+        self.slo = SloTracker([ROLLUP], registry=r)
         self.completed = Counter(
             "backbeat_reverb_windows_completed",
             "Windows whose report the trigger saw published",
@@ -259,17 +266,37 @@ class ReverbTrigger:
         if frame.beat_index - bar_length < 0:
             await msg.ack()  # the very first downbeat closes no window
             return
-        traceparent = (msg.headers or {}).get("traceparent", "")
-        try:
-            event = RollupEvent.from_downbeat(frame, bar_length, traceparent=traceparent)
-        except CodecError:
+        # The trigger continues the downbeat's trace (its NATS headers carry the context).
+        with _tracer.start_as_current_span(
+            "reverb.trigger",
+            context=extract_context(msg.headers),
+            kind=trace.SpanKind.CONSUMER,
+            attributes={
+                "messaging.system": "nats",
+                "messaging.destination.name": subjects.downbeat(s.cluster_id),
+                "backbeat.cluster": s.cluster_id,
+                "backbeat.beat_index": frame.beat_index,
+                "backbeat.term": frame.term,
+            },
+        ) as span:
             event = RollupEvent.from_downbeat(frame, bar_length)
+            span.set_attribute("backbeat.window_id", event.window_id)
+            await self._trigger(msg, frame, event, bar_length)
+
+    async def _trigger(
+        self, msg: Any, frame: BeatFrame, event: RollupEvent, bar_length: int
+    ) -> None:
+        s = self.settings
+        log = self._log.bind(
+            beat_index=frame.beat_index, term=frame.term, window_id=event.window_id
+        )
         downbeat_ns = downbeat_time_ns(frame)
         beat_ns = NS_PER_MIN / frame.tempo_bpm
         age_ns = time.time_ns() - downbeat_ns
         if age_ns > s.stale_after_beats * beat_ns:
             # A backlog (the trigger was down): too old for the fast path; windows that hold
             # claims are rolled up by the catch-up below.
+            log.info("stale downbeat acked; left to the catch-up", age_s=age_ns / 1e9)
             await msg.ack()
             await self._catch_up(event.from_beat + bar_length)
             return
@@ -277,7 +304,10 @@ class ReverbTrigger:
         if wait_s > 0:
             await asyncio.sleep(wait_s)
         if await self._roll_up(event):
-            self.metrics.processing.observe(max(time.time_ns() - downbeat_ns, 0) / 1e9)
+            latency_s = max(time.time_ns() - downbeat_ns, 0) / 1e9
+            self.metrics.processing.observe(latency_s)
+            self.metrics.slo.observe(ROLLUP.slo, latency_s * 1e9 / beat_ns)
+            log.debug("window reported", latency_ms=round(latency_s * 1e3, 3))
             await msg.ack()
         else:
             assert self._records is not None
@@ -291,13 +321,31 @@ class ReverbTrigger:
         await self._catch_up(event.from_beat)
 
     async def _roll_up(self, event: RollupEvent) -> bool:
-        try:
-            await self.invoker.invoke(event)
-        except InvokeError as exc:
-            self.metrics.failures.inc()
-            self._last_error = str(exc)
-            self._log.warning("rollup failed", window_id=event.window_id, error=str(exc))
-            return False
+        # The invocation is a client span; the event carries its context to the function, so
+        # the rollup (any runtime) is its child.
+        with _tracer.start_as_current_span(
+            "reverb.rollup.invoke",
+            kind=trace.SpanKind.CLIENT,
+            attributes={
+                "backbeat.window_id": event.window_id,
+                "backbeat.invoker": self.invoker.name,
+            },
+        ) as span:
+            context = inject_headers()
+            if "traceparent" in context:
+                event = replace(
+                    event,
+                    traceparent=context["traceparent"],
+                    tracestate=context.get("tracestate", ""),
+                )
+            try:
+                await self.invoker.invoke(event)
+            except InvokeError as exc:
+                span.set_status(trace.Status(trace.StatusCode.ERROR, str(exc)[:200]))
+                self.metrics.failures.inc()
+                self._last_error = str(exc)
+                self._log.warning("rollup failed", window_id=event.window_id, error=str(exc))
+                return False
         self.metrics.completed.inc()
         return True
 

@@ -1,0 +1,168 @@
+"""What every long-running component does with its secrets at start.
+
+``open_component_secrets`` opens the configured source (env by default, Vault optionally),
+loads the API token (a rotatable ``TokenSource``), the NATS and Redis credentials and, when
+asked, the beat-signing keyring, and refuses to start in production when something is unsafe
+(``UnsafeConfiguration``: the command prints every problem and exits non-zero).
+
+NATS and Redis credentials are put into the connection URLs when the URL carries none; they
+are read at start (a new password takes a restart), while the API token and the signing keys
+rotate without one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from urllib.parse import quote, urlsplit, urlunsplit
+
+from backbeat.secrets._production import production_check
+from backbeat.secrets._settings import SecretsSettings
+from backbeat.secrets._signing_keys import ApiToken, SigningKeys
+from backbeat.secrets._source import CachingSecretSource, SecretError, SecretName, SecretNotFound
+from backbeat.service.rpc import TokenSource
+from backbeat.service.settings import Environment
+
+
+class UnsafeConfiguration(RuntimeError):
+    """BACKBEAT_ENV=production and the configuration is unsafe; ``problems`` says why."""
+
+    def __init__(self, component: str, problems: list[str]) -> None:
+        self.component = component
+        self.problems = problems
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(
+            f"backbeat {component}: refusing to start with BACKBEAT_ENV=production:\n{lines}"
+        )
+
+
+def with_url_password(url: str, password: str, *, user: str = "") -> str:
+    """``url`` with ``user:password`` as its credentials, unless it already carries some."""
+    parts = urlsplit(url)
+    if not password or "@" in parts.netloc:
+        return url
+    netloc = f"{quote(user, safe='')}:{quote(password, safe='')}@{parts.netloc}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def with_nats_credentials(url: str, credentials: str) -> str:
+    """A NATS URL carrying ``credentials`` (``user:password`` or a token)."""
+    parts = urlsplit(url)
+    if not credentials or "@" in parts.netloc:
+        return url
+    user, colon, password = credentials.partition(":")
+    if colon:
+        netloc = f"{quote(user, safe='')}:{quote(password, safe='')}@{parts.netloc}"
+    else:
+        netloc = f"{quote(credentials, safe='')}@{parts.netloc}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+@dataclass(slots=True)
+class ComponentSecrets:
+    component: str
+    settings: SecretsSettings
+    source: CachingSecretSource
+    api_token: ApiToken
+    #: Present when the component asked for the keyring and one is configured.
+    signing_keys: SigningKeys | None = None
+    nats_credentials: str = field(default="", repr=False)
+    redis_password: str = field(default="", repr=False)
+
+    def token_source(self, static_token: str = "") -> TokenSource:
+        """The bearer token to require: a static one (flag) wins over the rotatable secret."""
+        if static_token:
+            return lambda: static_token
+        return self.api_token
+
+    def nats_url(self, url: str) -> str:
+        return with_nats_credentials(url, self.nats_credentials)
+
+    def redis_url(self, url: str) -> str:
+        return with_url_password(url, self.redis_password)
+
+    async def close(self) -> None:
+        if self.signing_keys is not None:
+            await self.signing_keys.close()
+        await self.source.close()
+
+
+async def _optional(source: CachingSecretSource, name: SecretName) -> str:
+    try:
+        return (await source.get(name)).value
+    except SecretNotFound:
+        return ""
+
+
+async def open_component_secrets(
+    component: str,
+    *,
+    settings: SecretsSettings | None = None,
+    signing: bool = False,
+    static_token: str = "",
+    extra_problems: list[str] | None = None,
+) -> ComponentSecrets:
+    """Open the secret source and load what ``component`` needs; see the module docstring.
+
+    Raises ``UnsafeConfiguration`` in production when anything is unsafe, ``SecretError`` when
+    a configured secret cannot be loaded, ``ValueError`` for invalid settings.
+    """
+    from backbeat.secrets import open_secret_source
+
+    settings = settings or SecretsSettings.from_env()
+    source = open_secret_source(settings)
+    await source.start()
+    try:
+        return await _load(
+            component,
+            settings,
+            source,
+            signing=signing,
+            static_token=static_token,
+            problems=list(extra_problems or []),
+        )
+    except BaseException:
+        await source.close()
+        raise
+
+
+async def _load(
+    component: str,
+    settings: SecretsSettings,
+    source: CachingSecretSource,
+    *,
+    signing: bool,
+    static_token: str,
+    problems: list[str],
+) -> ComponentSecrets:
+    api_token = ApiToken(source)
+    await api_token.start()
+    if settings.environment is Environment.PRODUCTION:
+        loaded: dict[str, str] = {}
+        for name in SecretName:
+            try:
+                loaded[name] = (await source.get(name)).value
+            except SecretNotFound:
+                pass
+            except SecretError as exc:  # the backend failed: unsafe to guess
+                problems.append(str(exc))
+        if static_token:
+            loaded[SecretName.API_TOKEN] = static_token  # a flag replaces the secret
+        problems += production_check(settings, loaded)
+        if problems:
+            raise UnsafeConfiguration(component, problems)
+    keys: SigningKeys | None = None
+    if signing:
+        with contextlib.suppress(SecretNotFound):
+            await source.get(SecretName.BEAT_SIGNING_KEYS)
+            keys = SigningKeys(source)
+            await keys.start()
+    return ComponentSecrets(
+        component=component,
+        settings=settings,
+        source=source,
+        api_token=api_token,
+        signing_keys=keys,
+        nats_credentials=await _optional(source, SecretName.NATS_CREDENTIALS),
+        redis_password=await _optional(source, SecretName.REDIS_PASSWORD),
+    )
