@@ -3,29 +3,11 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 
 from backbeat.core.hlc import HLCTimestamp, HybridLogicalClock
 from backbeat.core.timeline import Timeline
 from bench.result import Result
-
-
-def _rate(fn: Callable[[], object], seconds: float) -> float:
-    """Calls per second of ``fn`` over about ``seconds`` (best of three rounds)."""
-    best = 0.0
-    for _ in range(3):
-        n = 0
-        start = time.perf_counter()
-        deadline = start + seconds / 3
-        while True:
-            for _ in range(1000):
-                fn()
-            n += 1000
-            now = time.perf_counter()
-            if now >= deadline:
-                break
-        best = max(best, n / (now - start))
-    return best
+from bench.throughput import calls_per_second as rate
 
 
 def run(quick: bool) -> list[Result]:
@@ -35,14 +17,14 @@ def run(quick: bool) -> list[Result]:
     timeline = Timeline.start("bench", 120, time.time_ns())
     beat = 123_456
 
-    baseline = _rate(time.time_ns, seconds)
+    baseline = rate(time.time_ns, seconds)
     figures = {
-        "HLC now()": _rate(clock.now, seconds),
-        "HLC update(remote)": _rate(lambda: clock.update(remote), seconds),
-        "HLC str + parse": _rate(lambda: HLCTimestamp.parse(str(remote)), seconds),
-        "Timeline.beat_time_ns": _rate(lambda: timeline.beat_time_ns(beat), seconds),
-        "Timeline.beat_at(now)": _rate(lambda: timeline.beat_at(time.time_ns()), seconds),
-        "Timeline.window_id": _rate(lambda: timeline.window_id(beat), seconds),
+        "HLC now()": rate(clock.now, seconds),
+        "HLC update(remote)": rate(lambda: clock.update(remote), seconds),
+        "HLC str + parse": rate(lambda: HLCTimestamp.parse(str(remote)), seconds),
+        "Timeline.beat_time_ns": rate(lambda: timeline.beat_time_ns(beat), seconds),
+        "Timeline.beat_at(now)": rate(lambda: timeline.beat_at(time.time_ns()), seconds),
+        "Timeline.window_id": rate(lambda: timeline.window_id(beat), seconds),
     }
     return [
         Result(

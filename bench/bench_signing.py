@@ -7,7 +7,6 @@ decodes each claim), so the ratio says how much signing adds on top.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 
 from backbeat.core.messages import BeatFrame, StatusClaim
 from backbeat.core.signing import (
@@ -19,24 +18,7 @@ from backbeat.core.signing import (
     sign_frame,
 )
 from bench.result import Result
-
-
-def _rate(fn: Callable[[], object], seconds: float) -> float:
-    """Calls per second of ``fn`` over about ``seconds`` (best of three rounds)."""
-    best = 0.0
-    for _ in range(3):
-        n = 0
-        start = time.perf_counter()
-        deadline = start + seconds / 3
-        while True:
-            for _ in range(200):
-                fn()
-            n += 200
-            now = time.perf_counter()
-            if now >= deadline:
-                break
-        best = max(best, n / (now - start))
-    return best
+from bench.throughput import calls_per_second
 
 
 def run(quick: bool) -> list[Result]:
@@ -64,14 +46,14 @@ def run(quick: bool) -> list[Result]:
     check = claim_signature_check(ring)
     signed_claim = StatusClaim.decode(signed_claim_payload)
 
-    encode = _rate(frame.encode, seconds)
-    decode = _rate(lambda: StatusClaim.decode(signed_claim_payload), seconds)
+    encode = calls_per_second(frame.encode, seconds)
+    decode = calls_per_second(lambda: StatusClaim.decode(signed_claim_payload), seconds)
     figures = [
-        ("sign_frame", _rate(lambda: sign_frame(frame, ring, now_ns=now), seconds),
+        ("sign_frame", calls_per_second(lambda: sign_frame(frame, ring, now_ns=now), seconds),
          "BeatFrame.encode()", encode),
-        ("verify frame", _rate(lambda: verify(signed_frame), seconds),
+        ("verify frame", calls_per_second(lambda: verify(signed_frame), seconds),
          "BeatFrame.encode()", encode),
-        ("check claim signature", _rate(lambda: check(signed_claim), seconds),
+        ("check claim signature", calls_per_second(lambda: check(signed_claim), seconds),
          "StatusClaim.decode()", decode),
     ]  # fmt: skip
     return [
