@@ -32,7 +32,7 @@ _CONSTRUCTORS = {
 @dataclass(frozen=True)
 class MetricDefinition:
     name: str  #: family name: counters without ``_total``
-    kind: str  #: counter, gauge, histogram, summary
+    kind: str  #: counter, gauge, histogram, summary, or untyped (name found, constructor not)
     where: str  #: file:line
     buckets: tuple[float, ...] | None = None  #: histogram bucket bounds, when literal
 
@@ -49,6 +49,8 @@ class MetricDefinition:
             return {f"{self.name}_{s}" for s in ("bucket", "sum", "count", "created")}
         if self.kind == "summary":
             return {self.name, f"{self.name}_sum", f"{self.name}_count", f"{self.name}_created"}
+        if self.kind == "untyped":
+            return {self.name, *(f"{self.name}_{s}" for s in ("total", "bucket", "sum", "count"))}
         return {self.name}
 
 
@@ -78,15 +80,28 @@ def _literal_buckets(node: ast.expr | None, tree: ast.Module) -> tuple[float, ..
     return tuple(float(v) for v in value)
 
 
+_METRIC_NAME = re.compile(r"backbeat_[a-z][a-z0-9_]*")
+
+
 def defined_metrics() -> dict[str, MetricDefinition]:
-    """Every metric constructed with a literal name in the project's code, by family name."""
+    """Every metric constructed with a literal name in the project's code, by family name.
+
+    A ``backbeat_*`` string literal that is not a constructor's name argument (a name kept in
+    a table and passed on later) is a metric too, of unknown type.
+    """
     found: dict[str, MetricDefinition] = {}
+    literals: dict[str, str] = {}
     for root in SOURCE_DIRS:
         for path in sorted(root.rglob("*.py")):
             if GENERATED_DIR in path.parents:
                 continue
             tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
             for node in ast.walk(tree):
+                if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                    if _METRIC_NAME.fullmatch(node.value):
+                        where = f"{path.relative_to(REPO)}:{node.lineno}"
+                        literals.setdefault(node.value, where)
+                    continue
                 if not isinstance(node, ast.Call):
                     continue
                 func = node.func
@@ -112,6 +127,10 @@ def defined_metrics() -> dict[str, MetricDefinition]:
                 where = f"{path.relative_to(REPO)}:{node.lineno}"
                 buckets = _literal_buckets(keywords.get("buckets"), tree)
                 found[full] = MetricDefinition(full, kind, where, buckets)
+    known = {name for d in found.values() for name in (d.name, d.query_name)}
+    for name, where in literals.items():
+        if name not in known:
+            found[name] = MetricDefinition(name, "untyped", where)
     return found
 
 
