@@ -15,7 +15,14 @@ from backbeat.core.timeline import Timeline
 from backbeat.embedded import RedisServer
 from backbeat.pulse.fencing import EmittedBeat, FencedStore, WriteOutcome
 from backbeat.pulse.redis_masters import RedisMasters
-from backbeat.pulse.redlock import ExtendOutcome, Lease, Redlock, make_token, parse_token
+from backbeat.pulse.redlock import (
+    Busy,
+    ExtendOutcome,
+    Lease,
+    Redlock,
+    make_token,
+    parse_token,
+)
 from backbeat.pulse.state import TimelineRecord
 
 pytestmark = pytest.mark.integration
@@ -47,6 +54,30 @@ async def test_only_one_holder_and_validity_is_bounded(
     await lock.release(lease.token)
     assert await lock.holder() is None
     assert await lock.acquire(make_token("b", "127.0.0.1:2")) is not None
+
+
+async def test_a_refused_attempt_says_who_holds_the_lock_and_until_when(
+    masters: RedisMasters, cluster_id: str
+) -> None:
+    lock = Redlock(masters, keys.lock(cluster_id), ttl_ms=1000)
+    lease = await lock.acquire(make_token("a", "127.0.0.1:1"))
+    assert lease is not None
+    before = time.monotonic()
+    busy = await lock.attempt(make_token("b", "127.0.0.1:2"))
+    assert isinstance(busy, Busy)
+    assert busy.holder == lease.token
+    # The lock frees up when the holder's keys expire on a majority: no earlier than its
+    # lease says, and within one TTL of asking.
+    assert busy.free_at is not None
+    assert lease.valid_until - 0.05 <= busy.free_at <= time.monotonic() + 1.0
+    assert busy.free_at >= before
+    await lock.release(lease.token)
+    # Minority holders (a split vote) give no expiry to aim at.
+    resource = keys.lock(cluster_id)
+    await masters.clients[0].set(resource, "x", px=5000)
+    await masters.clients[1].set(resource, "y", px=5000)
+    split = await lock.attempt("c")
+    assert split == Busy(None, None)
 
 
 async def test_partial_acquisition_is_released_everywhere(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -13,7 +14,7 @@ from backbeat.core.messages import BeatFrame
 from backbeat.core.timeline import TempoError, Timeline, check_tempo_step
 from backbeat.pulse.grpc_service import TempoRequestError, check_tempo_request
 from backbeat.pulse.node import next_beat_after
-from backbeat.pulse.scheduler import build_frame
+from backbeat.pulse.scheduler import build_frame, next_renewal_ns
 from backbeat.pulse.state import PulseState, TimelineRecord
 
 T0 = 1_700_000_000_000_000_000
@@ -111,3 +112,46 @@ def test_tempo_rule_is_plus_minus_ten_percent(current: float, requested: float) 
     else:
         with pytest.raises((TempoRequestError, TempoError)):
             check()
+
+
+def _renewals(period_ns: int, ttl_ns: int, seconds: float) -> list[int]:
+    """The renewal instants of a leader whose every renewal succeeds (beats at k * period)."""
+    drift = ttl_ns // 100 + 2_000_000
+    now, lease_end, out = 0, ttl_ns - drift, []
+    while now < seconds * 1e9:
+        next_due = (now // period_ns + 1) * period_ns
+        at = next_renewal_ns(now, lease_end, next_due, float(period_ns), ttl_ns // 3)
+        assert now <= at <= max(now, lease_end - ttl_ns // 3)
+        now, lease_end = at, at + ttl_ns - drift
+        out.append(at)
+    return out
+
+
+@settings(max_examples=200, deadline=None)
+@given(bpm=st.floats(20, 300), ttl_ms=st.integers(100, 5000))
+def test_renewals_keep_the_lease_ahead_of_every_beat(bpm: float, ttl_ms: int) -> None:
+    period, ttl = round(60e9 / bpm), ttl_ms * 1_000_000
+    renewals = _renewals(period, ttl, 20)
+    drift = ttl // 100 + 2_000_000
+    for previous, current in itertools.pairwise(renewals):
+        # The lease never runs short: a third of it is always left for retries.
+        assert current <= previous + ttl - drift - ttl // 3
+        assert current > previous
+
+
+@pytest.mark.parametrize(("bpm", "ttl_ms"), [(120, 1000), (240, 1000), (300, 1000), (60, 2000)])
+def test_renewals_sit_half_a_beat_before_a_beat(bpm: float, ttl_ms: int) -> None:
+    """So a crashed leader's lock runs out half a beat before a grid beat: with a TTL of whole
+    beats, a successor that takes over within half a beat emits beat `last + TTL/period + 1`
+    at the latest, and the gap is at most TTL + 1 beat."""
+    period, ttl = round(60e9 / bpm), ttl_ms * 1_000_000
+    renewals = _renewals(period, ttl, 20)
+    for at in renewals[1:]:
+        assert (at + period // 2) % period == 0, at
+    takeover = period // 2 - 1  # a successor slower than half a beat may miss one more beat
+    for kill in range(renewals[1], renewals[-2], period // 7):
+        last_renewal = max(r for r in renewals if r <= kill)
+        last_beat = kill // period * period
+        ready = last_renewal + ttl + takeover
+        first_beat = -(-ready // period) * period
+        assert first_beat - last_beat <= ttl + period

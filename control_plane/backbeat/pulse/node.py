@@ -48,8 +48,15 @@ from backbeat.pulse.hub import BeatHub
 from backbeat.pulse.metrics import PulseMetrics
 from backbeat.pulse.publisher import BeatPublisher
 from backbeat.pulse.redis_masters import RedisMasters
-from backbeat.pulse.redlock import ExtendOutcome, Lease, Redlock, make_token, parse_token
-from backbeat.pulse.scheduler import build_frame, sleep_until_ns
+from backbeat.pulse.redlock import (
+    Busy,
+    ExtendOutcome,
+    Lease,
+    Redlock,
+    make_token,
+    parse_token,
+)
+from backbeat.pulse.scheduler import build_frame, next_renewal_ns, sleep_until_ns
 from backbeat.pulse.settings import PulseSettings
 from backbeat.pulse.state import TimelineRecord
 
@@ -254,26 +261,40 @@ class PulseNode:
         last_holder_check = 0.0
         while not self._closing:
             token = make_token(self.node_id, self.advertise_address)
+            attempt: Lease | Busy
             try:
-                lease = await self.lock.acquire(token)
+                attempt = await self.lock.attempt(token)
             except Exception as exc:  # never let one bad answer kill the election loop
                 log.warning("lock attempt failed: %r", exc)
-                lease = None
-            if lease is not None:
+                attempt = Busy(None, None)
+            if isinstance(attempt, Lease):
                 try:
-                    await self._lead(lease)
+                    await self._lead(attempt)
                 finally:
                     self._set_role(Role.FOLLOWER)
                     self._lease = None
                     with contextlib.suppress(Exception):
                         await self.lock.release(token)
                 continue
-            if time.monotonic() - last_holder_check > self.settings.lock_ttl_s / 2:
+            if attempt.holder is not None:
+                self.leader_id, self.leader_address = parse_token(attempt.holder)
+                last_holder_check = time.monotonic()
+            elif time.monotonic() - last_holder_check > self.settings.lock_ttl_s / 2:
                 last_holder_check = time.monotonic()
                 await self._refresh_leader_info()
+            await self._pause(self._retry_delay(attempt))
+
+    def _retry_delay(self, busy: Busy) -> float:
+        ttl = self.settings.lock_ttl_s
+        if busy.free_at is None:
             # Redlock: retry after a random delay, so that competing replicas desynchronise.
-            ttl = self.settings.lock_ttl_s
-            await self._pause(random.uniform(ttl / 20, ttl / 7))
+            return random.uniform(ttl / 20, ttl / 7)
+        # A leader holds the lock, which cannot be won before its keys expire on a majority:
+        # aim just after that instead of polling. If the leader died, we take over half a beat
+        # before a grid beat (see next_renewal_ns); if it lives, it has renewed by then and
+        # we learn the new expiry. A small random spread still desynchronises the followers.
+        wait = min(max(0.0, busy.free_at - time.monotonic()), ttl)
+        return wait + random.uniform(0.001, max(0.002, ttl / 100))
 
     async def _pause(self, seconds: float) -> None:
         """Sleep, but wake early when a leader announces a handoff."""
@@ -381,10 +402,8 @@ class PulseNode:
             await self._beat_loop(next_beat, degraded=True)
 
     async def _renew_loop(self) -> None:
-        ttl = self.settings.lock_ttl_s
         while True:
-            delay = ttl / 3 if self._renew_outcome is ExtendOutcome.EXTENDED else ttl / 10
-            await asyncio.sleep(delay)
+            await asyncio.sleep(self._renewal_delay())
             lease = self._lease
             if lease is None:
                 return
@@ -399,6 +418,25 @@ class PulseNode:
             elif outcome is ExtendOutcome.LOST:
                 log.warning("%s: the lock is held by someone else", self.node_id)
                 return
+
+    def _renewal_delay(self) -> float:
+        ttl = self.settings.lock_ttl_s
+        if self._renew_outcome is not ExtendOutcome.EXTENDED:
+            return ttl / 10  # retry soon: the lease must still cover the coming beats
+        lease, record = self._lease, self.timelines
+        if lease is None or record is None:
+            return ttl / 3
+        now_ns, now_mono = time.time_ns(), time.monotonic()
+        n = next_beat_after(record, now_ns)
+        timeline = record.at(n)
+        at = next_renewal_ns(
+            now_ns,
+            lease_end_ns=now_ns + int((lease.valid_until - now_mono) * 1e9),
+            next_due_ns=timeline.beat_time_ns(n),
+            period_ns=timeline.period_ns,
+            margin_ns=int(ttl * 1e9 / 3),
+        )
+        return max(0.0, (at - now_ns) / 1e9)
 
     def _lease_covers(self, at_ns: int) -> bool:
         """True when our lease is still valid at wall-clock instant ``at_ns``."""

@@ -7,6 +7,11 @@ Redlock only decides who *tries* to lead; safety comes from the fencing term (``
   monotonic clock. A failed attempt is released on *every* master (a partial acquisition may
   have landed where we saw no answer).
 * extend / release: compare-value Lua scripts, so only the holder's token can touch the key.
+
+The ``SET NX PX`` of an attempt runs inside a small Lua script that, when the key is taken,
+answers in the same round trip with its holder and remaining TTL. A follower learns from a
+failed attempt who leads and when the lock can be won at the earliest, and aims its next
+attempt there instead of polling (see ``Busy.free_at``).
 """
 
 from __future__ import annotations
@@ -15,10 +20,18 @@ import enum
 import secrets
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import redis.asyncio as aioredis
 
 from backbeat.pulse.redis_masters import Fanout, RedisMasters
+
+_ACQUIRE = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return {1, 0, ''}
+end
+return {0, redis.call('PTTL', KEYS[1]), redis.call('GET', KEYS[1]) or ''}
+"""
 
 _EXTEND = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -44,6 +57,17 @@ class Lease:
 
     def remaining(self, now: float | None = None) -> float:
         return self.valid_until - (time.monotonic() if now is None else now)
+
+
+@dataclass(frozen=True, slots=True)
+class Busy:
+    """A failed attempt: what the masters that refused it said about the lock."""
+
+    #: The token a majority of masters holds (who leads, and where), if any.
+    holder: str | None
+    #: ``time.monotonic()`` instant at which enough keys have expired for an attempt to win a
+    #: majority, when a majority holder exists; else None (retry after a random delay).
+    free_at: float | None
 
 
 class ExtendOutcome(enum.Enum):
@@ -84,24 +108,50 @@ class Redlock:
 
     async def acquire(self, token: str) -> Lease | None:
         """One attempt. Returns the lease, or None (after releasing everywhere)."""
+        attempt = await self.attempt(token)
+        return attempt if isinstance(attempt, Lease) else None
+
+    async def attempt(self, token: str) -> Lease | Busy:
+        """One attempt. Returns the lease, or (after releasing everywhere) what the masters
+        that refused it said: who holds the lock and when it can be won at the earliest."""
         started = time.monotonic()
 
-        async def set_nx(client: aioredis.Redis) -> bool:
-            return bool(await client.set(self.resource, token, nx=True, px=self.ttl_ms))
+        async def set_nx(client: aioredis.Redis) -> tuple[bool, int, bytes]:
+            ok, pttl, holder = await client.eval(_ACQUIRE, 1, self.resource, token, self.ttl_ms)
+            return bool(ok), int(pttl), holder.encode() if isinstance(holder, str) else holder
 
-        result = await self.masters.fanout(set_nx, done=self._decided)
-        ok = sum(1 for v in result.values.values() if v)
+        result = await self.masters.fanout(
+            set_nx, done=lambda r: _settled(r, sum(1 for won, _, _ in r.values.values() if won))
+        )
+        answered_at = time.monotonic()
+        ok = sum(1 for won, _, _ in result.values.values() if won)
         valid_until = self._validity(started, ok)
-        if valid_until is None:
-            await self.release(token)
-            return None
-        return Lease(token, valid_until)
+        if valid_until is not None:
+            return Lease(token, valid_until)
+        await self.release(token)
+        refused = [(pttl, holder) for won, pttl, holder in result.values.values() if not won]
+        return self._busy(ok, refused, answered_at)
+
+    def _busy(self, ok: int, refused: list[tuple[int, bytes]], answered_at: float) -> Busy:
+        counts: dict[bytes, int] = {}
+        for _, value in refused:
+            counts[value] = counts.get(value, 0) + 1
+        holder = next((v for v, c in counts.items() if c >= self.masters.quorum), None)
+        if holder is None:
+            # A split vote (competitors release their keys at once) or a minority answer:
+            # the TTLs say nothing about when the lock frees up.
+            return Busy(None, None)
+        # An attempt wins once a majority has no key: the keys we set (released by now)
+        # plus the `need` refusing masters whose keys expire first.
+        need = self.masters.quorum - ok
+        expiring = sorted(pttl for pttl, _ in refused if pttl >= 0)
+        # (A TTL is counted from when the master answered, so the estimate errs late.)
+        if 0 < need <= len(expiring):
+            return Busy(holder.decode(), answered_at + expiring[need - 1] / 1000.0)
+        return Busy(holder.decode(), None)
 
     def _decided(self, result: Fanout[bool]) -> bool:
-        """Stop waiting once a quorum said yes, or once too many said no for a quorum."""
-        ok = sum(1 for v in result.values.values() if v)
-        failed = result.answered - ok + len(result.errors)
-        return ok >= result.quorum or failed > result.total - result.quorum
+        return _settled(result, sum(1 for v in result.values.values() if v))
 
     async def extend(self, lease: Lease) -> tuple[ExtendOutcome, Lease]:
         """Push the expiry of every key we still hold to ``now + ttl``."""
@@ -143,3 +193,9 @@ class Redlock:
             if count >= self.masters.quorum:
                 return value.decode()
         return None
+
+
+def _settled(result: Fanout[Any], ok: int) -> bool:
+    """Stop waiting once a quorum said yes (``ok``), or once too many said no for a quorum."""
+    failed = result.answered - ok + len(result.errors)
+    return ok >= result.quorum or failed > result.total - result.quorum

@@ -29,6 +29,29 @@ async def sleep_until_ns(deadline_ns: int, *, spin_ns: int = 2_000_000) -> int:
     return now
 
 
+def next_renewal_ns(
+    now_ns: int, lease_end_ns: int, next_due_ns: int, period_ns: float, margin_ns: int
+) -> int:
+    """When a leader extends its lock next (wall clock, ns).
+
+    Renewals sit half a beat before a beat: far from any deadline (nothing else runs on the
+    loop near one), and so that a crashed leader's lock runs out half a beat before a grid
+    beat. Its successor, which aims its attempt at that expiry, then has half a beat to
+    claim a term and emits that grid beat: the gap is at most TTL + 1 beat.
+
+    Picks the latest such midpoint that still leaves ``margin_ns`` of the lease for retries.
+    When the lease does not reach the next midpoint (a beat longer than the TTL allows),
+    renews once ``2 * margin_ns`` of the lease is left, the plain Redlock schedule.
+    """
+    latest = lease_end_ns - margin_ns
+    mid = next_due_ns - round(period_ns / 2)
+    if mid <= now_ns:
+        mid += round(period_ns)
+    if mid > latest:
+        return max(now_ns, lease_end_ns - 2 * margin_ns)
+    return mid + int((latest - mid) // period_ns) * round(period_ns)
+
+
 def build_frame(
     timeline: Timeline,
     beat_index: int,
