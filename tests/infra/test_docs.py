@@ -20,6 +20,7 @@ OPERATOR_DOCS = (
     "configuration.md",
     "metrics.md",
     "grpc-api.md",
+    "deployment.md",
 )
 
 
