@@ -11,8 +11,7 @@ locals {
   log_group_name = "/aws/lambda/${var.name}"
   log_group_arn  = "arn:${local.partition}:logs:${local.region}:${local.account_id}:log-group:${local.log_group_name}"
 
-  create_kms_key = var.kms_key_arn == null
-  kms_key_arn    = local.create_kms_key ? aws_kms_key.this[0].arn : var.kms_key_arn
+  kms_key_arn = var.create_kms_key ? aws_kms_key.this[0].arn : var.kms_key_arn
 
   dlq_arn         = var.create_dlq ? aws_sqs_queue.dlq[0].arn : var.dead_letter_target_arn
   dlq_is_sns      = !var.create_dlq && can(regex("^arn:aws[a-z-]*:sns:", var.dead_letter_target_arn))
@@ -74,7 +73,7 @@ locals {
 ################################################################################
 
 resource "aws_kms_key" "this" {
-  count = local.create_kms_key ? 1 : 0
+  count = var.create_kms_key ? 1 : 0
 
   description             = "Encrypts the environment, logs and dead letters of ${var.name}"
   enable_key_rotation     = true
@@ -115,7 +114,7 @@ resource "aws_kms_key" "this" {
 }
 
 resource "aws_kms_alias" "this" {
-  count = local.create_kms_key ? 1 : 0
+  count = var.create_kms_key ? 1 : 0
 
   name          = "alias/${var.name}"
   target_key_id = aws_kms_key.this[0].key_id

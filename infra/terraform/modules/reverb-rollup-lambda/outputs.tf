@@ -43,6 +43,11 @@ output "dlq_arn" {
   value       = local.dlq_arn
 }
 
+output "dlq_name" {
+  description = "Name of the module's dead-letter queue, null when an external target is used."
+  value       = var.create_dlq ? aws_sqs_queue.dlq[0].name : null
+}
+
 output "dlq_url" {
   description = "URL of the module's dead-letter queue, null when an external target is used."
   value       = var.create_dlq ? aws_sqs_queue.dlq[0].url : null

@@ -541,14 +541,24 @@ variable "dlq_message_retention_seconds" {
   }
 }
 
+variable "create_kms_key" {
+  description = "Create a dedicated customer-managed KMS key (rotation enabled) for the environment variables, the log group and the dead-letter queue. Set to false to use kms_key_arn."
+  type        = bool
+  default     = true
+}
+
 variable "kms_key_arn" {
   description = <<-EOT
-    Customer-managed KMS key that encrypts the environment variables, the log group and the dead-letter
-    queue. When null the module creates a dedicated key with rotation enabled. A key passed here must
-    let CloudWatch Logs use it for this log group.
+    Existing customer-managed KMS key used when create_kms_key is false. Its key policy must let
+    CloudWatch Logs use it for this function's log group.
   EOT
   type        = string
   default     = null
+
+  validation {
+    condition     = var.create_kms_key == (var.kms_key_arn == null)
+    error_message = "Set kms_key_arn exactly when create_kms_key is false."
+  }
 
   validation {
     condition     = var.kms_key_arn == null || can(regex("^arn:aws[a-z-]*:kms:[a-z0-9-]+:[0-9]{12}:key/[A-Za-z0-9-]+$", var.kms_key_arn))

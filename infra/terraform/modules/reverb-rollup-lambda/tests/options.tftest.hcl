@@ -24,10 +24,10 @@ run "vault_approle_backend" {
     log_level         = "DEBUG"
     secrets_backend   = "vault"
     vault_addr        = "https://vault.backbeat.internal:8200"
-    vault_secret_path = "backbeat/staging"
-    vault_role_id     = "6a1b3c5d-0000-4e5f-8a9b-0c1d2e3f4a5b"
+    vault_secret_path = "staging"
+    vault_role_id     = "backbeat-reverb-rollup"
     secret_arns = {
-      vault_secret_id = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:backbeat/vault-secret-id-XyZ123"
+      vault_secret_id = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:backbeat/vault-secret-id-abcdef"
     }
     secrets_kms_key_arns = ["arn:aws:kms:eu-west-1:123456789012:key/99999999-8888-7777-6666-555555555555"]
     additional_egress_rules = {
@@ -43,9 +43,9 @@ run "vault_approle_backend" {
       BACKBEAT_SECRETS_BACKEND = "vault"
       VAULT_ADDR               = "https://vault.backbeat.internal:8200"
       VAULT_KV_MOUNT           = "secret"
-      VAULT_SECRET_PATH        = "backbeat/staging"
+      VAULT_SECRET_PATH        = "staging"
       VAULT_AUTH_METHOD        = "approle"
-      VAULT_ROLE_ID            = "6a1b3c5d-0000-4e5f-8a9b-0c1d2e3f4a5b"
+      VAULT_ROLE_ID            = "backbeat-reverb-rollup"
     }
     error_message = "The Vault backend must be configured through VAULT_* variables."
   }
@@ -71,7 +71,7 @@ run "vault_approle_backend" {
   assert {
     condition = one([
       for s in jsondecode(aws_iam_role_policy.this.policy).Statement : s.Resource if s.Sid == "ReadOwnSecrets"
-    ]) == ["arn:aws:secretsmanager:eu-west-1:123456789012:secret:backbeat/vault-secret-id-XyZ123"]
+    ]) == ["arn:aws:secretsmanager:eu-west-1:123456789012:secret:backbeat/vault-secret-id-abcdef"]
     error_message = "The role may read the AppRole secret-id only."
   }
 
@@ -96,9 +96,9 @@ run "vault_token_backend" {
     vault_auth_method = "token"
     vault_addr        = "https://vault.backbeat.internal:8200"
     vault_kv_mount    = "kv"
-    vault_secret_path = "backbeat/prod"
+    vault_secret_path = "rollup"
     secret_arns = {
-      vault_token = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:backbeat/vault-token-AbC123"
+      vault_token = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:backbeat/vault-token-abcdef"
     }
   }
 
@@ -119,6 +119,7 @@ run "external_dead_letter_topic_and_key" {
   variables {
     create_dlq                     = false
     dead_letter_target_arn         = "arn:aws:sns:eu-west-1:123456789012:backbeat-dead-letters"
+    create_kms_key                 = false
     kms_key_arn                    = "arn:aws:kms:eu-west-1:123456789012:key/abcdefab-cdef-abcd-efab-cdefabcdefab"
     security_group_ids             = ["sg-0fedcba9876543210"]
     reserved_concurrent_executions = -1

@@ -28,9 +28,9 @@ run "valid_vault_inputs_plan" {
   variables {
     secrets_backend   = "vault"
     vault_addr        = "https://vault.backbeat.internal:8200"
-    vault_secret_path = "backbeat/dev"
-    vault_role_id     = "6a1b3c5d-0000-4e5f-8a9b-0c1d2e3f4a5b"
-    secret_arns       = { vault_secret_id = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:backbeat/vault-secret-id-XyZ123" }
+    vault_secret_path = "backbeat"
+    vault_role_id     = "backbeat-reverb-rollup"
+    secret_arns       = { vault_secret_id = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:backbeat/vault-secret-id-abcdef" }
   }
 }
 
@@ -165,8 +165,9 @@ run "credentials_in_urls_rejected" {
   command = plan
 
   variables {
-    redis_url = "rediss://default:hunter2@redis.backbeat.internal:6379"
-    nats_url  = "tls://backbeat:hunter2@nats.backbeat.internal:4222"
+    #checkov:skip=CKV_SECRET_4:Deliberately invalid input; the placeholder password proves such URLs are rejected.
+    redis_url = "rediss://default:placeholder@redis.backbeat.internal:6379"
+    nats_url  = "tls://backbeat:placeholder@nats.backbeat.internal:4222"
   }
 
   expect_failures = [
@@ -183,6 +184,7 @@ run "secret_settings_malformed" {
     secrets_backend      = "ssm"
     secret_arns          = { "Redis-Password" = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:backbeat/redis-AbCdEf" }
     secrets_kms_key_arns = ["alias/backbeat"]
+    create_kms_key       = false
     kms_key_arn          = "alias/backbeat"
   }
 
@@ -198,7 +200,7 @@ run "secret_arns_values_are_secret_arns" {
   command = plan
 
   variables {
-    secret_arns = { redis_password = "arn:aws:ssm:eu-west-1:123456789012:parameter/backbeat/redis" }
+    secret_arns = { redis = "arn:aws:ssm:eu-west-1:123456789012:parameter/backbeat/redis" }
   }
 
   expect_failures = [
@@ -215,7 +217,7 @@ run "vault_settings_missing" {
     vault_addr        = null
     vault_secret_path = null
     vault_role_id     = null
-    secret_arns       = { vault_secret_id = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:backbeat/vault-secret-id-XyZ123" }
+    secret_arns       = { vault_secret_id = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:backbeat/vault-secret-id-abcdef" }
     vault_kv_mount    = "/secret"
   }
 
@@ -234,8 +236,8 @@ run "vault_production_needs_https_and_secret_id" {
   variables {
     secrets_backend   = "vault"
     vault_addr        = "http://vault.backbeat.internal:8200"
-    vault_secret_path = "backbeat/dev"
-    vault_role_id     = "6a1b3c5d-0000-4e5f-8a9b-0c1d2e3f4a5b"
+    vault_secret_path = "backbeat"
+    vault_role_id     = "backbeat-reverb-rollup"
     secret_arns       = {}
     environment       = "production"
     redis_url         = "rediss://redis.backbeat.internal:6379"
@@ -254,9 +256,9 @@ run "vault_token_needs_token_secret" {
   variables {
     secrets_backend   = "vault"
     vault_addr        = "https://vault.backbeat.internal:8200"
-    vault_secret_path = "backbeat/dev"
-    vault_role_id     = "6a1b3c5d-0000-4e5f-8a9b-0c1d2e3f4a5b"
-    secret_arns       = { vault_secret_id = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:backbeat/vault-secret-id-XyZ123" }
+    vault_secret_path = "backbeat"
+    vault_role_id     = "backbeat-reverb-rollup"
+    secret_arns       = { vault_secret_id = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:backbeat/vault-secret-id-abcdef" }
     vault_auth_method = "token"
   }
 
@@ -325,27 +327,33 @@ run "network_must_not_open_the_internet" {
   ]
 }
 
-run "dead_letter_target_not_with_own_queue" {
+run "existing_targets_given_while_creating_own" {
+  # An existing dead-letter target or key next to the ones the module creates.
   command = plan
 
   variables {
     dead_letter_target_arn = "arn:aws:sqs:eu-west-1:123456789012:other-dlq"
+    kms_key_arn            = "arn:aws:kms:eu-west-1:123456789012:key/abcdefab-cdef-abcd-efab-cdefabcdefab"
   }
 
   expect_failures = [
     var.dead_letter_target_arn,
+    var.kms_key_arn,
   ]
 }
 
-run "dead_letter_target_required_without_own_queue" {
+run "existing_targets_missing_when_not_creating_own" {
+  # Neither a dead-letter target nor a key when the module is told not to create them.
   command = plan
 
   variables {
-    create_dlq = false
+    create_dlq     = false
+    create_kms_key = false
   }
 
   expect_failures = [
     var.dead_letter_target_arn,
+    var.kms_key_arn,
   ]
 }
 
