@@ -30,7 +30,7 @@ module "reverb_rollup" {
 
   cluster_id  = var.cluster_id
   environment = "production"
-  log_level   = "INFO"
+  log_level   = "info"
   redis_url   = var.redis_url
   nats_url    = var.nats_url
 

@@ -22,9 +22,14 @@ locals {
       VAULT_ADDR        = var.vault_addr
       VAULT_KV_MOUNT    = var.vault_kv_mount
       VAULT_SECRET_PATH = var.vault_secret_path
+      # Informational: the project picks AppRole whenever VAULT_ROLE_ID is set.
       VAULT_AUTH_METHOD = var.vault_auth_method
     },
-    var.vault_auth_method == "approle" ? { VAULT_ROLE_ID = var.vault_role_id } : {},
+    var.vault_auth_method == "approle" ? {
+      VAULT_ROLE_ID       = var.vault_role_id
+      VAULT_APPROLE_MOUNT = var.vault_approle_mount
+    } : {},
+    var.vault_namespace != null ? { VAULT_NAMESPACE = var.vault_namespace } : {},
   ) : {}
 
   # Only references to secrets reach the environment; the function fetches the values at cold start.
@@ -39,6 +44,7 @@ locals {
   )
 
   environment_variables = merge(
+    var.extra_environment_variables,
     {
       BACKBEAT_CLUSTER         = var.cluster_id
       BACKBEAT_ENV             = var.environment

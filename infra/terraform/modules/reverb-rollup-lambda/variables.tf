@@ -169,12 +169,12 @@ variable "tags" {
 ################################################################################
 
 variable "cluster_id" {
-  description = "BACKBEAT cluster id (BACKBEAT_CLUSTER): a lowercase DNS label."
+  description = "BACKBEAT cluster id (BACKBEAT_CLUSTER). It becomes a NATS subject token and a Redis hash tag."
   type        = string
 
   validation {
-    condition     = can(regex("^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$", var.cluster_id))
-    error_message = "cluster_id must be 1-63 lowercase letters, digits or hyphens, starting and ending with a letter or digit."
+    condition     = can(regex("^[A-Za-z0-9_-]{1,64}$", var.cluster_id))
+    error_message = "cluster_id must be 1-64 characters of letters, digits, '-' or '_'."
   }
 }
 
@@ -190,13 +190,13 @@ variable "environment" {
 }
 
 variable "log_level" {
-  description = "LOG_LEVEL of the function."
+  description = "LOG_LEVEL of the function: debug, info, warn or error."
   type        = string
-  default     = "INFO"
+  default     = "info"
 
   validation {
-    condition     = contains(["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], var.log_level)
-    error_message = "log_level must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL."
+    condition     = contains(["debug", "info", "warn", "error"], var.log_level)
+    error_message = "log_level must be one of debug, info, warn, error."
   }
 }
 
@@ -211,7 +211,7 @@ variable "redis_url" {
 
   validation {
     condition     = !can(regex("^[a-z]+://[^/@]*:[^/@]*@", var.redis_url))
-    error_message = "redis_url must not embed a password; pass it through secret_arns (key redis_password)."
+    error_message = "redis_url must not embed a password; pass it as the secret redis_password (secret_arns or Vault)."
   }
 }
 
@@ -230,7 +230,7 @@ variable "nats_url" {
     condition = alltrue([
       for url in split(",", var.nats_url) : !can(regex("^[a-z]+://[^/@]*:[^/@]*@", trimspace(url)))
     ])
-    error_message = "nats_url must not embed a password; pass credentials through secret_arns (key nats_credentials)."
+    error_message = "nats_url must not embed credentials; pass them as the secret nats_credentials (secret_arns or Vault)."
   }
 }
 
@@ -239,7 +239,7 @@ variable "nats_url" {
 ################################################################################
 
 variable "secrets_backend" {
-  description = "BACKBEAT_SECRETS_BACKEND: env (secrets come from secret_arns) or vault (HashiCorp Vault KV v2)."
+  description = "BACKBEAT_SECRETS_BACKEND: env (BACKBEAT secrets come from secret_arns) or vault (HashiCorp Vault KV v2)."
   type        = string
   default     = "env"
 
@@ -251,9 +251,10 @@ variable "secrets_backend" {
 
 variable "secret_arns" {
   description = <<-EOT
-    Secrets Manager secrets the function may read, by role. Passed to the function as the JSON object
-    BACKBEAT_SECRET_ARNS; the function resolves each entry at cold start. Conventional keys:
-    redis_password, nats_credentials, signing_key, vault_secret_id (AppRole), vault_token (token auth).
+    Secrets Manager secrets the function may read, by secret name. Passed to the function as the JSON
+    object BACKBEAT_SECRET_ARNS; at cold start the function reads each one and exports it as
+    BACKBEAT_SECRET_<NAME> (redis_password, nats_credentials, api_token, beat_signing_keys), or as
+    VAULT_SECRET_ID / VAULT_TOKEN for the Vault credentials vault_secret_id / vault_token.
   EOT
   type        = map(string)
   default     = {}
@@ -338,6 +339,28 @@ variable "vault_auth_method" {
   }
 }
 
+variable "vault_namespace" {
+  description = "VAULT_NAMESPACE (Vault Enterprise). Optional."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.vault_namespace == null || can(regex("^[A-Za-z0-9_./-]+$", var.vault_namespace))
+    error_message = "vault_namespace must be a Vault namespace path."
+  }
+}
+
+variable "vault_approle_mount" {
+  description = "VAULT_APPROLE_MOUNT: mount path of the AppRole auth method."
+  type        = string
+  default     = "approle"
+
+  validation {
+    condition     = can(regex("^[A-Za-z0-9_-][A-Za-z0-9_./-]*$", var.vault_approle_mount))
+    error_message = "vault_approle_mount must be a Vault mount path."
+  }
+}
+
 variable "vault_role_id" {
   description = "VAULT_ROLE_ID of the AppRole. Required when secrets_backend is vault and vault_auth_method is approle."
   type        = string
@@ -346,6 +369,36 @@ variable "vault_role_id" {
   validation {
     condition     = !(var.secrets_backend == "vault" && var.vault_auth_method == "approle") || can(regex("^[A-Za-z0-9-]{1,128}$", var.vault_role_id))
     error_message = "vault_role_id is required for AppRole authentication with the vault backend."
+  }
+}
+
+variable "extra_environment_variables" {
+  description = <<-EOT
+    Further non-secret settings, e.g. BACKBEAT_ROLLUP_LEASE_MS or BACKBEAT_SECRETS_REFRESH_S. They may
+    not replace a variable the module manages, use Lambda's reserved AWS_* names, or carry a secret.
+  EOT
+  type        = map(string)
+  default     = {}
+
+  validation {
+    condition     = alltrue([for key in keys(var.extra_environment_variables) : can(regex("^[A-Z][A-Z0-9_]*$", key)) && !startswith(key, "AWS_") && !startswith(key, "OTEL_")])
+    error_message = "extra_environment_variables keys must be upper-case names; AWS_* is reserved and OTEL_* belongs in otel_environment."
+  }
+
+  validation {
+    condition = length(setintersection(keys(var.extra_environment_variables), [
+      "BACKBEAT_CLUSTER", "BACKBEAT_ENV", "BACKBEAT_SECRETS_BACKEND", "BACKBEAT_SECRET_ARNS", "LOG_LEVEL", "REDIS_URL", "NATS_URL",
+      "VAULT_ADDR", "VAULT_KV_MOUNT", "VAULT_SECRET_PATH", "VAULT_AUTH_METHOD", "VAULT_ROLE_ID", "VAULT_NAMESPACE", "VAULT_APPROLE_MOUNT",
+    ])) == 0
+    error_message = "extra_environment_variables must not replace a variable the module manages; use the matching input."
+  }
+
+  validation {
+    condition = alltrue([
+      for key in keys(var.extra_environment_variables) :
+      !startswith(key, "BACKBEAT_SECRET_") && !contains(["VAULT_TOKEN", "VAULT_SECRET_ID"], key)
+    ])
+    error_message = "Secrets never go into the environment in plain text; reference them through secret_arns."
   }
 }
 

@@ -21,7 +21,12 @@ run "vault_approle_backend" {
   command = plan
 
   variables {
-    log_level         = "DEBUG"
+    log_level       = "debug"
+    vault_namespace = "platform"
+    extra_environment_variables = {
+      BACKBEAT_ROLLUP_LEASE_MS   = "600"
+      BACKBEAT_SECRETS_REFRESH_S = "60"
+    }
     secrets_backend   = "vault"
     vault_addr        = "https://vault.backbeat.internal:8200"
     vault_secret_path = "staging"
@@ -46,13 +51,23 @@ run "vault_approle_backend" {
       VAULT_SECRET_PATH        = "staging"
       VAULT_AUTH_METHOD        = "approle"
       VAULT_ROLE_ID            = "backbeat-reverb-rollup"
+      VAULT_APPROLE_MOUNT      = "approle"
+      VAULT_NAMESPACE          = "platform"
     }
     error_message = "The Vault backend must be configured through VAULT_* variables."
   }
 
   assert {
-    condition     = aws_lambda_function.this.environment[0].variables["BACKBEAT_ENV"] == "development" && aws_lambda_function.this.environment[0].variables["LOG_LEVEL"] == "DEBUG"
+    condition     = aws_lambda_function.this.environment[0].variables["BACKBEAT_ENV"] == "development" && aws_lambda_function.this.environment[0].variables["LOG_LEVEL"] == "debug"
     error_message = "BACKBEAT_ENV and LOG_LEVEL must follow the inputs."
+  }
+
+  assert {
+    condition = (
+      aws_lambda_function.this.environment[0].variables["BACKBEAT_ROLLUP_LEASE_MS"] == "600" &&
+      aws_lambda_function.this.environment[0].variables["BACKBEAT_SECRETS_REFRESH_S"] == "60"
+    )
+    error_message = "Extra settings must reach the environment."
   }
 
   assert {
@@ -103,8 +118,8 @@ run "vault_token_backend" {
   }
 
   assert {
-    condition     = !contains(keys(aws_lambda_function.this.environment[0].variables), "VAULT_ROLE_ID")
-    error_message = "Token authentication needs no role id."
+    condition     = length(setintersection(keys(aws_lambda_function.this.environment[0].variables), ["VAULT_ROLE_ID", "VAULT_APPROLE_MOUNT", "VAULT_NAMESPACE"])) == 0
+    error_message = "Token authentication needs no role id or AppRole mount, and no namespace was given."
   }
 
   assert {

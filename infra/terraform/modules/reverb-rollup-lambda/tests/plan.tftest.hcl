@@ -100,7 +100,7 @@ run "environment_variables" {
       BACKBEAT_CLUSTER            = "prod-eu-1"
       BACKBEAT_ENV                = "production"
       BACKBEAT_SECRETS_BACKEND    = "env"
-      LOG_LEVEL                   = "INFO"
+      LOG_LEVEL                   = "info"
       REDIS_URL                   = "rediss://redis.backbeat.internal:6379/0"
       NATS_URL                    = "tls://nats-1.backbeat.internal:4222,tls://nats-2.backbeat.internal:4222"
       BACKBEAT_SECRET_ARNS        = jsonencode(var.secret_arns)

@@ -121,14 +121,16 @@ run "backbeat_settings_malformed" {
   command = plan
 
   variables {
-    cluster_id            = "Prod_EU"
+    cluster_id            = "prod.eu"
     environment           = "staging"
-    log_level             = "TRACE"
+    log_level             = "INFO"
     redis_url             = "http://redis.backbeat.internal:6379"
     nats_url              = "http://nats.backbeat.internal:4222"
     otel_environment      = { EXPORTER_ENDPOINT = "http://collector:4318" }
     otel_service_name     = ""
     log_retention_in_days = 0
+    # Lambda reserves AWS_*.
+    extra_environment_variables = { AWS_REGION = "eu-west-1" }
   }
 
   expect_failures = [
@@ -140,23 +142,27 @@ run "backbeat_settings_malformed" {
     var.otel_environment,
     var.otel_service_name,
     var.log_retention_in_days,
+    var.extra_environment_variables,
   ]
 }
 
 run "backbeat_settings_subtly_malformed" {
-  # A trailing hyphen, a URL without host, one bad server in a list.
+  # A cluster id one character too long, a URL without host, one bad server in a list, a managed
+  # variable overridden.
   command = plan
 
   variables {
-    cluster_id = "prod-"
-    redis_url  = "redis://"
-    nats_url   = "nats://nats-1:4222,redis://nats-2:4222"
+    cluster_id                  = join("", [for i in range(65) : "c"])
+    redis_url                   = "redis://"
+    nats_url                    = "nats://nats-1:4222,redis://nats-2:4222"
+    extra_environment_variables = { REDIS_URL = "redis://other:6379" }
   }
 
   expect_failures = [
     var.cluster_id,
     var.redis_url,
     var.nats_url,
+    var.extra_environment_variables,
   ]
 }
 
@@ -166,13 +172,15 @@ run "credentials_in_urls_rejected" {
 
   variables {
     #checkov:skip=CKV_SECRET_4:Deliberately invalid input; the placeholder password proves such URLs are rejected.
-    redis_url = "rediss://default:placeholder@redis.backbeat.internal:6379"
-    nats_url  = "tls://backbeat:placeholder@nats.backbeat.internal:4222"
+    redis_url                   = "rediss://default:placeholder@redis.backbeat.internal:6379"
+    nats_url                    = "tls://backbeat:placeholder@nats.backbeat.internal:4222"
+    extra_environment_variables = { BACKBEAT_SECRET_API_TOKEN = "placeholder" }
   }
 
   expect_failures = [
     var.redis_url,
     var.nats_url,
+    var.extra_environment_variables,
   ]
 }
 
@@ -209,22 +217,26 @@ run "secret_arns_values_are_secret_arns" {
 }
 
 run "vault_settings_missing" {
-  # The vault backend needs an address, a path, a mount and an AppRole role id.
+  # The vault backend needs an address, a path and an AppRole role id; mounts and namespaces are paths.
   command = plan
 
   variables {
-    secrets_backend   = "vault"
-    vault_addr        = null
-    vault_secret_path = null
-    vault_role_id     = null
-    secret_arns       = { vault_secret_id = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:backbeat/vault-secret-id-abcdef" }
-    vault_kv_mount    = "/secret"
+    secrets_backend     = "vault"
+    vault_addr          = null
+    vault_secret_path   = null
+    vault_role_id       = null
+    secret_arns         = { vault_secret_id = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:backbeat/vault-secret-id-abcdef" }
+    vault_kv_mount      = "/secret"
+    vault_approle_mount = "/approle"
+    vault_namespace     = "team a"
   }
 
   expect_failures = [
     var.vault_addr,
     var.vault_secret_path,
     var.vault_kv_mount,
+    var.vault_approle_mount,
+    var.vault_namespace,
     var.vault_role_id,
   ]
 }
