@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 NODE_STAMP := node_modules/.installed
 PYTEST_ARGS ?=
 
-.PHONY: help run test test-fast lint typecheck proto proto-check buf-lint buf-breaking bench infra-check clean
+.PHONY: help run test test-fast lint typecheck proto proto-check buf-lint buf-breaking bench infra-check lambda-package clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -59,3 +59,9 @@ bench: $(STAMP)  ## run every benchmark in bench/ and write bench/results/
 
 clean:
 	rm -rf $(VENV) node_modules .pytest_cache .mypy_cache .ruff_cache bench/results
+
+infra-check:  ## fmt, validate, terraform test and checkov for infra/terraform (AWS Lambda)
+	bash infra/terraform/check.sh
+
+lambda-package:  ## build build/reverb-rollup-lambda.zip, the rollup's AWS Lambda package
+	$(PYTHON) infra/terraform/package_lambda.py --output build/reverb-rollup-lambda.zip
