@@ -68,7 +68,7 @@ module "reverb_rollup" {
       cidr_blocks = var.otel_collector_cidr_blocks
     }
     endpoints = {
-      description = "Secrets Manager and X-Ray interface endpoints"
+      description = "Secrets Manager interface endpoint"
       port        = 443
       cidr_blocks = var.endpoint_cidr_blocks
     }

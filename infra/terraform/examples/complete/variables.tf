@@ -73,7 +73,7 @@ variable "secrets_kms_key_arn" {
 }
 
 variable "endpoint_cidr_blocks" {
-  description = "CIDR blocks of the Secrets Manager and X-Ray interface endpoints (HTTPS)."
+  description = "CIDR blocks of the Secrets Manager interface endpoint (HTTPS)."
   type        = list(string)
 }
 

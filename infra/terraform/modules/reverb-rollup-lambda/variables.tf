@@ -137,7 +137,7 @@ variable "tracing_mode" {
 }
 
 variable "maximum_retry_attempts" {
-  description = "Retries of a failed asynchronous invocation before it goes to the dead-letter target."
+  description = "Retries of a failed asynchronous (Event) invocation before it goes to the dead-letter target."
   type        = number
   default     = 2
 
@@ -201,7 +201,7 @@ variable "log_level" {
 }
 
 variable "redis_url" {
-  description = "REDIS_URL: redis:// or rediss:// (TLS). Credentials belong in secret_arns, not in the URL."
+  description = "REDIS_URL: redis:// or rediss:// (TLS). The password is the secret redis_password, never part of the URL."
   type        = string
 
   validation {
@@ -216,7 +216,7 @@ variable "redis_url" {
 }
 
 variable "nats_url" {
-  description = "NATS_URL: one or more comma-separated nats:// or tls:// server URLs. Credentials belong in secret_arns."
+  description = "NATS_URL: one or more comma-separated nats:// or tls:// server URLs. Credentials are the secret nats_credentials."
   type        = string
 
   validation {
@@ -523,7 +523,7 @@ variable "nats_port" {
 variable "additional_egress_rules" {
   description = <<-EOT
     Further TCP destinations the function may reach, e.g. Vault (8200), an OTLP collector (4317/4318)
-    or HTTPS interface endpoints for Secrets Manager and X-Ray (443). The map key names the rule.
+    or the HTTPS interface endpoint of Secrets Manager (443). The map key names the rule.
   EOT
   type = map(object({
     description = string
