@@ -31,7 +31,7 @@ if ! command -v terraform >/dev/null 2>&1; then
 ##                                                                          ##
 ##   WARNING: `terraform` is not on PATH -- infra/terraform NOT CHECKED.    ##
 ##                                                                          ##
-##   Formatting, validation, the module tests and checkov were skipped.    ##
+##   Formatting, validation, the module tests and checkov were skipped.     ##
 ##   Install Terraform >= 1.11 and run `make infra-check` again.            ##
 ##                                                                          ##
 ##############################################################################
