@@ -533,8 +533,8 @@ variable "additional_egress_rules" {
   default = {}
 
   validation {
-    condition     = alltrue([for key in keys(var.additional_egress_rules) : can(regex("^[a-z][a-z0-9-]{0,31}$", key))])
-    error_message = "additional_egress_rules keys must be short lowercase names (letters, digits, hyphens)."
+    condition     = alltrue([for key in keys(var.additional_egress_rules) : can(regex("^[a-z][a-z0-9-]{0,31}$", key)) && !contains(["redis", "nats"], key)])
+    error_message = "additional_egress_rules keys must be short lowercase names (letters, digits, hyphens) other than redis and nats."
   }
 
   validation {

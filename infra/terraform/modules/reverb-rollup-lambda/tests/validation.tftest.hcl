@@ -340,6 +340,19 @@ run "network_must_not_open_the_internet" {
   ]
 }
 
+run "additional_egress_rule_names_reserved" {
+  # "redis" and "nats" name the module's own rules.
+  command = plan
+
+  variables {
+    additional_egress_rules = { redis = { description = "Redis replicas", port = 6380, cidr_blocks = ["10.20.3.0/24"] } }
+  }
+
+  expect_failures = [
+    var.additional_egress_rules,
+  ]
+}
+
 run "existing_targets_given_while_creating_own" {
   # An existing dead-letter target or key next to the ones the module creates.
   command = plan
