@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 
 from backbeat.service.rpc import TokenSource, token_matches
 
@@ -93,6 +93,10 @@ class AdminServer:
 
     async def _metrics(self, _: web.Request) -> web.Response:
         body = generate_latest(self.registry) if self.registry else generate_latest()
+        if self.registry is not None and self.registry is not REGISTRY:
+            # Process-wide metrics (secrets, process_*, python_*) live in the default registry;
+            # a component's own registry holds only its figures, so serve both.
+            body += generate_latest(REGISTRY)
         response = web.Response(body=body)
         response.content_type = CONTENT_TYPE_LATEST.split(";")[0]
         response.charset = "utf-8"
