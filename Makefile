@@ -24,8 +24,9 @@ $(NODE_STAMP): package.json package-lock.json
 run: $(STAMP)  ## run the whole system locally (embedded Redis x3 + NATS, pulse x2, reverb, agents)
 	$(BIN)/backbeat up $(ARGS)
 
-test: lint  ## lint, type-check, then the whole test suite (unit + integration + fault)
+test: lint  ## lint, type-check, the whole test suite, then the Terraform checks
 	$(BIN)/pytest $(PYTEST_ARGS)
+	$(MAKE) --no-print-directory infra-check
 
 test-fast: $(STAMP)  ## only the fast unit tests
 	$(BIN)/pytest -m "not integration and not fault" $(PYTEST_ARGS)
