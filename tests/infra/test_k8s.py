@@ -157,6 +157,14 @@ def test_config_and_secret_references_resolve() -> None:
             secret = env.get("valueFrom", {}).get("secretKeyRef")
             if secret:
                 assert secret["name"] == "backbeat-secrets", name
+        # backbeat.secrets (env backend) reads the API token from the mounted Secret's file.
+        env = {e["name"]: e.get("value") for e in c.get("env", [])}
+        token_file = env["BACKBEAT_SECRET_API_TOKEN_FILE"]
+        volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+        (mount,) = [m for m in c["volumeMounts"] if token_file.startswith(m["mountPath"] + "/")]
+        assert mount["readOnly"] is True, name
+        assert volumes[mount["name"]]["secret"]["secretName"] == "backbeat-secrets", name
+        assert token_file.endswith("/api-token"), "the Secret's key is the file name"
         assert c["image"].startswith(f"backbeat-{c['name']}:"), name
 
 
