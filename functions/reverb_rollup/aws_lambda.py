@@ -11,7 +11,10 @@ import base64
 from collections.abc import Mapping
 from typing import Any
 
+from reverb_rollup.aws_secrets import export_secret_arns
 from reverb_rollup.process import runtime
+
+_secrets_exported = False
 
 
 def _unwrap(event: Mapping[str, Any]) -> tuple[bytes | Mapping[str, Any], str]:
@@ -27,5 +30,9 @@ def _unwrap(event: Mapping[str, Any]) -> tuple[bytes | Mapping[str, Any], str]:
 
 
 def handler(event: Mapping[str, Any], context: object = None) -> dict[str, Any]:
+    global _secrets_exported  # noqa: PLW0603 - once per cold start, before the first connection
+    if not _secrets_exported:
+        export_secret_arns()
+        _secrets_exported = True
     data, traceparent = _unwrap(event)
     return runtime().invoke(data, traceparent=traceparent, via="lambda")

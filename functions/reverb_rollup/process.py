@@ -51,8 +51,20 @@ class ProcessRuntime:
         async with self._connect_lock:
             if self._rollup is None:
                 s = self.settings
-                redis = Redis.from_url(s.redis_url)
-                nc = await nats.connect(s.nats_url, name=f"reverb-rollup-{s.cluster_id}")
+                # Credentials (env or Vault) are read once per process; in production an unsafe
+                # configuration is refused here, before any connection is made.
+                from backbeat.secrets import open_component_secrets
+
+                secrets = await open_component_secrets("reverb-rollup")
+                try:
+                    redis_url, nats_url = (
+                        secrets.redis_url(s.redis_url),
+                        secrets.nats_url(s.nats_url),
+                    )
+                finally:
+                    await secrets.close()
+                redis = Redis.from_url(redis_url)
+                nc = await nats.connect(nats_url, name=f"reverb-rollup-{s.cluster_id}")
                 self._connections += [nc, redis]
                 rollup = build_rollup(
                     s.cluster_id,
