@@ -5,9 +5,24 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import sys
+from collections.abc import Callable
+from dataclasses import replace
+
+from redis.asyncio import Redis
 
 from backbeat.pulse.settings import PulseSettings
+from backbeat.pulse.tempo_limit import DEFAULT_CHANGES_PER_MINUTE
+from backbeat.secrets import (
+    ComponentSecrets,
+    KeyRotator,
+    RotationSettings,
+    SecretError,
+    UnsafeConfiguration,
+    open_component_secrets,
+)
 from backbeat.service.logs import configure_logging, get_logger
+from backbeat.service.tls import TlsSettings, add_tls_arguments
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -49,6 +64,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--log-level", default=env("LOG_LEVEL", "info"), help="debug|info|warn|error (LOG_LEVEL)"
     )
+    parser.add_argument(
+        "--tempo-changes-per-minute",
+        type=int,
+        default=DEFAULT_CHANGES_PER_MINUTE,
+        help="accepted tempo changes per sliding minute at most (TEMPO_RATE_LIMITED beyond)",
+    )
+    parser.add_argument(
+        "--rotate-keys",
+        action="store_true",
+        default=env("BACKBEAT_ROTATE_KEYS", "") == "1",
+        help="run the signing-key rotator while leading (env BACKBEAT_ROTATE_KEYS=1)",
+    )
+    parser.add_argument(
+        "--key-period-s",
+        type=float,
+        default=RotationSettings().period_s,
+        help="age of the newest signing key at which the next takes over (default 24 h)",
+    )
+    parser.add_argument(
+        "--key-lead-s",
+        type=float,
+        default=RotationSettings().lead_s,
+        help="how long before it activates a new key is published (> secrets refresh)",
+    )
+    add_tls_arguments(parser)
 
 
 def settings_from_args(args: argparse.Namespace) -> PulseSettings:
@@ -70,14 +110,57 @@ def settings_from_args(args: argparse.Namespace) -> PulseSettings:
     )
 
 
-async def serve(settings: PulseSettings) -> None:
+def _rotator_factory(
+    args: argparse.Namespace, settings: PulseSettings, secrets: ComponentSecrets, redis: Redis
+) -> Callable[[], KeyRotator]:
+    """Builds the KeyRotator. Its audit stream goes to the first Redis master: the rollup
+    reads it from the claims Redis, which is the first master in the usual layout."""
+    rotation = RotationSettings(period_s=args.key_period_s, lead_s=args.key_lead_s)
+
+    def build() -> KeyRotator:
+        return KeyRotator(secrets.source, redis, settings.cluster_id, settings=rotation)
+
+    return build
+
+
+async def serve(settings: PulseSettings, args: argparse.Namespace | None = None) -> None:
     from backbeat.pulse.server import PulseServer
     from backbeat.service.lifecycle import ShutdownSignal
+    from backbeat.service.tracing import configure_tracing
 
+    configure_tracing("pulse", cluster_id=settings.cluster_id, node_id=settings.node_id)
     log = get_logger(component="pulse", cluster=settings.cluster_id, node=settings.node_id)
-    log.info("starting", settings=settings.describe())
+    secrets = await open_component_secrets("pulse", signing=True, static_token=settings.token)
+    tls = TlsSettings.from_args(args) if args is not None else TlsSettings()
+    settings = replace(
+        settings,
+        nats_url=secrets.nats_url(settings.nats_url),
+        redis_urls=tuple(secrets.redis_url(u) for u in settings.redis_urls),
+    )
+    rotate = args is not None and args.rotate_keys
+    rotation_redis = Redis.from_url(settings.redis_urls[0]) if rotate else None
+    log.info(
+        "starting",
+        settings=settings.describe(),
+        tls=tls.enabled,
+        signing=secrets.signing_keys is not None,
+        rotate_keys=rotate,
+    )
     async with ShutdownSignal() as stop:
-        server = PulseServer(settings)
+        server = PulseServer(
+            settings,
+            token=secrets.token_source(settings.token),
+            signing_keys=secrets.signing_keys,
+            tls=tls,
+            rotator=(
+                _rotator_factory(args, settings, secrets, rotation_redis)
+                if args is not None and rotation_redis is not None
+                else None
+            ),
+            tempo_changes_per_minute=(
+                args.tempo_changes_per_minute if args is not None else DEFAULT_CHANGES_PER_MINUTE
+            ),
+        )
         try:
             await server.start()
             log.info(
@@ -89,6 +172,9 @@ async def serve(settings: PulseSettings) -> None:
             log.info("stopping: handing over leadership", signal=str(stop.received))
         finally:
             await server.close()
+            await secrets.close()
+            if rotation_redis is not None:
+                await rotation_redis.aclose()
     log.info("stopped")
 
 
@@ -99,5 +185,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"backbeat pulse: {exc}")
         return 2
     configure_logging(settings.log_level)
-    asyncio.run(serve(settings))
+    try:
+        asyncio.run(serve(settings, args))
+    except UnsafeConfiguration as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    except (SecretError, ValueError) as exc:
+        print(f"backbeat pulse: {exc}", file=sys.stderr)
+        return 2
     return 0

@@ -15,11 +15,13 @@ from typing import Any
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
+from opentelemetry.instrumentation.grpc import aio_client_interceptors
 
 from backbeat.core.messages import BeatFrame
 from backbeat.core.timeline import TempoError, Timeline
 from backbeat.pulse.hub import HistoryGone
-from backbeat.pulse.node import NoQuorumError, NotLeaderError, PulseNode, TempoChange
+from backbeat.pulse.node import NoQuorumError, NotLeaderError, PulseNode, Role, TempoChange
+from backbeat.pulse.tempo_limit import TempoRateLimited
 from backbeat.service.rpc import BearerAuth, abort_with_reason
 from backbeat.v1 import beat_frame_pb2, timeline_pb2
 from backbeat.v1 import pulse_service_pb2 as pb
@@ -109,15 +111,23 @@ def check_tempo_request(tempo_bpm: float, request_id: str) -> None:
 class TempoForwarder:
     """Sends a follower's SetTempo on to the leader, keeping the caller's credentials."""
 
-    def __init__(self) -> None:
+    def __init__(self, credentials: grpc.ChannelCredentials | None = None) -> None:
         self._channels: dict[str, grpc.aio.Channel] = {}
+        #: TLS towards the leader when the replicas serve TLS (None: plain text).
+        self.credentials = credentials
 
     async def forward(
         self, address: str, request: pb.SetTempoRequest, authorization: str, timeout_s: float
     ) -> pb.SetTempoResponse:
         channel = self._channels.get(address)
         if channel is None:
-            channel = self._channels[address] = grpc.aio.insecure_channel(address)
+            # Instrumented: the forwarded call continues the caller's trace.
+            interceptors = aio_client_interceptors()  # type: ignore[no-untyped-call]
+            channel = self._channels[address] = (
+                grpc.aio.secure_channel(address, self.credentials, interceptors=interceptors)
+                if self.credentials is not None
+                else grpc.aio.insecure_channel(address, interceptors=interceptors)
+            )
         metadata = [(FORWARDED_HEADER, "1")]
         if authorization:
             metadata.append(("authorization", authorization))
@@ -217,6 +227,14 @@ class PulseServicer(pb_grpc.PulseServiceServicer):
             await abort_with_reason(
                 context, grpc.StatusCode.FAILED_PRECONDITION, "NO_QUORUM", str(exc)
             )
+        except TempoRateLimited as exc:
+            await abort_with_reason(
+                context,
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                "TEMPO_RATE_LIMITED",
+                str(exc),
+                {"limit_per_minute": str(exc.limit), "retry_after_s": f"{exc.retry_after_s:.1f}"},
+            )
         except NotLeaderError as exc:
             address = exc.leader_address
             if (
@@ -307,9 +325,19 @@ async def apply_tempo(
 ) -> TempoChange:
     """Validate and apply a tempo change (shared by gRPC and HTTP); records the outcome."""
     outcome = "error"
+    limiter = node.tempo_limiter
+    reservation: float | None = None
     try:
         check_tempo_request(tempo_bpm, request_id)
+        # The leader enforces the rate limit (followers forward); replays do not count.
+        leading = node.role is Role.LEADER
+        if limiter is not None and leading and not node.knows_tempo_request(request_id):
+            reservation = limiter.acquire()
         change = await node.set_tempo(tempo_bpm, request_id=request_id, ramp=ramp)
+        reservation = None  # accepted: the reservation stays counted
+    except TempoRateLimited:
+        outcome = "rate_limited"
+        raise
     except (TempoRequestError, TempoError):
         outcome = "invalid"
         raise
@@ -323,4 +351,6 @@ async def apply_tempo(
         outcome = "accepted"
         return change
     finally:
+        if reservation is not None and limiter is not None:
+            limiter.release(reservation)
         node.metrics.tempo_changes.labels(outcome).inc()

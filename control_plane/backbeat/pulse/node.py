@@ -26,8 +26,10 @@ from dataclasses import dataclass, replace
 
 import structlog
 from nats.aio.msg import Msg
+from opentelemetry import context as otel_context
+from opentelemetry import trace
 
-from backbeat.core import keys
+from backbeat.core import keys, subjects
 from backbeat.core.hlc import HybridLogicalClock, node_id_from_name
 from backbeat.core.messages import BeatFrame, CodecError
 from backbeat.core.timeline import (
@@ -59,8 +61,11 @@ from backbeat.pulse.redlock import (
 from backbeat.pulse.scheduler import build_frame, next_renewal_ns, sleep_until_ns
 from backbeat.pulse.settings import PulseSettings
 from backbeat.pulse.state import TimelineRecord
+from backbeat.pulse.tempo_limit import TempoRateLimiter
+from backbeat.service.tracing import inject_headers, tracer
 
 log = structlog.get_logger(component="pulse")
+_tracer = tracer("pulse")
 
 #: Signs a frame (adds key_id and signature); plugged in by the beat-signing feature.
 FrameSigner = Callable[[BeatFrame], BeatFrame]
@@ -154,6 +159,10 @@ class PulseNode:
         self.advertise_address = advertise_address
         self.cluster_id = settings.cluster_id
         self.node_id = settings.node_id
+        #: Every line names the cluster and the node (term/beat_index where they matter).
+        self._log = log.bind(cluster=settings.cluster_id, node=settings.node_id)
+        #: Limits accepted tempo changes (set by the server; None: unlimited).
+        self.tempo_limiter: TempoRateLimiter | None = None
         self.masters = RedisMasters(settings.redis_urls, timeout_s=settings.redis_timeout_ms / 1e3)
         self.lock = Redlock(self.masters, keys.lock(self.cluster_id), settings.lock_ttl_ms)
         self.store = FencedStore(self.masters, self.cluster_id, settings.node_id)
@@ -265,7 +274,7 @@ class PulseNode:
             try:
                 attempt = await self.lock.attempt(token)
             except Exception as exc:  # never let one bad answer kill the election loop
-                log.warning("lock attempt failed: %r", exc)
+                self._log.warning("lock attempt failed: %r", exc)
                 attempt = Busy(None, None)
             if isinstance(attempt, Lease):
                 try:
@@ -314,7 +323,16 @@ class PulseNode:
 
     def _set_role(self, role: Role) -> None:
         if role is not self.role:
-            log.info("%s: %s -> %s (term %s)", self.node_id, self.role, role, self.term)
+            self._log.info(
+                "%s: %s -> %s (term %s)",
+                self.node_id,
+                self.role,
+                role,
+                self.term,
+                role_from=str(self.role),
+                role_to=str(role),
+                term=self.term,
+            )
         self.role = role
         self.metrics.is_leader.set(1 if role is Role.LEADER else 0)
         self.metrics.degraded.set(1 if role is Role.DEGRADED else 0)
@@ -327,10 +345,10 @@ class PulseNode:
         try:
             term, state = await self.store.claim_term()
         except ClaimError as exc:
-            log.info("%s: won the lock but not a term: %s", self.node_id, exc)
+            self._log.info("%s: won the lock but not a term: %s", self.node_id, exc)
             return
         except Exception as exc:
-            log.warning("%s: claiming a term failed: %r", self.node_id, exc)
+            self._log.warning("%s: claiming a term failed: %r", self.node_id, exc)
             return
         self.term = term
         self.metrics.term.set(term)
@@ -368,12 +386,20 @@ class PulseNode:
         if result.outcome is not WriteOutcome.OK:
             if result.outcome is WriteOutcome.FENCED:
                 self.metrics.fenced_writes.inc()
-            log.info("%s: first write as leader failed: %s", self.node_id, result.outcome)
+            self._log.info("%s: first write as leader failed: %s", self.node_id, result.outcome)
             return
         self.timelines = record
         self._reserved_beat = max(self._reserved_beat, state.beat)
         self._set_role(Role.LEADER)
-        log.info("%s: leading term %d from beat %d", self.node_id, term, first)
+        self._log.info(
+            "%s: leading term %d from beat %d",
+            self.node_id,
+            term,
+            first,
+            term=term,
+            beat_index=first,
+            window_id=record.at(first).window_id(first),
+        )
         await self._announce_timeline(record)
         nc = self.publisher.nc
         if nc is not None:
@@ -395,10 +421,10 @@ class PulseNode:
                 with contextlib.suppress(Exception):
                     outcome, _ = await self.lock.extend(lease)
             if outcome is not ExtendOutcome.NO_QUORUM:
-                log.info("%s: lease lapsed (%s); stepping down", self.node_id, outcome.value)
+                self._log.info("%s: lease lapsed (%s); stepping down", self.node_id, outcome.value)
                 return
             self._set_role(Role.DEGRADED)
-            log.warning("%s: lost the Redis quorum; emitting degraded beats", self.node_id)
+            self._log.warning("%s: lost the Redis quorum; emitting degraded beats", self.node_id)
             await self._beat_loop(next_beat, degraded=True)
 
     async def _renew_loop(self) -> None:
@@ -410,13 +436,13 @@ class PulseNode:
             try:
                 outcome, renewed = await self.lock.extend(lease)
             except Exception as exc:
-                log.warning("lock renewal failed: %r", exc)
+                self._log.warning("lock renewal failed: %r", exc)
                 outcome, renewed = ExtendOutcome.NO_QUORUM, lease
             self._renew_outcome = outcome
             if outcome is ExtendOutcome.EXTENDED:
                 self._lease = renewed
             elif outcome is ExtendOutcome.LOST:
-                log.warning("%s: the lock is held by someone else", self.node_id)
+                self._log.warning("%s: the lock is held by someone else", self.node_id)
                 return
 
     def _renewal_delay(self) -> float:
@@ -504,12 +530,14 @@ class PulseNode:
                 previous = None
                 if result.outcome is WriteOutcome.FENCED:
                     self.metrics.fenced_writes.inc()
-                    log.warning(
+                    self._log.warning(
                         "%s: beat %d refused: term %d < %d; stepping down",
                         self.node_id,
                         n,
                         self.term,
                         result.newer_term,
+                        term=self.term,
+                        beat_index=n,
                     )
                     return _StopLeading.LOST, n
                 flagged = result.outcome is WriteOutcome.NO_QUORUM
@@ -558,7 +586,7 @@ class PulseNode:
             self.metrics.fenced_writes.inc()
             return _StopLeading.LOST
         if answered >= self.masters.quorum:
-            log.info("%s: Redis quorum is back; competing for leadership", self.node_id)
+            self._log.info("%s: Redis quorum is back; competing for leadership", self.node_id)
             return _StopLeading.NO_QUORUM
         return None
 
@@ -568,14 +596,48 @@ class PulseNode:
             await asyncio.sleep(remaining)
 
     async def _emit(self, frame: BeatFrame) -> None:
+        # One trace per beat: ``pulse.beat`` (sign, encode) with a ``pulse.publish`` producer
+        # child whose context travels in the NATS headers (core beat and JetStream downbeat).
+        with _tracer.start_as_current_span(
+            "pulse.beat",
+            context=otel_context.Context(),  # a beat starts its own trace
+            attributes={
+                "backbeat.cluster": frame.cluster_id,
+                "backbeat.node": self.node_id,
+                "backbeat.beat_index": frame.beat_index,
+                "backbeat.window_id": frame.window_id,
+                "backbeat.term": frame.term,
+                "backbeat.downbeat": frame.downbeat,
+                "backbeat.degraded": frame.degraded,
+            },
+        ):
+            await self._sign_and_publish(frame)
+
+    async def _sign_and_publish(self, frame: BeatFrame) -> None:
         if self.signer is not None:
             frame = self.signer(frame)
         payload = frame.encode()
-        headers = self.headers(frame) if self.headers is not None else None
+        extra = self.headers(frame) if self.headers is not None else None
         try:
-            await self.publisher.publish_beat(frame, payload, headers)
+            with _tracer.start_as_current_span(
+                "pulse.publish",
+                kind=trace.SpanKind.PRODUCER,
+                attributes={
+                    "messaging.system": "nats",
+                    "messaging.destination.name": subjects.beat(frame.cluster_id),
+                },
+            ):
+                headers = inject_headers(dict(extra or {}))
+                await self.publisher.publish_beat(frame, payload, headers)
         except Exception as exc:  # NATS down: the grid goes on, SDKs keep time locally
-            log.warning("beat %d not published: %r", frame.beat_index, exc)
+            self._log.warning(
+                "beat %d not published: %r",
+                frame.beat_index,
+                exc,
+                term=frame.term,
+                beat_index=frame.beat_index,
+                window_id=frame.window_id,
+            )
         self._last_emitted = frame.beat_index
         self.hub.offer(frame)
         self.metrics.beats.inc()
@@ -595,7 +657,7 @@ class PulseNode:
             with contextlib.suppress(Exception):
                 await nc.publish(self._handoff_subject, str(self._last_emitted).encode())
                 await nc.flush(timeout=1)
-        log.info("%s: handed over after beat %d", self.node_id, self._last_emitted)
+        self._log.info("%s: handed over after beat %d", self.node_id, self._last_emitted)
 
     async def _announce_timeline(self, record: TimelineRecord) -> None:
         self.hub.set_timeline(record.current)
@@ -619,6 +681,10 @@ class PulseNode:
             revision=record.revision + 1,
         )
         return TimelineRecord(record.current, pending, target if len(steps) > 1 else None)
+
+    def knows_tempo_request(self, request_id: str) -> bool:
+        """Whether ``request_id`` names a change this leader already accepted (a replay)."""
+        return bool(request_id) and request_id in self._tempo_results
 
     async def set_tempo(
         self, tempo_bpm: float, *, request_id: str = "", ramp: bool = False

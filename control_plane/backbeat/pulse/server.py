@@ -7,14 +7,18 @@ close the admin server.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import math
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import grpc
 from aiohttp import web
 
+from backbeat.core.signing import KeyringProvider, frame_signer
 from backbeat.core.timeline import TempoError, Timeline
 from backbeat.pulse.grpc_service import (
     SERVICE_NAME,
@@ -25,8 +29,16 @@ from backbeat.pulse.grpc_service import (
 from backbeat.pulse.node import NoQuorumError, NotLeaderError, PulseNode, Role, TempoChange
 from backbeat.pulse.settings import PulseSettings
 from backbeat.pulse.state import timeline_to_json
+from backbeat.pulse.tempo_limit import (
+    DEFAULT_CHANGES_PER_MINUTE,
+    TempoRateLimited,
+    TempoRateLimiter,
+)
+from backbeat.secrets import KeyRotator
 from backbeat.service.admin import AdminServer, error_response, json_response
-from backbeat.service.rpc import BearerAuth, GrpcServer
+from backbeat.service.rpc import BearerAuth, GrpcServer, TokenSource
+from backbeat.service.slo import JITTER, SloTracker
+from backbeat.service.tls import TlsSettings
 from backbeat.v1 import pulse_service_pb2 as pb
 from backbeat.v1 import pulse_service_pb2_grpc as pb_grpc
 
@@ -68,14 +80,45 @@ def _quantile(sorted_values: list[float], q: float) -> float:
 
 
 class PulseServer:
-    def __init__(self, settings: PulseSettings) -> None:
+    """One replica's servers. Security hooks (all optional): ``token`` (a rotatable bearer
+    token source; default ``settings.token``), ``signing_keys`` (frames are signed),
+    ``tls`` (gRPC and admin over TLS), ``rotator`` (builds the KeyRotator that runs while this
+    replica leads) and ``tempo_changes_per_minute`` (rate limit of accepted tempo changes)."""
+
+    def __init__(
+        self,
+        settings: PulseSettings,
+        *,
+        token: TokenSource | None = None,
+        signing_keys: KeyringProvider | None = None,
+        tls: TlsSettings | None = None,
+        rotator: Callable[[], KeyRotator] | None = None,
+        tempo_changes_per_minute: int = DEFAULT_CHANGES_PER_MINUTE,
+    ) -> None:
         self.settings = settings
-        token = settings.token
-        self.auth = BearerAuth(lambda: token or None)
-        self.grpc = GrpcServer(host=settings.grpc_host, port=settings.grpc_port)
-        self.node = PulseNode(settings)
+        static_token = settings.token
+        self.token: TokenSource = token or (lambda: static_token)
+        self.auth = BearerAuth(self.token)
+        self.tls = tls or TlsSettings()
+        self.grpc = GrpcServer(
+            host=settings.grpc_host,
+            port=settings.grpc_port,
+            credentials=self.tls.server_credentials(),
+        )
+        self.signing = signing_keys is not None
+        self.node = PulseNode(
+            settings, signer=frame_signer(signing_keys) if signing_keys is not None else None
+        )
+        self.node.tempo_limiter = TempoRateLimiter(tempo_changes_per_minute)
         self.servicer = PulseServicer(self.node, self.auth)
+        if self.tls.enabled:
+            self.servicer.forwarder.credentials = self.tls.channel_credentials()
         self.grpc.register(pb_grpc.add_PulseServiceServicer_to_server, self.servicer, SERVICE_NAME)
+        #: The seed's jitter objective (p95 <= 20 ms), as backbeat_slo_* and in the status.
+        self.slo = SloTracker([JITTER], registry=self.node.metrics.registry)
+        self._rotator_factory = rotator
+        self.rotator: KeyRotator | None = None
+        self._rotation_task: asyncio.Task[None] | None = None
         self.admin: AdminServer | None = None
         if settings.admin_port >= 0:
             self.admin = AdminServer(
@@ -83,8 +126,9 @@ class PulseServer:
                 port=settings.admin_port,
                 registry=self.node.metrics.registry,
                 ready=self._ready,
-                token=(lambda: token) if token else None,
+                token=self.token,
                 component="pulse",
+                ssl_context=self.tls.server_ssl_context(),
             )
             self.admin.add_route("GET", "/api/v1/status", self._status)
             self.admin.add_route("POST", "/api/v1/tempo", self._tempo)
@@ -95,6 +139,7 @@ class PulseServer:
 
     def _record_jitter(self, jitter_s: float) -> None:
         self.jitter_s.append(jitter_s)
+        self.slo.observe(JITTER.slo, jitter_s)
 
     async def start(self) -> None:
         if self._started:
@@ -105,12 +150,36 @@ class PulseServer:
         if self.admin is not None:
             await self.admin.start()
         await self.node.start()
+        if self._rotator_factory is not None:
+            self._rotation_task = asyncio.create_task(self._rotation_loop(), name="key-rotation")
+
+    async def _rotation_loop(self) -> None:
+        """Run the key rotator while this replica leads (one rotator per cluster)."""
+        assert self._rotator_factory is not None
+        try:
+            while True:
+                leading = self.node.role is Role.LEADER
+                if leading and self.rotator is None:
+                    self.rotator = self._rotator_factory()
+                    await self.rotator.start()
+                elif not leading and self.rotator is not None:
+                    rotator, self.rotator = self.rotator, None
+                    await rotator.close()
+                await asyncio.sleep(0.5)
+        finally:
+            if self.rotator is not None:
+                await self.rotator.close()
+                self.rotator = None
 
     async def close(self) -> None:
         """Graceful stop; idempotent."""
         if self._closed or not self._started:
             return
         self._closed = True
+        if self._rotation_task is not None:
+            self._rotation_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._rotation_task
         await self.grpc.set_serving(False)
         await self.node.close(handoff=True)  # ends streams with UNAVAILABLE
         await self.grpc.stop(grace=2.0)
@@ -135,7 +204,7 @@ class PulseServer:
             return True, "follower"
         return False, f"{status.role.value}: no leader or timeline seen yet"
 
-    def slo(self) -> dict[str, Any]:
+    def slo_status(self) -> dict[str, Any]:
         values = sorted(self.jitter_s)
         m = self.node.metrics
         p95, p99 = _quantile(values, 0.95), _quantile(values, 0.99)
@@ -153,6 +222,7 @@ class PulseServer:
             "degraded_beats": int(m.degraded_beats._value.get()),
             "failovers": int(m.failovers._value.get()),
             "fenced_writes": int(m.fenced_writes._value.get()),
+            "objectives": self.slo.status(),
         }
 
     def status_json(self) -> dict[str, Any]:
@@ -171,7 +241,13 @@ class PulseServer:
             "redis": {"reachable": status.redis_reachable, "total": status.redis_total},
             "grpc_address": self.grpc.address,
             "stream_subscribers": self.node.hub.subscribers,
-            "slo": self.slo(),
+            "slo": self.slo_status(),
+            "security": {
+                "auth": bool(self.token()),
+                "tls": self.tls.enabled,
+                "signing": self.signing,
+                "key_rotation": self.rotator is not None,
+            },
             "server_time": _rfc3339(time.time_ns()),
         }
 
@@ -200,6 +276,10 @@ class PulseServer:
             return error_response(400, exc.reason, str(exc))
         except NoQuorumError as exc:
             return error_response(409, "NO_QUORUM", str(exc))
+        except TempoRateLimited as exc:
+            response = error_response(429, "TEMPO_RATE_LIMITED", str(exc))
+            response.headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after_s)))
+            return response
         except NotLeaderError as exc:
             return await self._forward_tempo(request, exc, float(bpm), request_id, ramp)
         return json_response(change_json(change))
@@ -222,6 +302,7 @@ class PulseServer:
                 grpc.StatusCode.UNAUTHENTICATED: 401,
                 grpc.StatusCode.PERMISSION_DENIED: 403,
                 grpc.StatusCode.FAILED_PRECONDITION: 409,
+                grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
             }.get(error.code(), 503)
             return error_response(code, error.code().name, error.details() or "")
         return json_response(
