@@ -5,9 +5,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import sys
+from dataclasses import replace
 
 from backbeat.reverb.server import ReverbServer, ReverbSettings
+from backbeat.secrets import SecretError, UnsafeConfiguration, open_component_secrets
 from backbeat.service.logs import configure_logging, get_logger
+from backbeat.service.tls import TlsSettings, add_tls_arguments
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -51,6 +55,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--log-level", default=env("LOG_LEVEL", "info"), help="debug|info|warn|error (LOG_LEVEL)"
     )
+    add_security_arguments(parser)
+
+
+def add_security_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--token",
+        default=os.environ.get("BACKBEAT_API_TOKEN", ""),
+        help="bearer token for SubmitClaims (default: the api_token secret; env "
+        "BACKBEAT_API_TOKEN)",
+    )
+    parser.add_argument(
+        "--require-signed-claims",
+        action="store_true",
+        default=os.environ.get("BACKBEAT_REQUIRE_SIGNED_CLAIMS", "") == "1",
+        help="refuse unsigned claims (bad_signature); signed claims are always verified when "
+        "a keyring is configured (env BACKBEAT_REQUIRE_SIGNED_CLAIMS=1)",
+    )
+    add_tls_arguments(parser)
 
 
 def settings_from_args(args: argparse.Namespace) -> ReverbSettings:
@@ -74,13 +96,39 @@ def settings_from_args(args: argparse.Namespace) -> ReverbSettings:
     )
 
 
-async def serve(settings: ReverbSettings) -> None:
+async def serve(settings: ReverbSettings, args: argparse.Namespace | None = None) -> None:
     from backbeat.service.lifecycle import ShutdownSignal
+    from backbeat.service.tracing import configure_tracing
 
+    configure_tracing("reverb", cluster_id=settings.cluster_id, node_id=settings.node_id)
     log = get_logger(component="reverb", cluster=settings.cluster_id, node=settings.node_id)
-    log.info("starting", settings=settings.describe())
+    static_token = getattr(args, "token", "") or ""
+    secrets = await open_component_secrets("reverb", signing=True, static_token=static_token)
+    settings = replace(
+        settings,
+        nats_url=secrets.nats_url(settings.nats_url),
+        redis_url=secrets.redis_url(settings.redis_url),
+    )
+    tls = TlsSettings.from_args(args) if args is not None else TlsSettings()
+    require_signed = bool(getattr(args, "require_signed_claims", False))
+    log.info(
+        "starting",
+        settings=settings.describe(),
+        tls=tls.enabled,
+        verify_claims=secrets.signing_keys is not None,
+        require_signed_claims=require_signed,
+    )
+    if require_signed and secrets.signing_keys is None:
+        await secrets.close()
+        raise ValueError("--require-signed-claims needs the beat_signing_keys secret")
     async with ShutdownSignal() as stop:
-        server = ReverbServer(settings)
+        server = ReverbServer(
+            settings,
+            token=secrets.token_source(static_token),
+            signing_keys=secrets.signing_keys,
+            require_signed_claims=require_signed,
+            tls=tls,
+        )
         try:
             await server.start()
             log.info(
@@ -92,6 +140,7 @@ async def serve(settings: ReverbSettings) -> None:
             log.info("stopping: committing buffered claims", signal=str(stop.received))
         finally:
             await server.close()
+            await secrets.close()
     log.info("stopped")
 
 
@@ -102,5 +151,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"backbeat reverb: {exc}")
         return 2
     configure_logging(settings.log_level)
-    asyncio.run(serve(settings))
+    try:
+        asyncio.run(serve(settings, args))
+    except UnsafeConfiguration as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    except (SecretError, ValueError) as exc:
+        print(f"backbeat reverb: {exc}", file=sys.stderr)
+        return 2
     return 0

@@ -18,7 +18,8 @@ from backbeat.core.messages import BarReport, CodecError, StatusClaim
 from backbeat.core.protobuf import bar_report_to_pb, status_claim_from_pb, timestamp_from_ns
 from backbeat.reverb.ingest import ClaimIngest, ClaimOutcome, NotReadyError
 from backbeat.reverb.store import WindowDetail
-from backbeat.service.rpc import abort_with_reason
+from backbeat.service.rpc import BearerAuth, abort_with_reason
+from backbeat.service.tracing import traceparent as current_traceparent
 from backbeat.v1 import bar_report_pb2, status_claim_pb2
 from backbeat.v1 import reverb_service_pb2 as pb
 from backbeat.v1 import reverb_service_pb2_grpc as pb_grpc
@@ -72,8 +73,10 @@ def summary_pb(window: WindowDetail) -> pb.WindowSummary:
 
 
 class ReverbServicer(pb_grpc.ReverbServiceServicer):
-    def __init__(self, ingest: ClaimIngest) -> None:
+    def __init__(self, ingest: ClaimIngest, auth: BearerAuth | None = None) -> None:
         self.ingest = ingest
+        #: SubmitClaims (the mutating call) needs the bearer token when one is configured.
+        self.auth = auth
         self._stopping = asyncio.Event()
 
     def stop_streams(self) -> None:
@@ -89,8 +92,12 @@ class ReverbServicer(pb_grpc.ReverbServiceServicer):
     async def SubmitClaims(
         self, request_iterator: AsyncIterator[pb.SubmitClaimsRequest], context: Context
     ) -> AsyncIterator[pb.SubmitClaimsResponse]:
+        if self.auth is not None:
+            await self.auth.require(context)
         metadata = dict(context.invocation_metadata() or ())
-        traceparent = metadata.get("traceparent", "")
+        # The server span (gRPC instrumentation) continues the caller's trace; the claims
+        # buffered in Redis carry its context.
+        traceparent = current_traceparent() or metadata.get("traceparent", "")
         if isinstance(traceparent, bytes):
             traceparent = traceparent.decode(errors="replace")
         async for request in request_iterator:

@@ -28,6 +28,7 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.errors import SlowConsumerError
+from opentelemetry import trace
 from redis import exceptions as redis_errors
 
 from backbeat.core import subjects
@@ -40,12 +41,16 @@ from backbeat.core.claims import (
     validate_claim,
 )
 from backbeat.core.hlc import DEFAULT_MAX_OFFSET_MS
-from backbeat.core.messages import StatusClaim
+from backbeat.core.messages import BarReport, CodecError, StatusClaim
 from backbeat.core.timeline import Timeline
 from backbeat.reverb.metrics import ReverbMetrics
 from backbeat.reverb.store import Outcome, StoreSettings, WindowStore, valid_traceparent
 from backbeat.reverb.timeline_follower import TimelineFollower
 from backbeat.service.logs import get_logger
+from backbeat.service.slo import ROLLUP
+from backbeat.service.tracing import extract_context, tracer
+
+_tracer = tracer("reverb")
 
 _RESULT_NAMES: Final = {
     Outcome.ACCEPTED: "accepted",
@@ -194,6 +199,11 @@ class ClaimIngest:
             )
             self.metrics.nats_connected.set(1)
             await self._nc.subscribe(subjects.beat(self.settings.cluster_id), cb=self._on_beat)
+            # Reports published by the rollup (JetStream publishes reach core subscribers too):
+            # the reverb metrics and PER-002 follow them.
+            await self._nc.subscribe(
+                subjects.bars_wildcard(self.settings.cluster_id), cb=self._on_report
+            )
             if self.follower.timeline is not None:
                 await self._subscribe_claims()
 
@@ -304,11 +314,58 @@ class ClaimIngest:
         if self.follower.on_frame(msg.data) and self._claims_sub is None:
             await self._subscribe_claims()
 
+    async def _on_report(self, msg: Msg) -> None:
+        try:
+            report = BarReport.decode(msg.data)
+        except (CodecError, ValueError):
+            return
+        m = self.metrics
+        m.windows_completed.inc()
+        m.on_time_reviews.set(report.on_time_reviews)
+        m.report_agents.set(report.agents_reporting)
+        m.secret_rotations_ok.set(1 if report.secret_rotations_ok else 0)
+        timeline = self.follower.timeline
+        if timeline is not None and report.published_ns is not None:
+            downbeat_ns = timeline.beat_time_ns(report.to_beat + 1)
+            latency_s = max(report.published_ns - downbeat_ns, 0) / 1e9
+            m.window_processing.observe(latency_s)
+            m.slo.observe(ROLLUP.slo, latency_s * 1e9 / timeline.period_ns)
+        self._log.info(
+            "bar report published",
+            window_id=report.window_id,
+            beat_index=report.to_beat + 1,
+            agents_reporting=report.agents_reporting,
+            on_time_reviews=report.on_time_reviews,
+            secret_rotations_ok=report.secret_rotations_ok,
+            trace_id=_trace_id(msg.headers),
+        )
+
     async def _on_claim(self, msg: Msg) -> None:
         headers = msg.headers
         traceparent = headers.get("traceparent", "") if headers else ""
         self._received_nats.inc()
-        await self._put(self._validate(msg.data, traceparent, None))
+        if not traceparent:
+            await self._put(self._validate(msg.data, traceparent, None))
+            return
+        # A traced claim (the agent sent trace context): its arrival and validation join the
+        # agent's trace. Untraced claims cost no span (ingest runs at >= 20k claims/s).
+        with _tracer.start_as_current_span(
+            "reverb.claim.receive",
+            context=extract_context(headers),
+            kind=trace.SpanKind.CONSUMER,
+            attributes={
+                "messaging.system": "nats",
+                "messaging.destination.name": msg.subject,
+                "backbeat.cluster": self.settings.cluster_id,
+            },
+        ) as span:
+            item = self._validate(msg.data, traceparent, None)
+            claim = item.verdict.claim
+            if claim is not None:
+                span.set_attribute("backbeat.beat_index", claim.beat_index)
+            else:
+                span.set_attribute("backbeat.reject_reason", str(item.verdict.reason or ""))
+            await self._put(item)
 
     async def submit(
         self, claims: Sequence[StatusClaim | ClaimVerdict | bytes], traceparent: str = ""
@@ -520,6 +577,12 @@ class ClaimIngest:
                 self.metrics.redis_up.set(0)
             self._update_buffer_gauges()
             await asyncio.sleep(1.0)
+
+
+def _trace_id(headers: dict[str, str] | None) -> str | None:
+    """The trace id of a message's ``traceparent`` header, for log lines."""
+    parts = (headers or {}).get("traceparent", "").split("-")
+    return parts[1] if len(parts) == 4 else None
 
 
 def _claim_json(claim: StatusClaim) -> bytes:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from backbeat.core.claims import REJECT_REASONS
+from backbeat.service.slo import ROLLUP, SloTracker
 
 #: ``result`` label values of backbeat_reverb_claims_processed_total.
 RESULTS = ("accepted", "duplicate", "late", "rejected")
@@ -72,6 +73,35 @@ class ReverbMetrics:
         self.nats_connected = Gauge(
             "backbeat_reverb_nats_connected", "1 while connected to NATS", registry=r
         )
+        # Bar reports seen on JetStream (every replica sees every report of its cluster).
+        self.on_time_reviews = Gauge(
+            "backbeat_reverb_on_time_reviews",
+            "On-time task completions (review/done with beats_left >= 0) in the last report",
+            registry=r,
+        )
+        self.report_agents = Gauge(
+            "backbeat_reverb_report_agents_reporting",
+            "agents_reporting of the last published report (a closed window)",
+            registry=r,
+        )
+        self.windows_completed = Counter(
+            "backbeat_reverb_windows_completed_total",
+            "Windows whose report this replica saw published",
+            registry=r,
+        )
+        self.window_processing = Histogram(
+            "backbeat_reverb_window_processing_seconds",
+            "From a window's closing downbeat (scheduled time) to its report being published",
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1, 2, 5, 10),
+            registry=r,
+        )
+        self.secret_rotations_ok = Gauge(
+            "backbeat_reverb_secret_rotations_ok",
+            "secret_rotations_ok of the last report (1 true, 0 false)",
+            registry=r,
+        )
+        #: PER-002 (rollup done <= 1 beat after the downbeat), from the reports' publish times.
+        self.slo = SloTracker([ROLLUP], registry=r)
         # Pre-create the label sets so every series exists (at 0) from the start.
         for result in RESULTS[:3]:
             self.processed.labels(result, "")

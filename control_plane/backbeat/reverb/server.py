@@ -15,12 +15,14 @@ from aiohttp import web
 
 from backbeat.core.claims import DEFAULT_LIMITS, ClaimLimits
 from backbeat.core.messages import BarReport, CodecError
+from backbeat.core.signing import KeyringProvider, claim_signature_check
 from backbeat.reverb.grpc_service import SERVICE_NAME, ReverbServicer, ensure_bar_stream
 from backbeat.reverb.ingest import ClaimIngest, IngestSettings
 from backbeat.reverb.store import StoreSettings, WindowDetail
 from backbeat.service.admin import AdminServer, error_response, json_response
-from backbeat.service.rpc import GrpcServer
+from backbeat.service.rpc import BearerAuth, GrpcServer, TokenSource
 from backbeat.service.settings import masked
+from backbeat.service.tls import TlsSettings
 from backbeat.v1 import reverb_service_pb2_grpc as pb_grpc
 
 
@@ -93,13 +95,37 @@ def window_json(window: WindowDetail) -> dict[str, Any]:
 class ReverbServer:
     """``async with ReverbServer(settings) as server: ...`` (start/close are idempotent)."""
 
-    def __init__(self, settings: ReverbSettings, ingest: ClaimIngest | None = None) -> None:
+    def __init__(
+        self,
+        settings: ReverbSettings,
+        ingest: ClaimIngest | None = None,
+        *,
+        token: TokenSource | None = None,
+        signing_keys: KeyringProvider | None = None,
+        require_signed_claims: bool = False,
+        tls: TlsSettings | None = None,
+    ) -> None:
+        """``token``: bearer token of SubmitClaims and admin POSTs (rotatable; None or "" =
+        open, development). ``signing_keys``: claims that carry a signature are verified
+        (``bad_signature`` when they do not); with ``require_signed_claims`` unsigned claims
+        are refused too. ``tls``: gRPC and the admin API over TLS."""
         self.settings = settings
-        self.ingest = ingest or ClaimIngest(settings.ingest_settings())
-        self.servicer = ReverbServicer(self.ingest)
+        check = (
+            claim_signature_check(signing_keys, require_signature=require_signed_claims)
+            if signing_keys is not None
+            else None
+        )
+        self.ingest = ingest or ClaimIngest(settings.ingest_settings(), check_signature=check)
+        self.token: TokenSource = token or (lambda: "")
+        self.tls = tls or TlsSettings()
+        self.servicer = ReverbServicer(self.ingest, BearerAuth(self.token))
         self.grpc: GrpcServer | None = None
         if settings.grpc_port >= 0:
-            self.grpc = GrpcServer(host=settings.grpc_host, port=settings.grpc_port)
+            self.grpc = GrpcServer(
+                host=settings.grpc_host,
+                port=settings.grpc_port,
+                credentials=self.tls.server_credentials(),
+            )
             self.grpc.register(
                 pb_grpc.add_ReverbServiceServicer_to_server, self.servicer, SERVICE_NAME
             )
@@ -110,7 +136,9 @@ class ReverbServer:
                 port=settings.admin_port,
                 registry=self.ingest.metrics.registry,
                 ready=self.ingest.readiness,
+                token=self.token,
                 component="reverb",
+                ssl_context=self.tls.server_ssl_context(),
             )
             self.admin.add_route("GET", "/api/v1/status", self._status)
             self.admin.add_route("GET", "/api/v1/windows", self._windows)
@@ -160,6 +188,12 @@ class ReverbServer:
 
     async def _status(self, _: web.Request) -> web.Response:
         status = self.ingest.status()
+        status["slo"] = self.ingest.metrics.slo.status()
+        status["security"] = {
+            "auth": bool(self.token()),
+            "tls": self.tls.enabled,
+            "verify_claims": self.ingest.check_signature is not None,
+        }
         try:
             totals = await self.ingest.store.totals()
         except Exception as exc:  # the status page must answer even when Redis does not
