@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-COMPONENTS = ["reverb-trigger"]
+COMPONENTS = ["pulse", "reverb", "reverb-trigger"]
 STRONG_TOKEN = "Zx9" + "q7Lr2Vt5Kp8Wm3Ny6Bc1Hd4Fg0Js7Ae2"
 
 

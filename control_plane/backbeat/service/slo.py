@@ -125,20 +125,28 @@ class SloTracker(Collector):
 
     def _families(self, status: dict[str, dict[str, Any]]) -> Iterator[GaugeMetricFamily]:
         nan = math.nan
-        specs: tuple[tuple[str, str, Callable[[dict[str, Any]], float]], ...] = (
-            ("backbeat_slo_compliant", "1 when the objective is met, 0 when not, NaN without data",
+        families = (
+            (GaugeMetricFamily("backbeat_slo_compliant",
+                               "1 when the objective is met, 0 when not, NaN without data",
+                               labels=["slo"]),
              lambda e: nan if e["compliant"] is None else float(e["compliant"])),
-            ("backbeat_slo_observed", "The objective's quantile over the recent samples",
+            (GaugeMetricFamily("backbeat_slo_observed",
+                               "The objective's quantile over the recent samples",
+                               labels=["slo"]),
              lambda e: nan if e["observed"] is None else e["observed"]),
-            ("backbeat_slo_objective", "The objective's threshold (same unit as observed)",
+            (GaugeMetricFamily("backbeat_slo_objective",
+                               "The objective's threshold (same unit as observed)",
+                               labels=["slo"]),
              lambda e: e["objective"]),
-            ("backbeat_slo_good_ratio", "Share of recent samples within the threshold",
+            (GaugeMetricFamily("backbeat_slo_good_ratio",
+                               "Share of recent samples within the threshold", labels=["slo"]),
              lambda e: nan if e["good_ratio"] is None else e["good_ratio"]),
-            ("backbeat_slo_samples", "Recent samples the evaluation is based on",
+            (GaugeMetricFamily("backbeat_slo_samples",
+                               "Recent samples the evaluation is based on", labels=["slo"]),
              lambda e: float(e["samples"])),
         )  # fmt: skip
-        for name, documentation, value in specs:
-            family = GaugeMetricFamily(name, documentation, labels=["slo"])
+        value: Callable[[dict[str, Any]], float]
+        for family, value in families:
             for slo, evaluation in status.items():
                 family.add_metric([slo], value(evaluation))
             yield family
