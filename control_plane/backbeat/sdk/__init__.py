@@ -17,6 +17,7 @@ from backbeat.sdk._agent import Agent, BeatStream
 from backbeat.sdk._clock import Clock, SystemClock, VirtualClock
 from backbeat.sdk._metrics import AgentCollector, register_metrics
 from backbeat.sdk._settings import AgentSettings, FrameVerifier
+from backbeat.sdk._slo import SdkSloRecorder, register_slo_metrics
 from backbeat.sdk._types import (
     AgentStats,
     AgentStatus,
@@ -40,8 +41,10 @@ __all__ = [
     "Clock",
     "FrameDrop",
     "FrameVerifier",
+    "SdkSloRecorder",
     "SystemClock",
     "TempoChange",
     "VirtualClock",
     "register_metrics",
+    "register_slo_metrics",
 ]
