@@ -2,14 +2,18 @@
 
 The leader answers from its own state; followers relay the beats they receive (filtered by
 term in the hub) and forward ``SetTempo`` to the leader, or name it in a NOT_LEADER error.
+
+``StreamBeats`` serves hundreds of streams per replica: every event is serialised once
+(``EncodedEvents``) and all streams send the same bytes. The method is therefore registered
+with a pass-through response serialiser (``add_pulse_service``) and yields ``bytes``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import math
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
@@ -19,7 +23,7 @@ from opentelemetry.instrumentation.grpc import aio_client_interceptors
 
 from backbeat.core.messages import BeatFrame
 from backbeat.core.timeline import TempoError, Timeline
-from backbeat.pulse.hub import HistoryGone
+from backbeat.pulse.hub import HistoryGone, HubEvent
 from backbeat.pulse.node import NoQuorumError, NotLeaderError, PulseNode, Role, TempoChange
 from backbeat.pulse.tempo_limit import TempoRateLimited
 from backbeat.service.rpc import BearerAuth, abort_with_reason
@@ -144,15 +148,45 @@ class TempoForwarder:
         self._channels.clear()
 
 
-class PulseServicer(pb_grpc.PulseServiceServicer):
+class EncodedEvents:
+    """Serialised ``StreamBeatsResponse`` per hub event, shared by every stream.
+
+    All streams receive the very same event objects from the hub, so the bytes are cached by
+    identity (the cache holds the event, so its id is not reused while cached). Recent events
+    only: a stream replaying an older backlog serialises those itself, once per stream.
+    """
+
+    def __init__(self, size: int = 64) -> None:
+        self._size = size
+        self._cache: OrderedDict[int, tuple[HubEvent, bytes]] = OrderedDict()
+
+    def encode(self, event: HubEvent) -> bytes:
+        hit = self._cache.get(id(event))
+        if hit is not None and hit[0] is event:
+            return hit[1]
+        if isinstance(event, Timeline):
+            data = pb.StreamBeatsResponse(timeline=timeline_pb(event)).SerializeToString()
+        else:
+            data = pb.StreamBeatsResponse(beat=frame_pb(event)).SerializeToString()
+        self._cache[id(event)] = (event, data)
+        if len(self._cache) > self._size:
+            self._cache.popitem(last=False)
+        return data
+
+
+class PulseServicer:
+    """``backbeat.v1.PulseService``; register with ``add_pulse_service``."""
+
     def __init__(self, node: PulseNode, auth: BearerAuth) -> None:
         self.node = node
         self.auth = auth
         self.forwarder = TempoForwarder()
+        self.encoded = EncodedEvents()
 
     async def StreamBeats(
         self, request: pb.StreamBeatsRequest, context: Context
-    ) -> AsyncIterator[pb.StreamBeatsResponse]:
+    ) -> AsyncIterator[bytes]:
+        """Serialised ``StreamBeatsResponse`` messages (see ``add_pulse_service``)."""
         hub = self.node.hub
         start = request.start_beat if request.start_beat > 0 else None
         interval = (request.progress_interval_ms or DEFAULT_PROGRESS_MS) / 1000.0
@@ -168,15 +202,16 @@ class PulseServicer(pb_grpc.PulseServiceServicer):
             )
         metrics = self.node.metrics
         metrics.stream_subscribers.inc()
+        encoded = self.encoded
         dropped = 0
         try:
             if hub.timeline is not None:
-                yield pb.StreamBeatsResponse(timeline=timeline_pb(hub.timeline))
+                yield encoded.encode(hub.timeline)
             for frame in backlog:
-                yield pb.StreamBeatsResponse(beat=frame_pb(frame))
+                yield encoded.encode(frame)
             while True:
                 try:
-                    event = await asyncio.wait_for(sub.queue.get(), interval)
+                    event = await sub.get(interval)
                 except TimeoutError:
                     yield pb.StreamBeatsResponse(
                         progress=pb.StreamProgress(
@@ -184,7 +219,7 @@ class PulseServicer(pb_grpc.PulseServiceServicer):
                             term=hub.last_term,
                             server_time=timestamp(time.time_ns()),
                         )
-                    )
+                    ).SerializeToString()
                     continue
                 if sub.dropped > dropped:
                     metrics.stream_dropped.inc(sub.dropped - dropped)
@@ -197,10 +232,8 @@ class PulseServicer(pb_grpc.PulseServiceServicer):
                         "this pulse replica is shutting down; reconnect to another replica "
                         f"with start_beat {hub.last_beat + 1}",
                     )
-                if isinstance(event, Timeline):
-                    yield pb.StreamBeatsResponse(timeline=timeline_pb(event))
-                elif start is None or event.beat_index >= start:
-                    yield pb.StreamBeatsResponse(beat=frame_pb(event))
+                if isinstance(event, Timeline) or start is None or event.beat_index >= start:
+                    yield encoded.encode(event)
         finally:
             hub.unsubscribe(sub)
             metrics.stream_subscribers.dec()
@@ -302,6 +335,34 @@ class PulseServicer(pb_grpc.PulseServiceServicer):
         if status.pending is not None:
             out.pending.CopyFrom(timeline_pb(status.pending))
         return out
+
+
+def add_pulse_service(servicer: PulseServicer, server: grpc.aio.Server) -> None:
+    """Register ``servicer`` like the generated ``add_PulseServiceServicer_to_server``, except
+    that ``StreamBeats`` sends the bytes it yields as they are (no response serialiser)."""
+    handlers = {
+        "StreamBeats": grpc.unary_stream_rpc_method_handler(
+            servicer.StreamBeats,
+            request_deserializer=pb.StreamBeatsRequest.FromString,
+            response_serializer=None,
+        ),
+        "SetTempo": grpc.unary_unary_rpc_method_handler(
+            servicer.SetTempo,
+            request_deserializer=pb.SetTempoRequest.FromString,
+            response_serializer=pb.SetTempoResponse.SerializeToString,
+        ),
+        "GetStatus": grpc.unary_unary_rpc_method_handler(
+            servicer.GetStatus,
+            request_deserializer=pb.GetStatusRequest.FromString,
+            response_serializer=pb.GetStatusResponse.SerializeToString,
+        ),
+        "GetTimeline": grpc.unary_unary_rpc_method_handler(
+            servicer.GetTimeline,
+            request_deserializer=pb.GetTimelineRequest.FromString,
+            response_serializer=pb.GetTimelineResponse.SerializeToString,
+        ),
+    }
+    server.add_registered_method_handlers(SERVICE_NAME, handlers)  # type: ignore[attr-defined]
 
 
 def _status_of(error: grpc.aio.AioRpcError) -> grpc.Status:

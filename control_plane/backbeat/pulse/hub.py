@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from dataclasses import dataclass
 
 from backbeat.core.messages import BeatFrame
 from backbeat.core.timeline import Timeline
@@ -32,10 +31,64 @@ class HistoryGone(LookupError):
         self.oldest = oldest
 
 
-@dataclass(slots=True, eq=False)  # identity semantics: kept in a set
 class Subscription:
-    queue: asyncio.Queue[HubEvent | None]
-    dropped: int = 0
+    """One subscriber's bounded queue of events; ``None`` ends the stream.
+
+    A deque and one waiter future instead of ``asyncio.Queue`` + ``asyncio.wait_for``: with
+    hundreds of streams every beat wakes each of them, and ``wait_for`` creates a task and a
+    timer per call. Here a wake-up is one ``set_result`` and a wait is one timer handle.
+    Identity semantics (kept in a set).
+    """
+
+    __slots__ = ("_events", "_limit", "_waiter", "dropped")
+
+    def __init__(self, limit: int = SUBSCRIBER_QUEUE) -> None:
+        self._events: deque[HubEvent | None] = deque()
+        self._limit = limit
+        self._waiter: asyncio.Future[None] | None = None
+        #: Events dropped because the subscriber fell ``limit`` events behind.
+        self.dropped = 0
+
+    def put(self, event: HubEvent) -> None:
+        if len(self._events) >= self._limit:
+            self.dropped += 1
+            return
+        self._events.append(event)
+        self._wake()
+
+    def end(self) -> None:
+        """Queue the end-of-stream marker, making room for it if needed: ending the stream
+        matters more than one more beat."""
+        if len(self._events) >= self._limit:
+            self._events.popleft()
+            self.dropped += 1
+        self._events.append(None)
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def get(self, timeout_s: float) -> HubEvent | None:
+        """The next event (None: the stream ends). Raises TimeoutError after ``timeout_s``."""
+        if not self._events:
+            loop = asyncio.get_running_loop()
+            waiter = self._waiter = loop.create_future()
+            timer = loop.call_later(timeout_s, _expire, waiter)
+            try:
+                await waiter
+            finally:
+                timer.cancel()
+                self._waiter = None
+            if not self._events:
+                raise TimeoutError
+        return self._events.popleft()
+
+
+def _expire(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 class BeatHub:
@@ -76,10 +129,7 @@ class BeatHub:
 
     def _fan_out(self, event: HubEvent) -> None:
         for sub in self._subs:
-            try:
-                sub.queue.put_nowait(event)
-            except asyncio.QueueFull:
-                sub.dropped += 1
+            sub.put(event)
 
     def subscribe(self, start_beat: int | None) -> tuple[Subscription, list[BeatFrame]]:
         """A live subscription plus the retained frames from ``start_beat`` on (inclusive).
@@ -93,7 +143,7 @@ class BeatHub:
             if oldest is None or start_beat < oldest:
                 raise HistoryGone(start_beat, oldest if oldest is not None else self.last_beat + 1)
             backlog = [f for f in self._history if f.beat_index >= start_beat]
-        sub = Subscription(asyncio.Queue(SUBSCRIBER_QUEUE))
+        sub = Subscription(SUBSCRIBER_QUEUE)
         self._subs.add(sub)
         return sub, backlog
 
@@ -103,12 +153,7 @@ class BeatHub:
     def close_all(self) -> None:
         """Wake every subscriber with an end-of-stream marker."""
         for sub in self._subs:
-            try:
-                sub.queue.put_nowait(None)
-            except asyncio.QueueFull:
-                # make room: ending the stream matters more than one more beat
-                sub.queue.get_nowait()
-                sub.queue.put_nowait(None)
+            sub.end()
 
     @property
     def subscribers(self) -> int:

@@ -58,7 +58,12 @@ from backbeat.pulse.redlock import (
     make_token,
     parse_token,
 )
-from backbeat.pulse.scheduler import build_frame, next_renewal_ns, sleep_until_ns
+from backbeat.pulse.scheduler import (
+    build_frame,
+    collections_deferred,
+    next_renewal_ns,
+    sleep_until_ns,
+)
 from backbeat.pulse.settings import PulseSettings
 from backbeat.pulse.state import TimelineRecord
 from backbeat.pulse.tempo_limit import TempoRateLimiter
@@ -486,89 +491,91 @@ class PulseNode:
             due = timeline.beat_time_ns(n)
             lead_ns = int(min(self.settings.commit_lead_ms * 1e6, timeline.period_ns / 3))
             await self._sleep_until_or_stop(due - lead_ns)
-            if self._closing and self.role is not Role.LEADER:
-                return _StopLeading.HANDOFF, n
-            if not degraded and not self._lease_covers(due):
-                if self._renew_outcome is ExtendOutcome.LOST:
+            # From the reservation to the publication nothing but the beat may take time.
+            with collections_deferred():
+                if self._closing and self.role is not Role.LEADER:
+                    return _StopLeading.HANDOFF, n
+                if not degraded and not self._lease_covers(due):
+                    if self._renew_outcome is ExtendOutcome.LOST:
+                        return _StopLeading.LOST, n
+                    return _StopLeading.NO_QUORUM, n
+                promoted = record.promoted(n)
+                if promoted is not record:
+                    promoted = self._next_ramp_step(promoted, n)
+                hlc = self.clock.now()
+                flagged = degraded
+                if degraded and self._newer_term_seen:
                     return _StopLeading.LOST, n
-                return _StopLeading.NO_QUORUM, n
-            promoted = record.promoted(n)
-            if promoted is not record:
-                promoted = self._next_ramp_step(promoted, n)
-            hlc = self.clock.now()
-            flagged = degraded
-            if degraded and self._newer_term_seen:
-                return _StopLeading.LOST, n
-            if degraded:
-                # Without a quorum a write may wait for timeouts: never let it delay the beat.
-                if degraded_write is not None and degraded_write.done():
-                    back = self._degraded_write_outcome(degraded_write)
-                    if back is not None:
-                        return back, n
-                    degraded_write = None
-                if degraded_write is None:
-                    degraded_write = asyncio.ensure_future(
-                        self.store.write(
-                            self.term,
-                            beat=n,
-                            hlc=hlc,
-                            timelines=promoted if promoted is not record else None,
-                            emitted=previous,
+                if degraded:
+                    # Without a quorum a write may wait for timeouts: never let it delay the beat.
+                    if degraded_write is not None and degraded_write.done():
+                        back = self._degraded_write_outcome(degraded_write)
+                        if back is not None:
+                            return back, n
+                        degraded_write = None
+                    if degraded_write is None:
+                        degraded_write = asyncio.ensure_future(
+                            self.store.write(
+                                self.term,
+                                beat=n,
+                                hlc=hlc,
+                                timelines=promoted if promoted is not record else None,
+                                emitted=previous,
+                            )
                         )
-                    )
-                    previous = None
-            else:
-                result = await self.store.write(
-                    self.term,
-                    beat=n,
-                    hlc=hlc,
-                    timelines=promoted if promoted is not record else None,
-                    emitted=previous,
-                )
-                self.redis_reachable = result.answered
-                self.metrics.redis_reachable.set(result.answered)
-                previous = None
-                if result.outcome is WriteOutcome.FENCED:
-                    self.metrics.fenced_writes.inc()
-                    self._log.warning(
-                        "%s: beat %d refused: term %d < %d; stepping down",
-                        self.node_id,
-                        n,
+                        previous = None
+                else:
+                    result = await self.store.write(
                         self.term,
-                        result.newer_term,
-                        term=self.term,
-                        beat_index=n,
+                        beat=n,
+                        hlc=hlc,
+                        timelines=promoted if promoted is not record else None,
+                        emitted=previous,
                     )
+                    self.redis_reachable = result.answered
+                    self.metrics.redis_reachable.set(result.answered)
+                    previous = None
+                    if result.outcome is WriteOutcome.FENCED:
+                        self.metrics.fenced_writes.inc()
+                        self._log.warning(
+                            "%s: beat %d refused: term %d < %d; stepping down",
+                            self.node_id,
+                            n,
+                            self.term,
+                            result.newer_term,
+                            term=self.term,
+                            beat_index=n,
+                        )
+                        return _StopLeading.LOST, n
+                    flagged = result.outcome is WriteOutcome.NO_QUORUM
+                self._reserved_beat = max(self._reserved_beat, n)
+                if promoted is not record:
+                    self.timelines = promoted
+                    await self._announce_timeline(promoted)
+                if time.time_ns() > due + timeline.period_ns / 2:
+                    # Reserving took too long (overload): skip rather than emit a stale beat.
+                    n = next_beat_after(promoted, time.time_ns())
+                    continue
+                emitted_ns = await sleep_until_ns(due, spin_ns=spin_ns)
+                if degraded and self._newer_term_seen:
                     return _StopLeading.LOST, n
-                flagged = result.outcome is WriteOutcome.NO_QUORUM
-            self._reserved_beat = max(self._reserved_beat, n)
-            if promoted is not record:
-                self.timelines = promoted
-                await self._announce_timeline(promoted)
-            if time.time_ns() > due + timeline.period_ns / 2:
-                # Reserving took too long (overload): skip rather than emit a stale beat.
-                n = next_beat_after(promoted, time.time_ns())
-                continue
-            emitted_ns = await sleep_until_ns(due, spin_ns=spin_ns)
-            if degraded and self._newer_term_seen:
-                return _StopLeading.LOST, n
-            if not degraded and not self._lease_covers(emitted_ns):
-                return (
-                    _StopLeading.LOST
-                    if self._renew_outcome is ExtendOutcome.LOST
-                    else _StopLeading.NO_QUORUM
-                ), n
-            frame = build_frame(
-                timeline, n, hlc=hlc, term=self.term, degraded=flagged, emitted_ns=emitted_ns
-            )
-            await self._emit(frame)
-            drift_ns = emitted_ns - due
-            self.metrics.jitter.observe(drift_ns / 1e9)
-            if self.on_emitted is not None:
-                self.on_emitted(drift_ns / 1e9)
-            if flagged:
-                self.metrics.degraded_beats.inc()
-            previous = EmittedBeat(frame.window_id, flagged, drift_ns // 1000)
+                if not degraded and not self._lease_covers(emitted_ns):
+                    return (
+                        _StopLeading.LOST
+                        if self._renew_outcome is ExtendOutcome.LOST
+                        else _StopLeading.NO_QUORUM
+                    ), n
+                frame = build_frame(
+                    timeline, n, hlc=hlc, term=self.term, degraded=flagged, emitted_ns=emitted_ns
+                )
+                await self._emit(frame)
+                drift_ns = emitted_ns - due
+                self.metrics.jitter.observe(drift_ns / 1e9)
+                if self.on_emitted is not None:
+                    self.on_emitted(drift_ns / 1e9)
+                if flagged:
+                    self.metrics.degraded_beats.inc()
+                previous = EmittedBeat(frame.window_id, flagged, drift_ns // 1000)
             n += 1
             if self._handoff.is_set() and not degraded:
                 await self._step_down(previous)
@@ -639,6 +646,9 @@ class PulseNode:
                 window_id=frame.window_id,
             )
         self._last_emitted = frame.beat_index
+        # nats-py hands the bytes to its flusher task: let it write them to the socket now,
+        # before the fan-out to (possibly hundreds of) gRPC streams below wakes them all.
+        await asyncio.sleep(0)
         self.hub.offer(frame)
         self.metrics.beats.inc()
 

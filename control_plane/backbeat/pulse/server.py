@@ -24,6 +24,7 @@ from backbeat.pulse.grpc_service import (
     SERVICE_NAME,
     PulseServicer,
     TempoRequestError,
+    add_pulse_service,
     apply_tempo,
 )
 from backbeat.pulse.node import NoQuorumError, NotLeaderError, PulseNode, Role, TempoChange
@@ -40,7 +41,6 @@ from backbeat.service.rpc import BearerAuth, GrpcServer, TokenSource
 from backbeat.service.slo import JITTER, SloTracker
 from backbeat.service.tls import TlsSettings
 from backbeat.v1 import pulse_service_pb2 as pb
-from backbeat.v1 import pulse_service_pb2_grpc as pb_grpc
 
 #: Targets reported next to the measured figures on /api/v1/status.
 SEED_JITTER_P95_S = 0.020
@@ -113,7 +113,7 @@ class PulseServer:
         self.servicer = PulseServicer(self.node, self.auth)
         if self.tls.enabled:
             self.servicer.forwarder.credentials = self.tls.channel_credentials()
-        self.grpc.register(pb_grpc.add_PulseServiceServicer_to_server, self.servicer, SERVICE_NAME)
+        self.grpc.register(add_pulse_service, self.servicer, SERVICE_NAME)
         #: The seed's jitter objective (p95 <= 20 ms), as backbeat_slo_* and in the status.
         self.slo = SloTracker([JITTER], registry=self.node.metrics.registry)
         self._rotator_factory = rotator
