@@ -151,11 +151,14 @@ def test_slo_ratio_buckets_exist_in_the_code() -> None:
     used = {
         (name, float(le))
         for rule in rules()
-        for name, le in re.findall(r'(backbeat_[a-z0-9_]+)_bucket\{le="([0-9.]+)"\}', rule["expr"])
+        for name, le in re.findall(
+            r'(backbeat_[a-z0-9_]+)_bucket\{[^}]*\ble="([0-9.]+)"', rule["expr"]
+        )
     }
     assert {name for name, _ in used} >= {
         "backbeat_pulse_jitter_seconds",
         "backbeat_reverb_window_processing_seconds",
+        "backbeat_sdk_beat_delivery_seconds",
     }
     for name, le in used:
         buckets = definitions[name].buckets if name in definitions else None
