@@ -54,12 +54,13 @@ def redis_factory() -> Iterator[Callable[..., RedisServer]]:
 
 
 @pytest.fixture
-def nats_factory() -> Iterator[Callable[[], NatsServer]]:
-    """Start private NATS servers with JetStream; all are stopped after the test."""
+def nats_factory() -> Iterator[Callable[..., NatsServer]]:
+    """Start private NATS servers with JetStream (``user=``/``password=`` to require auth);
+    all are stopped after the test."""
     started: list[NatsServer] = []
 
-    def start() -> NatsServer:
-        server = NatsServer()
+    def start(*, user: str | None = None, password: str | None = None) -> NatsServer:
+        server = NatsServer(user=user, password=password)
         started.append(server)
         server.start()
         return server

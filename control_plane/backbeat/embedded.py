@@ -241,18 +241,31 @@ class NatsServer(ServerProcess):
 
     kind = "nats"
 
-    def __init__(self, port: int | None = None, data_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        port: int | None = None,
+        data_dir: Path | None = None,
+        *,
+        user: str | None = None,
+        password: str | None = None,
+    ) -> None:
         super().__init__(port, data_dir)
         self.binary = nats_binary()
+        #: With both set, clients must authenticate (``--user``/``--pass``).
+        self.user = user
+        self.password = password
 
     def argv(self) -> Sequence[str]:
-        return [
+        args = [
             self.binary,
             "-a", "127.0.0.1",
             "-p", str(self.port),
             "-js",
             "-sd", str(self.data_dir / "jetstream"),
         ]  # fmt: skip
+        if self.user and self.password:
+            args += ["--user", self.user, "--pass", self.password]
+        return args
 
     def _ready(self) -> bool:
         with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
@@ -260,6 +273,13 @@ class NatsServer(ServerProcess):
 
     @property
     def url(self) -> str:
+        """The server's URL, with the credentials when it requires them."""
+        auth = f"{self.user}:{self.password}@" if self.user and self.password else ""
+        return f"nats://{auth}127.0.0.1:{self.port}"
+
+    @property
+    def bare_url(self) -> str:
+        """The URL without credentials."""
         return f"nats://127.0.0.1:{self.port}"
 
 
