@@ -82,7 +82,7 @@ fi
 compgen -G "$TF_PLUGIN_DIR/registry.terraform.io/hashicorp/aws/*/*/terraform-provider-aws*" >/dev/null ||
   fail "BACKBEAT_TF_PLUGIN_DIR=$TF_PLUGIN_DIR holds no registry.terraform.io/hashicorp/aws provider."
 echo "provider folder: $TF_PLUGIN_DIR"
-terraform version | head -n 1
+terraform version | sed -n 1p  # sed reads to the end: no SIGPIPE under pipefail
 
 step "terraform fmt -check -recursive $TF_ROOT"
 terraform fmt -check -recursive -diff "$TF_ROOT"
