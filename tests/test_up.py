@@ -101,6 +101,14 @@ def test_up_shows_beats_reports_and_tempo_change_then_stops_cleanly(tmp_path: Pa
         assert int(switch[1]) == effective
         assert effective % 4 == 0  # a downbeat: bars of 4 beats from beat 0
 
+        unauthenticated = subprocess.run(
+            [sys.executable, "-m", "backbeat.cli", "tempo", "132", "--pulse", pulse[1]],
+            capture_output=True, text=True, env={**env, "BACKBEAT_API_TOKEN": ""}, timeout=30,
+            check=False,
+        )  # fmt: skip
+        assert unauthenticated.returncode == 2
+        assert "UNAUTHENTICATED" in unauthenticated.stdout
+
         refused = subprocess.run(
             [sys.executable, "-m", "backbeat.cli", "tempo", "200", "--pulse", pulse[1],
              "--token", TOKEN],

@@ -1,9 +1,9 @@
 // BACKBEAT from Node.js: stream beats, change the tempo, submit a claim, print a bar report.
 //
-//   PULSE_ADDR=127.0.0.1:50051 REVERB_ADDR=127.0.0.1:50061 BACKBEAT_TOKEN=... node client.js
+//   PULSE_ADDR=127.0.0.1:50051 REVERB_ADDR=127.0.0.1:50061 BACKBEAT_API_TOKEN=... node client.js
 //
 // Environment: PULSE_ADDR (required), REVERB_ADDR (claims and the bar report; skipped when
-// unset), BACKBEAT_TOKEN (bearer token for SetTempo), BEATS (beats to stream, default 8),
+// unset), BACKBEAT_API_TOKEN (bearer token for SetTempo), BEATS (beats to stream, default 8),
 // TEMPO_STEP (relative tempo change, default 0.05 = +5 %; 0 skips it), REPORT_TIMEOUT_MS.
 "use strict";
 
@@ -34,7 +34,7 @@ const v1 = grpc.loadPackageDefinition(definition).backbeat.v1;
 const env = process.env;
 const pulseAddr = env.PULSE_ADDR;
 const reverbAddr = env.REVERB_ADDR || "";
-const token = env.BACKBEAT_TOKEN || "";
+const token = env.BACKBEAT_API_TOKEN || "";
 const beatsWanted = Number(env.BEATS || 8);
 const tempoStep = Number(env.TEMPO_STEP ?? 0.05);
 const reportTimeoutMs = Number(env.REPORT_TIMEOUT_MS || 15000);

@@ -67,7 +67,7 @@ async def test_node_client_streams_beats_and_changes_tempo(
 ) -> None:
     await wait_for_leader([pulse])
     assert NODE is not None
-    env = dict(os.environ, PULSE_ADDR=pulse.grpc_address, BACKBEAT_TOKEN=TOKEN, BEATS="6")
+    env = dict(os.environ, PULSE_ADDR=pulse.grpc_address, BACKBEAT_API_TOKEN=TOKEN, BEATS="6")
     env.pop("REVERB_ADDR", None)
     proc = await asyncio.create_subprocess_exec(
         NODE, "client.js", cwd=EXAMPLE, env=env,
@@ -112,7 +112,7 @@ async def test_node_client_submits_a_claim_and_prints_its_bar_report(
         trigger.start(timeout=30)
         env = dict(
             os.environ, PULSE_ADDR=pulse.grpc_address, REVERB_ADDR=f"127.0.0.1:{reverb_grpc}",
-            BACKBEAT_TOKEN=TOKEN, BEATS="4",
+            BACKBEAT_API_TOKEN=TOKEN, BEATS="4",
         )  # fmt: skip
         proc = await asyncio.create_subprocess_exec(
             NODE, "client.js", cwd=EXAMPLE, env=env,

@@ -16,11 +16,12 @@ from rich.table import Table
 
 from backbeat.agentsim.model import Behaviour
 from backbeat.agentsim.simulator import SimResult, SimSettings, Simulation
+from backbeat.core.subjects import default_cluster_id
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--cluster", default=os.environ.get("BACKBEAT_CLUSTER", "default"), help="cluster id"
+        "--cluster", default=default_cluster_id(), help="cluster id (env BACKBEAT_CLUSTER)"
     )
     parser.add_argument(
         "--nats", default=os.environ.get("NATS_URL", "nats://127.0.0.1:4222"), help="NATS URL"

@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import re
+
+#: The cluster a component serves when neither --cluster nor BACKBEAT_CLUSTER says otherwise.
+DEFAULT_CLUSTER_ID = "local"
+
+
+def default_cluster_id() -> str:
+    """``BACKBEAT_CLUSTER`` when set, else ``local`` (what `backbeat up` runs)."""
+    return os.environ.get("BACKBEAT_CLUSTER") or DEFAULT_CLUSTER_ID
+
 
 _CLUSTER_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 

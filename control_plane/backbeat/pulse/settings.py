@@ -6,13 +6,13 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from backbeat.core.subjects import check_cluster_id
+from backbeat.core.subjects import check_cluster_id, default_cluster_id
 from backbeat.core.timeline import validate_tempo
 
 
 @dataclass(frozen=True, slots=True)
 class PulseSettings:
-    cluster_id: str = "backbeat-dev"
+    cluster_id: str = field(default_factory=default_cluster_id)
     node_id: str = "pulse-1"
     redis_urls: tuple[str, ...] = ("redis://127.0.0.1:6379/0",)
     nats_url: str = "nats://127.0.0.1:4222"
@@ -76,7 +76,7 @@ class PulseSettings:
             ("nats_url", "NATS_URL"),
             ("log_level", "LOG_LEVEL"),
             ("environment", "BACKBEAT_ENV"),
-            ("token", "BACKBEAT_TOKEN"),
+            ("token", "BACKBEAT_API_TOKEN"),
         ):
             if os.environ.get(env):
                 out[name] = os.environ[env]

@@ -16,6 +16,7 @@ from aiohttp import web
 from backbeat.core.claims import DEFAULT_LIMITS, ClaimLimits
 from backbeat.core.messages import BarReport, CodecError
 from backbeat.core.signing import KeyringProvider, claim_signature_check
+from backbeat.core.subjects import default_cluster_id
 from backbeat.reverb.grpc_service import SERVICE_NAME, ReverbServicer, ensure_bar_stream
 from backbeat.reverb.ingest import ClaimIngest, IngestSettings
 from backbeat.reverb.store import StoreSettings, WindowDetail
@@ -28,7 +29,7 @@ from backbeat.v1 import reverb_service_pb2_grpc as pb_grpc
 
 @dataclass(frozen=True, slots=True)
 class ReverbSettings:
-    cluster_id: str = "backbeat"
+    cluster_id: str = field(default_factory=default_cluster_id)
     node_id: str = "reverb-1"
     nats_url: str = "nats://127.0.0.1:4222"
     redis_url: str = "redis://127.0.0.1:6379/0"

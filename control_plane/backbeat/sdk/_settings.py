@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from backbeat.core.messages import BeatFrame
 from backbeat.core.signing import Keyring, Verification
-from backbeat.core.subjects import check_cluster_id
+from backbeat.core.subjects import DEFAULT_CLUSTER_ID, check_cluster_id
 
 #: Decides whether a received frame is genuine (``backbeat.core.signing.frame_verifier``).
 FrameVerifier = Callable[[BeatFrame], Verification]
@@ -79,17 +79,17 @@ class AgentSettings:
         cls, agent_id: str, *, env: Mapping[str, str] | None = None, **overrides: object
     ) -> AgentSettings:
         """From ``BACKBEAT_CLUSTER``, ``NATS_URL``, ``BACKBEAT_PULSE_TARGETS`` (comma separated),
-        ``BACKBEAT_REVERB_TARGET`` and ``BACKBEAT_TOKEN``; keyword arguments win."""
+        ``BACKBEAT_REVERB_TARGET`` and ``BACKBEAT_API_TOKEN``; keyword arguments win."""
         env = os.environ if env is None else env
         values: dict[str, object] = {
-            "cluster_id": env.get("BACKBEAT_CLUSTER", "default"),
+            "cluster_id": env.get("BACKBEAT_CLUSTER") or DEFAULT_CLUSTER_ID,
             "agent_id": agent_id,
             "nats_url": env.get("NATS_URL") or None,
             "pulse_targets": tuple(
                 t.strip() for t in env.get("BACKBEAT_PULSE_TARGETS", "").split(",") if t.strip()
             ),
             "reverb_target": env.get("BACKBEAT_REVERB_TARGET") or None,
-            "token": env.get("BACKBEAT_TOKEN") or None,
+            "token": env.get("BACKBEAT_API_TOKEN") or None,
         }
         values.update(overrides)
         return cls(**values)  # type: ignore[arg-type]

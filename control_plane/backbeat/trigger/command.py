@@ -10,7 +10,8 @@ from dataclasses import replace
 
 from aiohttp import web
 
-from backbeat.core.subjects import check_cluster_id
+from backbeat.core.subjects import check_cluster_id, default_cluster_id
+from backbeat.ports import TRIGGER_ADMIN_PORT
 from backbeat.secrets import SecretError, UnsafeConfiguration, open_component_secrets
 from backbeat.service import AdminServer, ShutdownSignal, configure_logging, get_logger, masked
 from backbeat.service.admin import json_response
@@ -25,8 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     d = TriggerSettings("x")
     parser.add_argument(
         "--cluster",
-        default=env_default("BACKBEAT_CLUSTER", "dev"),
-        help="cluster id (env BACKBEAT_CLUSTER; default dev)",
+        default=default_cluster_id(),
+        help="cluster id (env BACKBEAT_CLUSTER; default local)",
     )
     parser.add_argument(
         "--nats", default=env_default("NATS_URL", d.nats_url), help="NATS URL (env NATS_URL)"
@@ -95,7 +96,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--admin-host", default="127.0.0.1")
     parser.add_argument(
-        "--admin-port", type=int, default=8084, help="/health, /ready, /metrics (0: any free port)"
+        "--admin-port",
+        type=int,
+        default=TRIGGER_ADMIN_PORT,
+        help="/health, /ready, /metrics (0: any free port)",
     )
     parser.add_argument("--log-level", default=None, help="debug|info|warn|error (env LOG_LEVEL)")
     add_tls_arguments(parser)
