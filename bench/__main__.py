@@ -17,7 +17,8 @@ import sys
 import time
 from pathlib import Path
 
-from bench.result import Result, render_markdown
+from bench.plots import render
+from bench.result import SERIES, Result, render_markdown
 
 HERE = Path(__file__).resolve().parent
 
@@ -60,8 +61,13 @@ def main() -> int:
     (args.out / "results.json").write_text(
         json.dumps({"meta": meta, "results": [r.to_dict() for r in results]}, indent=2) + "\n"
     )
-    (args.out / "results.md").write_text(render_markdown(results, meta))
-    print(f"wrote {args.out / 'results.md'} and results.json")
+    (args.out / "series.json").write_text(json.dumps([s.to_dict() for s in SERIES]) + "\n")
+    charts = render(SERIES, args.out)
+    markdown = render_markdown(results, meta)
+    if charts:
+        markdown += "\n## Charts\n\n" + "".join(f"![{p.stem}]({p.name})\n\n" for p in charts)
+    (args.out / "results.md").write_text(markdown)
+    print(f"wrote {args.out / 'results.md'}, results.json, series.json and {len(charts)} chart(s)")
     if failed:
         print(f"failed benchmarks: {failed}", file=sys.stderr)
         return 1

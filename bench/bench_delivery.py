@@ -34,7 +34,7 @@ from backbeat.core.messages import BeatFrame
 from backbeat.v1 import pulse_service_pb2 as pb
 from backbeat.v1 import pulse_service_pb2_grpc as pb_grpc
 from bench.pulse_cluster import log_dir, pulse_process, quantile, servers
-from bench.result import Result
+from bench.result import Result, record_series
 
 NATS_SUBSCRIBERS = 1000
 GRPC_STREAMS = 500
@@ -332,6 +332,9 @@ def run(quick: bool) -> list[Result]:
         values = [sample[since] / 1e6 for sample in samples]
         base_ms = [sample[1] / 1e6 for sample in base]
         start = "scheduled" if since == 1 else "emitted"
+        if since == 1:
+            record_series("delivery", name, "ms", values)
+            record_series("delivery", base_name, "ms", base_ms)
         for label, q in (("p50", 0.5), ("p99", 0.99)):
             results.append(
                 Result(

@@ -21,7 +21,7 @@ from backbeat.core import subjects
 from backbeat.core.messages import BeatFrame
 from backbeat.processes import ComponentProcess
 from bench.pulse_cluster import log_dir, pulse_process, quantile, servers, status
-from bench.result import Result
+from bench.result import Result, record_series
 
 TEMPO = 120.0
 PERIOD_MS = 60_000 / TEMPO
@@ -104,6 +104,7 @@ def run(quick: bool) -> list[Result]:
         measured = asyncio.run(_trials(kind, trials))
         gaps = [g for g, _ in measured]
         missed = sum(m for _, m in measured)
+        record_series("failover", label, "ms", gaps)
         for q_label, q in (("p50", 0.5), ("max", 1.0)):
             results.append(
                 Result(

@@ -21,7 +21,7 @@ from backbeat.pulse.publisher import BeatPublisher
 from backbeat.pulse.redis_masters import RedisMasters
 from backbeat.pulse.scheduler import build_frame, sleep_until_ns
 from bench.pulse_cluster import quantile, servers
-from bench.result import Result
+from bench.result import Result, record_series
 
 
 async def _naive(period_s: float, seconds: float) -> list[float]:
@@ -97,6 +97,8 @@ def _results(
     hz: int, pulse: list[float], naive: list[float], seconds: float, what: str
 ) -> list[Result]:
     early = sum(1 for s in pulse if s < 0)
+    record_series("jitter", f"pulse, {hz} Hz", "ms", [abs(s) * 1e3 for s in pulse])
+    record_series("jitter", f"asyncio.sleep loop, {hz} Hz", "ms", [abs(s) * 1e3 for s in naive])
     naive_drift = naive[-1] * 1e3 if naive else 0.0
     out = []
     for label, q in (("p50", 0.5), ("p99", 0.99), ("max", 1.0)):

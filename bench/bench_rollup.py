@@ -23,7 +23,7 @@ from backbeat.core.messages import StatusClaim
 from backbeat.core.timeline import Timeline
 from backbeat.embedded import NatsServer, RedisServer
 from backbeat.reverb.store import WindowStore
-from bench.result import Result
+from bench.result import Result, record_series
 from reverb_rollup import InProcessRollup, RollupEvent
 
 CLUSTER = "bench-rollup"
@@ -93,6 +93,8 @@ async def _measure(quick: bool) -> list[Result]:
                         if attempt:
                             rollup_ms.append(elapsed_ms)
                             xrange_ms.append(read_ms)
+                    record_series("rollup", "rollup", "ms", rollup_ms, x=size)
+                    record_series("rollup", "XRANGE of the raw claims", "ms", xrange_ms, x=size)
                     for name, q in (("p50", 0.5), ("p99", 0.99)):
                         results.append(
                             Result(

@@ -18,7 +18,7 @@ from backbeat.core.messages import BeatFrame
 from backbeat.core.timeline import Timeline
 from backbeat.embedded import NatsServer
 from backbeat.sdk import Agent, AgentSettings, Beat, BeatSource
-from bench.result import Result
+from bench.result import Result, record_series
 from bench.sdk_support import GridPublisher
 
 TEMPO = 240.0
@@ -72,6 +72,8 @@ def run(quick: bool) -> list[Result]:
     for agents in (1000, 5000):
         delivered, raw, local = asyncio.run(_measure(agents, seconds))
         beats = len(raw)
+        record_series("delivery", f"SDK callback, {agents:,} agents", "ms", list(delivered))
+        record_series("delivery", f"raw NATS ({agents:,} agents run)", "ms", list(raw))
         note = f"{beats} beats at {TEMPO:g} BPM, {local} from the local timeline; one subscription"
         for q, name in ((0.5, "p50"), (0.99, "p99")):
             results.append(

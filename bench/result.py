@@ -55,3 +55,32 @@ def render_markdown(results: list[Result], meta: dict[str, Any]) -> str:
             f"{r.baseline_value:.4g} {r.unit} | ×{r.ratio:.3g} | {r.target} | {r.notes} |"
         )
     return "\n".join(lines) + "\n"
+
+
+@dataclass(frozen=True, slots=True)
+class Series:
+    """Raw samples behind a figure, for the charts ``make bench`` renders (bench/plots.py).
+
+    ``chart`` names the chart the series belongs to; ``x`` places it on a numeric axis where
+    the chart has one (window size for rollup latency).
+    """
+
+    chart: str
+    label: str
+    unit: str
+    values: tuple[float, ...]
+    x: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+#: Series recorded by the benchmarks of this run (read by the runner after each benchmark).
+SERIES: list[Series] = []
+
+
+def record_series(
+    chart: str, label: str, unit: str, values: list[float], x: float | None = None
+) -> None:
+    """Keep ``values`` for the chart ``chart`` (jitter, delivery, rollup, failover)."""
+    SERIES.append(Series(chart, label, unit, tuple(values), x))
