@@ -10,6 +10,7 @@ beat is due, when its last beat is almost a period old).
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import time
 from collections.abc import Callable
@@ -115,7 +116,10 @@ def run(quick: bool) -> list[Result]:
                     baseline_name="beat period (no failure)",
                     baseline_value=PERIOD_MS,
                     target=target,
-                    notes=f"{len(measured)} trials, TTL {TTL_MS} ms, {missed} beats missed in all",
+                    notes=(
+                        f"{len(measured)} trials, TTL {TTL_MS} ms, {missed} beats missed in all; "
+                        f"load {os.getloadavg()[0]:.1f}"
+                    ),
                 )
             )
     return results

@@ -4,13 +4,18 @@ measured in the same run.
 * 2 Hz: a real pulse leader (``PulseNode``, 120 BPM) against Redis x3 and NATS.
 * 20 Hz: 1200 BPM is beyond the tempo bounds (20–300 BPM), so this runs the leader's emission
   path itself at 20 Hz: the fenced reservation on Redis x3 ``commit_lead`` before each beat,
-  ``sleep_until_ns`` (sleep, then spin) to the deadline, frame construction and NATS publish.
+  ``sleep_until_ns`` (sleep, then spin) to the deadline, frame construction and NATS publish,
+  with garbage collection deferred over that stretch.
+
+The 1-minute load average is noted next to each figure: on a shared machine the figures say
+more about the scheduler than about the pulse (see docs/pulse.md, Benchmarks).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 
 from backbeat.core.hlc import HybridLogicalClock
@@ -19,7 +24,7 @@ from backbeat.pulse import PulseNode, PulseSettings
 from backbeat.pulse.fencing import FencedStore
 from backbeat.pulse.publisher import BeatPublisher
 from backbeat.pulse.redis_masters import RedisMasters
-from backbeat.pulse.scheduler import build_frame, sleep_until_ns
+from backbeat.pulse.scheduler import build_frame, collections_deferred, sleep_until_ns
 from bench.pulse_cluster import quantile, servers
 from bench.result import Result, record_series
 
@@ -81,11 +86,14 @@ async def _emission_path(
             remaining = (due - lead_ns - time.time_ns()) / 1e9
             if remaining > 0:
                 await asyncio.sleep(remaining)
-            hlc = clock.now()
-            await store.write(term, beat=k, hlc=hlc)
-            emitted = await sleep_until_ns(due)
-            frame = build_frame(framing, k, hlc=hlc, term=term, degraded=False, emitted_ns=emitted)
-            await publisher.publish_beat(frame, frame.encode())
+            with collections_deferred():  # as the leader does, from reservation to publication
+                hlc = clock.now()
+                await store.write(term, beat=k, hlc=hlc)
+                emitted = await sleep_until_ns(due)
+                frame = build_frame(
+                    framing, k, hlc=hlc, term=term, degraded=False, emitted_ns=emitted
+                )
+                await publisher.publish_beat(frame, frame.encode())
             samples.append((emitted - due) / 1e9)
     finally:
         await publisher.close()
@@ -113,7 +121,8 @@ def _results(
                 target="p99 ≤ 1 ms, never early" if label == "p99" else "",
                 notes=(
                     f"{what}; {len(pulse)} beats over {seconds:g} s; {early} early; "
-                    f"naive loop drifted {naive_drift:.1f} ms by its end"
+                    f"naive loop drifted {naive_drift:.1f} ms by its end; "
+                    f"load {os.getloadavg()[0]:.1f}"
                 ),
             )
         )
