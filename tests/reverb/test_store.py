@@ -244,3 +244,40 @@ async def test_mark_reported_keeps_report_and_starts_retention(
     # A late claim for the reported window expires with it.
     assert await _append(store, tl, 9, [make_claim("b", "t", 2)]) == "l"
     assert await redis_client.pttl(keys.window_dedupe(cluster_id, tl.window_id(0))) > 0
+
+
+async def test_help_promise_kept_across_batches(
+    redis_client: aioredis.Redis, cluster_id: str
+) -> None:
+    store = WindowStore(redis_client, cluster_id)
+    tl = _timeline(cluster_id)
+    assert await _append(store, tl, 70, [make_claim("a1", "t1", 70, "waiting", 3)]) == "a"
+    assert await redis_client.hget(keys.waiting_promises(cluster_id), "t1") == b"70:73"
+    # A second waiting claim keeps the earlier start and the earlier deadline.
+    assert await _append(store, tl, 71, [make_claim("a1", "t1", 71, "waiting", 5)]) == "a"
+    assert await redis_client.hget(keys.waiting_promises(cluster_id), "t1") == b"70:73"
+    assert await _append(store, tl, 72, [make_claim("a2", "t1", 72, "executing", 1)]) == "a"
+    assert await redis_client.hget(keys.waiting_promises(cluster_id), "t1") is None
+    agg = await store.seal_and_read(tl.window_id(72), 72, 75)
+    assert agg.help_promises_fulfilled == 1
+
+
+async def test_batches_larger_than_one_redis_call(
+    redis_client: aioredis.Redis, cluster_id: str
+) -> None:
+    # The script reads and writes sets and hashes in calls of at most 1,000 arguments: a
+    # batch of 2,500 claims (with repeats inside the batch) must count exactly as one by one.
+    store = WindowStore(redis_client, cluster_id)
+    tl = _timeline(cluster_id)
+    claims = [make_claim(f"a{i % 1200}", f"t{i % 1200}", 80, "waiting", 2) for i in range(2500)]
+    result = await _append(store, tl, 80, claims)
+    assert result == "a" * 1200 + "d" * 1300
+    assert await _append(store, tl, 81, claims[:1100]) == "d" * 1100
+    assert await redis_client.hlen(keys.waiting_promises(cluster_id)) == 1200
+    done = [make_claim(f"a{i}", f"t{i}", 81, "done", 0) for i in range(1200)]
+    assert await _append(store, tl, 81, done) == "a" * 1200
+    assert await redis_client.hlen(keys.waiting_promises(cluster_id)) == 0
+    agg = await store.seal_and_read(tl.window_id(80), 80, 83)
+    assert (agg.accepted_claims, agg.duplicate_claims) == (2400, 2400)
+    assert len(agg.agent_ids) == 1200
+    assert agg.help_promises_fulfilled == agg.on_time_review_tasks == 1200

@@ -65,6 +65,22 @@ def _reject(reason: RejectReason, detail: str) -> ClaimVerdict:
     return ClaimVerdict(None, reason, detail)
 
 
+#: What the window store needs of an accepted claim: agent_id, task_id, beat_index, state,
+#: beats_left and key_id (None when the claim is not signed).
+ClaimFields = tuple[str, str, int, str, int, str | None]
+
+
+def claim_fields(claim: StatusClaim) -> ClaimFields:
+    return (
+        claim.agent_id,
+        claim.task_id,
+        claim.beat_index,
+        claim.state,
+        claim.beats_left,
+        claim.key_id if claim.signature else None,
+    )
+
+
 #: Checks a claim's signature; returns an error message, or None when the claim is acceptable.
 SignatureCheck = Callable[[StatusClaim], str | None]
 

@@ -14,15 +14,24 @@ from typing import Final
 #   nwin, nwin × (window_id, from_beat, to_beat),
 #   ncand, ncand × window index (late/reject targets, oldest first),
 #   nrec (claims + rejects, in arrival order),
-#   claims: a JSON array with one array per claim (decoded by cjson, in C):
-#     [window index, agent, task, beat, state, beats_left, signed 1|0, key_id, traceparent,
-#      payload length],
+#   claims: one flat JSON array (decoded by cjson, in C), CLAIM_FIELDS values per claim:
+#     window index, agent, task, beat, state, beats_left, signed 1|0, key_id, traceparent,
+#     payload length,
 #   payloads: the claims' INT-B JSON payloads, concatenated (cut by their lengths),
 #   nrej, nrej × (position among all records, reason, detail, payload, traceparent,
 #     received_ns, size) -- rejects are separate arguments because their payload is arbitrary.
 # Two arguments for all claims keep the client's command encoding cheap, and cjson parses the
 # metadata far faster than splitting strings in Lua. Returns one character per record, in
 # order: a(ccepted) d(uplicate) l(ate) r(ejected).
+#
+# Cost: a call into Redis from Lua costs far more than a few table operations, so the script
+# makes one call per claim only where the layout needs it (the XADD of an accepted claim):
+# dedupe members are checked with one SMISMEMBER per window and added with one SADD, open
+# help promises are read with one HMGET and written with one HSET / HDEL, counters are summed
+# in Lua and written once per batch. The script is atomic, so reading everything first and
+# writing at the end is equivalent to checking and writing claim by claim (repeats inside the
+# batch are caught by a table of the members seen so far).
+CLAIM_FIELDS: Final = 10
 APPEND: Final = r"""
 local prefix = ARGV[1]
 local batch_id = ARGV[2]
@@ -50,7 +59,7 @@ local ncand = tonumber(ARGV[i]); i = i + 1
 local cands = {}
 for c = 1, ncand do cands[c] = tonumber(ARGV[i]); i = i + 1 end
 local nrec = tonumber(ARGV[i]); i = i + 1
-local metas = cjson.decode(ARGV[i]); i = i + 1
+local m = cjson.decode(ARGV[i]); i = i + 1
 local payloads = ARGV[i]; i = i + 1
 local nrej = tonumber(ARGV[i]); i = i + 1
 local rejects = {}
@@ -58,8 +67,77 @@ for r = 1, nrej do
   rejects[tonumber(ARGV[i])] = i + 1
   i = i + 7
 end
-local claim_no = 0
-local payload_pos = 1
+local nclaims = #m / 10
+
+local function chunked(cmd, key, list, each)
+  -- One call per 1,000 arguments at most (Lua's unpack has a stack limit).
+  local n = #list
+  for s = 1, n, 1000 do
+    local reply = redis.call(cmd, key, unpack(list, s, math.min(s + 999, n)))
+    if each then each(s, reply) end
+  end
+end
+
+-- Pass 1: dedupe members by window, and the tasks whose help promise may matter.
+local PROMISE_STATES = {waiting = true, executing = true, review = true, done = true}
+local member = {}       -- claim number -> dedupe member
+local by_win = {}       -- window index -> {claim numbers}, {members}
+local task_list, task_seen = {}, {}
+for j = 1, nclaims do
+  local o = (j - 1) * 10
+  local w, task = m[o + 1], m[o + 3]
+  local mem = m[o + 2] .. '\31' .. task .. '\31' .. m[o + 4]
+  member[j] = mem
+  local g = by_win[w]
+  if g == nil then g = {{}, {}}; by_win[w] = g end
+  local n = #g[1] + 1
+  g[1][n] = j
+  g[2][n] = mem
+  if PROMISE_STATES[m[o + 5]] and not task_seen[task] then
+    task_seen[task] = true
+    task_list[#task_list + 1] = task
+  end
+end
+
+-- One SMISMEMBER per window: which claims were seen in an earlier batch.
+local known = {}        -- claim number -> true when already in the dedupe set
+for w, g in pairs(by_win) do
+  local js = g[1]
+  chunked('SMISMEMBER', wins[w].p .. 'dedupe', g[2], function(s, reply)
+    for k = 1, #reply do
+      if reply[k] == 1 then known[js[s + k - 1]] = true end
+    end
+  end)
+end
+
+-- One HMGET: open help promises (task -> {start, deadline} | false), updated as we go.
+local waiting_key = prefix .. ':waiting'
+local waiting = {}
+local waiting_dirty = {}
+chunked('HMGET', waiting_key, task_list, function(s, reply)
+  for k = 1, #reply do
+    local raw = reply[k]
+    local p = false
+    if raw then
+      local a, b = string.match(raw, '^(-?%d+):(-?%d+)$')
+      p = {tonumber(a), tonumber(b)}
+    end
+    waiting[task_list[s + k - 1]] = p
+  end
+end)
+local function promise(task)
+  local p = waiting[task]
+  if p == nil then  -- not prefetched (cannot happen; kept for safety)
+    local raw = redis.call('HGET', waiting_key, task)
+    p = false
+    if raw then
+      local a, b = string.match(raw, '^(-?%d+):(-?%d+)$')
+      p = {tonumber(a), tonumber(b)}
+    end
+    waiting[task] = p
+  end
+  return p
+end
 
 local sealed = {}
 local function is_sealed(w)
@@ -84,15 +162,14 @@ local function target_window()
 end
 
 local counts = {}   -- window index -> field -> increment
-local touched = {}  -- window index -> true (register in the indexes)
 local function bump(w, field)
   local c = counts[w]
-  if c == nil then c = {}; counts[w] = c; touched[w] = true end
+  if c == nil then c = {}; counts[w] = c end
   c[field] = (c[field] or 0) + 1
 end
 local totals = {}
-local function total(field)
-  totals[field] = (totals[field] or 0) + 1
+local function total(field, n)
+  totals[field] = (totals[field] or 0) + (n or 1)
 end
 local function add_member(sets, w, member)
   local s = sets[w]
@@ -100,82 +177,71 @@ local function add_member(sets, w, member)
   s[member] = true
 end
 local agents, ontime, helped, keyids = {}, {}, {}, {}
-
--- Open help promises, cached for the batch: task -> {start, deadline} | false.
-local waiting_key = prefix .. ':waiting'
-local waiting = {}
-local waiting_dirty = {}
-local function promise(task)
-  local p = waiting[task]
-  if p == nil then
-    local raw = redis.call('HGET', waiting_key, task)
-    if raw then
-      local s, d = string.match(raw, '^(-?%d+):(-?%d+)$')
-      p = {tonumber(s), tonumber(d)}
-    else
-      p = false
-    end
-    waiting[task] = p
-  end
-  return p
-end
+local fresh_members = {}  -- window index -> {members new to the dedupe set}
+local seen = {}           -- members seen earlier in this batch
+local STATE_FIELD = {}
 
 local late_stream = prefix .. ':late'
 local late_minid = tostring(now_ms - late_horizon_ms)
 local dead_stream = prefix .. ':deadletter'
 
 local out = {}
+local claim_no = 0
+local payload_pos = 1
+local n_accepted, n_duplicate, n_late = 0, 0, 0
 for k = 1, nrec do
-  total('received')
   local r = rejects[k]
   if r == nil then
     claim_no = claim_no + 1
-    local f = metas[claim_no]
-    local w = f[1]
-    local agent, task, beat, state = f[2], f[3], f[4], f[5]
-    local left = f[6]
-    local tp = f[9]
-    local payload = string.sub(payloads, payload_pos, payload_pos + f[10] - 1)
-    payload_pos = payload_pos + f[10]
-    local win = wins[w]
-    local dedupe = win.p .. 'dedupe'
-    local fresh = redis.call('SADD', dedupe, agent .. '\31' .. task .. '\31' .. beat)
+    local o = (claim_no - 1) * 10
+    local w, task, beat, state = m[o + 1], m[o + 3], m[o + 4], m[o + 5]
+    local left, tp, len = m[o + 6], m[o + 9], m[o + 10]
+    local payload = string.sub(payloads, payload_pos, payload_pos + len - 1)
+    payload_pos = payload_pos + len
+    local mem = member[claim_no]
+    local fresh = not (known[claim_no] or seen[mem])
+    if fresh then
+      seen[mem] = true
+      local f = fresh_members[w]
+      if f == nil then f = {}; fresh_members[w] = f end
+      f[#f + 1] = mem
+    end
     if is_sealed(w) then
       -- The window is sealed (its report is being or has been published): late.
-      if fresh == 1 and redis.call('PTTL', dedupe) == -1 then
-        local ttl = redis.call('PTTL', win.p .. 'agg')
-        if ttl > 0 then redis.call('PEXPIRE', dedupe, ttl) end
-      end
       local t = target_window()
       local field = 'late'
-      if fresh == 0 then field = 'duplicate' end
+      if fresh then n_late = n_late + 1 else field = 'duplicate'; n_duplicate = n_duplicate + 1 end
       out[k] = string.sub(field, 1, 1)
-      total(field)
       if t > 0 then bump(t, field) else total('unassigned') end
-      if fresh == 1 then
+      if fresh then
         local counted_in = ''
         if t > 0 then counted_in = wins[t].id end
         redis.call('XADD', late_stream, 'MINID', '~', late_minid, '*',
-                   'window', win.id, 'counted_in', counted_in, 'c', payload, 'tp', tp)
+                   'window', wins[w].id, 'counted_in', counted_in, 'c', payload, 'tp', tp)
       end
-    elseif fresh == 0 then
+    elseif not fresh then
       out[k] = 'd'
-      total('duplicate')
+      n_duplicate = n_duplicate + 1
       bump(w, 'duplicate')
     else
       out[k] = 'a'
-      total('accepted')
-      bump(w, 'accepted')
-      bump(w, 'state:' .. state)
+      n_accepted = n_accepted + 1
+      local c = counts[w]
+      if c == nil then c = {}; counts[w] = c end
+      c.accepted = (c.accepted or 0) + 1
+      local sf = STATE_FIELD[state]
+      if sf == nil then sf = 'state:' .. state; STATE_FIELD[state] = sf end
+      c[sf] = (c[sf] or 0) + 1
+      local win = wins[w]
       if tp ~= '' then
         redis.call('XADD', win.p .. 'claims', '*', 'c', payload, 'tp', tp)
       else
         redis.call('XADD', win.p .. 'claims', '*', 'c', payload)
       end
-      add_member(agents, w, agent)
-      if f[7] == 1 then
-        bump(w, 'signed')
-        if f[8] ~= '' then add_member(keyids, w, f[8]) end
+      add_member(agents, w, m[o + 2])
+      if m[o + 7] == 1 then
+        c.signed = (c.signed or 0) + 1
+        if m[o + 8] ~= '' then add_member(keyids, w, m[o + 8]) end
       end
       local b = beat
       if (state == 'review' or state == 'done') and left >= 0 then
@@ -225,23 +291,33 @@ for k = 1, nrec do
                'counted_in', counted_in)
   end
 end
+total('received', nrec)
+if n_accepted > 0 then total('accepted', n_accepted) end
+if n_duplicate > 0 then total('duplicate', n_duplicate) end
+if n_late > 0 then total('late', n_late) end
+
+for w, list in pairs(fresh_members) do
+  local dedupe = wins[w].p .. 'dedupe'
+  chunked('SADD', dedupe, list)
+  -- A late claim may create the dedupe set of a reported window after its expiry was set:
+  -- give it the window's remaining lifetime.
+  if is_sealed(w) and redis.call('PTTL', dedupe) == -1 then
+    local ttl = redis.call('PTTL', wins[w].p .. 'agg')
+    if ttl > 0 then redis.call('PEXPIRE', dedupe, ttl) end
+  end
+end
 
 local function sadd_all(key, set)
   local members = {}
-  for m in pairs(set) do
-    members[#members + 1] = m
-    if #members >= 1000 then
-      redis.call('SADD', key, unpack(members)); members = {}
-    end
-  end
-  if #members > 0 then redis.call('SADD', key, unpack(members)) end
+  for mm in pairs(set) do members[#members + 1] = mm end
+  chunked('SADD', key, members)
 end
 
-for w in pairs(touched) do
+for w, c in pairs(counts) do
   local win = wins[w]
   local agg = win.p .. 'agg'
   redis.call('HSET', agg, 'from_beat', win.from, 'to_beat', win.to)
-  for field, n in pairs(counts[w]) do redis.call('HINCRBY', agg, field, n) end
+  for field, n in pairs(c) do redis.call('HINCRBY', agg, field, n) end
   redis.call('ZADD', prefix .. ':windows', 'NX', win.from, win.id)
   if redis.call('HGET', agg, 'reported') ~= '1' then
     redis.call('ZADD', prefix .. ':windows:pending', 'NX', win.from, win.id)
@@ -251,14 +327,18 @@ for w, s in pairs(agents) do sadd_all(wins[w].p .. 'agents', s) end
 for w, s in pairs(ontime) do sadd_all(wins[w].p .. 'ontime', s) end
 for w, s in pairs(helped) do sadd_all(wins[w].p .. 'helped', s) end
 for w, s in pairs(keyids) do sadd_all(wins[w].p .. 'keyids', s) end
+local open, closed = {}, {}
 for task in pairs(waiting_dirty) do
   local p = waiting[task]
   if p then
-    redis.call('HSET', waiting_key, task, string.format('%d:%d', p[1], p[2]))
+    open[#open + 1] = task
+    open[#open + 1] = string.format('%d:%d', p[1], p[2])
   else
-    redis.call('HDEL', waiting_key, task)
+    closed[#closed + 1] = task
   end
 end
+chunked('HSET', waiting_key, open)
+chunked('HDEL', waiting_key, closed)
 local totals_key = prefix .. ':ingest'
 for field, n in pairs(totals) do redis.call('HINCRBY', totals_key, field, n) end
 

@@ -18,7 +18,7 @@ from typing import Any, Final
 import redis.asyncio as aioredis
 
 from backbeat.core import keys
-from backbeat.core.claims import RejectReason
+from backbeat.core.claims import ClaimFields, RejectReason, claim_fields
 from backbeat.core.messages import StatusClaim
 from backbeat.core.timeline import Timeline
 from backbeat.core.window import BeatStats, WindowAggregate
@@ -60,6 +60,7 @@ class AppendBatch:
     :meth:`WindowStore.append`; the argument layout stays private to this module."""
 
     __slots__ = (
+        "_bar_starts",
         "_cands",
         "_metas",
         "_payloads",
@@ -74,7 +75,8 @@ class AppendBatch:
         self._timeline = timeline
         self._win_index: dict[int, int] = {}
         self._win_args: list[str | int] = []
-        self._metas: list[list[Any]] = []
+        self._metas: list[Any] = []  # flat: CLAIM_FIELDS values per claim
+        self._bar_starts: dict[int, int] = {}
         self._payloads: list[bytes] = []
         self._rejects: list[bytes | str | int] = []
         self._size = 0
@@ -105,24 +107,32 @@ class AppendBatch:
     def add_claim(self, claim: StatusClaim, payload: bytes, traceparent: str = "") -> None:
         """A claim that passed validation; ``payload`` is its INT-B JSON as buffered and
         ``traceparent`` a checked W3C traceparent or "" (see ``valid_traceparent``)."""
-        w = self._window(self._timeline.bar_start(claim.beat_index))
-        signed = bool(claim.signature)
-        self._metas.append(
-            [
-                w,
-                claim.agent_id,
-                claim.task_id,
-                claim.beat_index,
-                claim.state,
-                claim.beats_left,
-                1 if signed else 0,
-                claim.key_id if signed else "",
-                traceparent,
-                len(payload),
-            ]
+        self.add_fields(claim_fields(claim), payload, traceparent)
+
+    def add_fields(self, fields: ClaimFields, payload: bytes, traceparent: str = "") -> int:
+        """:meth:`add_claim` for a claim validated without building a StatusClaim. Returns
+        the claim's window start (``from_beat``)."""
+        agent_id, task_id, beat_index, state, beats_left, key_id = fields
+        from_beat = self._bar_starts.get(beat_index)
+        if from_beat is None:
+            from_beat = self._timeline.bar_start(beat_index)
+            self._bar_starts[beat_index] = from_beat
+        w = self._win_index.get(from_beat) or self._window(from_beat)
+        self._metas += (
+            w,
+            agent_id,
+            task_id,
+            beat_index,
+            state,
+            beats_left,
+            0 if key_id is None else 1,
+            key_id or "",
+            traceparent,
+            len(payload),
         )
         self._payloads.append(payload)
         self._size += 1
+        return from_beat
 
     def add_reject(
         self,
@@ -161,11 +171,16 @@ class AppendBatch:
             len(self._cands),
             *self._cands,
             self._size,
-            json.dumps(self._metas, separators=(",", ":")),
+            _ENCODE_METAS(self._metas),
             b"".join(self._payloads),
             len(self._rejects) // 7,
             *self._rejects,
         ]
+
+
+#: Compact JSON, without the per-call set-up of json.dumps (the metadata is ids, numbers and
+#: strings; NaN cannot occur).
+_ENCODE_METAS: Final = json.JSONEncoder(separators=(",", ":"), check_circular=False).encode
 
 
 _TRACEPARENT = re.compile(r"[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
