@@ -7,7 +7,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from backbeat.core.claims import REJECT_REASONS, ClaimLimits, RejectReason, validate_claim
+from backbeat.core.claims import (
+    REJECT_REASONS,
+    ClaimLimits,
+    RejectReason,
+    accept_fast,
+    claim_fields,
+    validate_claim,
+)
+from backbeat.core.hlc import HLCTimestamp
 from backbeat.core.messages import StatusClaim
 
 from .test_messages import SEED_STATUSCLAIM
@@ -109,3 +117,80 @@ def test_ids_with_control_characters_are_malformed(field: str, char: str) -> Non
     verdict = validate_claim(json.dumps(obj), current_beat=1234)
     assert verdict.reason is RejectReason.MALFORMED
     assert field in verdict.detail
+
+
+def _same_as_full_validation(payload: bytes, cluster_id: str = "") -> None:
+    """accept_fast accepts only what validate_claim accepts, with the same fields."""
+    fast = accept_fast(payload, current_beat=NOW, cluster_id=cluster_id)
+    if fast is None:
+        return
+    verdict = validate_claim(payload, current_beat=NOW, cluster_id=cluster_id)
+    assert verdict.claim is not None, verdict
+    fields, physical = fast
+    assert fields == claim_fields(verdict.claim)
+    assert physical == HLCTimestamp.parse(verdict.claim.hlc).physical_ms
+
+
+def test_fast_path_takes_plain_claims() -> None:
+    signed = claim(key_id="k1", signature="ab", cluster_id="chorus")
+    for payload in (SEED_STATUSCLAIM.encode(), claim(progress=1), signed, claim(beats_left=-3)):
+        assert accept_fast(payload, current_beat=NOW, cluster_id="chorus") is not None
+        _same_as_full_validation(payload, "chorus")
+    fields, _ = accept_fast(signed, current_beat=NOW) or ((), 0)
+    assert fields == ("agent:xyz", "task:123", 1234, "executing", 3, "k1")
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        claim(beat_index=1234.0),  # accepted by the full check (an integral float)
+        claim(notes=None),  # accepted by the full check (the default)
+        claim(agent_id="agent\u2028x"),  # not printable, no control character: accepted
+        b"\xef\xbb\xbf" + SEED_STATUSCLAIM.encode(),  # BOM: accepted
+        SEED_STATUSCLAIM.encode("utf-16"),
+        claim(progress=True),
+        claim(beat_index=NOW + 3),
+        claim(hlc="7ffd:0001"),
+        claim(cluster_id="other"),
+        claim(agent_id="a\x1fb"),
+    ],
+)
+def test_fast_path_leaves_the_rest_to_full_validation(payload: bytes) -> None:
+    assert accept_fast(payload, current_beat=NOW, cluster_id="chorus") is None
+
+
+@given(st.dictionaries(st.sampled_from(list(json.loads(SEED_STATUSCLAIM))), json_values))
+def test_fast_path_agrees_with_full_validation(changes: dict[str, Any]) -> None:
+    obj = json.loads(SEED_STATUSCLAIM) | changes
+    _same_as_full_validation(json.dumps(obj).encode(), "chorus")
+    _same_as_full_validation(json.dumps(obj, ensure_ascii=False).encode())
+
+
+@given(st.one_of(st.binary(max_size=600), st.text(max_size=600).map(str.encode)))
+def test_fast_path_on_garbage(payload: bytes) -> None:
+    _same_as_full_validation(payload)
+
+
+near_valid = st.fixed_dictionaries(
+    {},
+    optional={
+        "agent_id": st.text(max_size=300),
+        "task_id": st.text(min_size=1, max_size=10),
+        "key_id": st.text(max_size=5),
+        "signature": st.sampled_from(["", "ab"]) | st.none(),
+        "beat_index": st.integers(NOW - 70, NOW + 5) | st.floats(NOW - 70, NOW + 5),
+        "beats_left": st.integers(-(10**6) - 2, 10**6 + 2),
+        "progress": st.floats(-0.5, 1.5) | st.integers(-1, 2) | st.booleans(),
+        "state": st.sampled_from(["planning", "done", "waiting", "Done", ""]),
+        "hlc": st.from_regex(r"[0-9a-fA-Fg]{0,17}:[0-9a-f]{1,4}:[0-9a-f]{0,4}", fullmatch=True),
+        "notes": st.text(max_size=1030) | st.none(),
+        "cluster_id": st.sampled_from(["", "chorus", "other"]),
+        "type": st.sampled_from(["backbeat.statusclaim.v1", "backbeat.beatframe.v1"]),
+    },
+)
+
+
+@given(near_valid)
+def test_fast_path_agrees_with_full_validation_near_the_limits(changes: dict[str, Any]) -> None:
+    obj = json.loads(SEED_STATUSCLAIM) | changes
+    _same_as_full_validation(json.dumps(obj).encode(), "chorus")

@@ -9,7 +9,14 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Final
 
-from backbeat.core.messages import TASK_STATES, CodecError, StatusClaim
+from backbeat.core.hlc import physical_ms
+from backbeat.core.messages import (
+    STATUSCLAIM_TYPE,
+    TASK_STATES,
+    CodecError,
+    StatusClaim,
+    parse_utf8_json,
+)
 
 
 class RejectReason(StrEnum):
@@ -161,3 +168,77 @@ def validate_claim(
         if problem is not None:
             return _reject(RejectReason.BAD_SIGNATURE, problem)
     return ClaimVerdict(claim)
+
+
+def accept_fast(
+    payload: bytes,
+    *,
+    current_beat: int,
+    cluster_id: str = "",
+    limits: ClaimLimits = DEFAULT_LIMITS,
+) -> tuple[ClaimFields, int] | None:
+    """The fields and the HLC physical time (ms) of a claim that ``validate_claim`` accepts
+    (signature check aside), or None: then ``validate_claim`` gives the verdict.
+
+    The ingest's hot path. One JSON parse and plain type checks, no StatusClaim: it only
+    recognises claims that are plainly fine (UTF-8, exact JSON types, printable ids) and
+    leaves everything else, including every reject and its reason, to ``validate_claim``.
+    Whatever it accepts, ``validate_claim`` accepts with the same fields (tested).
+    """
+    if len(payload) > limits.max_payload_bytes:
+        return None
+    try:
+        obj = parse_utf8_json(payload)
+    except (ValueError, RecursionError):
+        return None
+    if type(obj) is not dict:
+        return None
+    get = obj.get
+    agent = get("agent_id")
+    task = get("task_id")
+    beat = get("beat_index")
+    state = get("state")
+    left = get("beats_left")
+    progress = get("progress")
+    hlc = get("hlc")
+    notes = get("notes", "")
+    cluster = get("cluster_id", "")
+    key_id = get("key_id", "")
+    signature = get("signature", "")
+    if not (
+        get("type") == STATUSCLAIM_TYPE
+        and type(agent) is str
+        and type(task) is str
+        and type(key_id) is str
+        and type(beat) is int
+        and type(left) is int
+        and type(state) is str
+        and type(hlc) is str
+        and type(notes) is str
+        and type(cluster) is str
+        and type(signature) is str
+        and (type(progress) is float or type(progress) is int)
+    ):
+        return None
+    max_id = limits.max_id_chars
+    if not (
+        0 < len(agent) <= max_id
+        and 0 < len(task) <= max_id
+        and len(key_id) <= max_id
+        # printable implies no control characters (the slow path decides the rest)
+        and agent.isprintable()
+        and task.isprintable()
+        and key_id.isprintable()
+        and len(notes) <= limits.max_notes_chars
+        and state in TASK_STATES
+        and 0.0 <= progress <= 1.0
+        and beat >= 0
+        and current_beat - limits.max_age_beats <= beat <= current_beat + limits.max_future_beats
+        and -limits.max_abs_beats_left <= left <= limits.max_abs_beats_left
+        and (not cluster_id or not cluster or cluster == cluster_id)
+    ):
+        return None
+    physical = physical_ms(hlc)
+    if physical is None:
+        return None
+    return (agent, task, beat, state, left, key_id if signature else None), physical

@@ -56,6 +56,12 @@ class HLCTimestamp:
         return cls(values[0], values[1], values[2])
 
 
+def physical_ms(text: str) -> int | None:
+    """The physical part (ms) of a stamp that ``HLCTimestamp.parse`` accepts, else None."""
+    match = _HLC_RE.fullmatch(text)
+    return None if match is None else int(match[1], 16)
+
+
 def node_id_from_name(name: str) -> int:
     """A stable 16-bit node id for a human-readable node name."""
     return zlib.crc32(name.encode()) & 0xFFFF

@@ -49,6 +49,15 @@ def _reject_constant(name: str) -> Any:
 _DECODER: Final = json.JSONDecoder(parse_constant=_reject_constant)
 
 
+def parse_utf8_json(payload: bytes) -> Any:
+    """Parse UTF-8 JSON (NaN/Infinity refused) without ``load_object``'s encoding detection.
+
+    For hot paths that fall back to ``load_object`` on any error: raises ValueError (including
+    UnicodeDecodeError and CodecError).
+    """
+    return _DECODER.decode(payload.decode())
+
+
 def load_object(payload: bytes | str | Mapping[str, Any]) -> Mapping[str, Any]:
     """Parse a JSON object (NaN/Infinity refused) or pass a mapping through."""
     if isinstance(payload, Mapping):
