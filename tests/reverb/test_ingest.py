@@ -100,6 +100,26 @@ async def test_submit_reports_each_claims_outcome(
         assert "500" in outcomes[2].detail
 
 
+async def test_signature_check_applies_to_raw_payloads(
+    redis_server: RedisServer, cluster_id: str
+) -> None:
+    # With a signature check, raw payloads cannot take the fast path (which skips it).
+    def refuse_mallory(claim: StatusClaim) -> str | None:
+        return "unknown key" if claim.agent_id == "mallory" else None
+
+    timeline, clock = grid(cluster_id, 102)
+    settings = IngestSettings(cluster_id=cluster_id, nats_url=None, redis_url=redis_server.url)
+    follower = TimelineFollower(cluster_id, BAR, timeline=timeline, clock=clock)
+    async with ClaimIngest(settings, follower=follower, check_signature=refuse_mallory) as ingest:
+        outcomes = await ingest.submit(
+            [make_claim("mallory", "t1", 101).encode(), make_claim("alice", "t1", 101).encode()]
+        )
+    assert [(o.result, o.reason) for o in outcomes] == [
+        ("rejected", "bad_signature"),
+        ("accepted", ""),
+    ]
+
+
 def _bad_corpus(current_beat: int) -> list[tuple[bytes, str]]:
     good = json.loads(SEED_CLAIM)
     good["beat_index"] = current_beat

@@ -281,3 +281,35 @@ async def test_batches_larger_than_one_redis_call(
     assert (agg.accepted_claims, agg.duplicate_claims) == (2400, 2400)
     assert len(agg.agent_ids) == 1200
     assert agg.help_promises_fulfilled == agg.on_time_review_tasks == 1200
+
+
+async def test_pipeline_applies_batches_in_order_and_resends_safely(
+    redis_client: aioredis.Redis, cluster_id: str
+) -> None:
+    store = WindowStore(redis_client, cluster_id)
+    tl = _timeline(cluster_id)
+    pipeline = store.pipeline()
+    claims = [
+        make_claim("a1", "t1", 90, "waiting", 2),
+        make_claim("a2", "t1", 91, "executing", 1),  # fulfils the promise of the batch before
+        make_claim("a1", "t1", 90, "waiting", 2),  # a resend: duplicate
+    ]
+    batches = []
+    for claim in claims:
+        batch = store.batch(tl, 91)
+        batch.add_claim(claim, claim.encode())
+        batches.append(batch)
+    for k, batch in enumerate(batches):
+        await pipeline.send(batch, f"p-{k}")
+    assert pipeline.outstanding == 3
+    assert [await pipeline.read() for _ in batches] == ["a", "a", "d"]
+    # A reply lost with the connection: sent again with the same id, answered from the record.
+    await pipeline.send(batches[1], "p-1")
+    await pipeline.reset()
+    await pipeline.send(batches[1], "p-1")
+    assert await pipeline.read() == "a"
+    await pipeline.reset()
+    assert await store.totals() == {"received": 3, "accepted": 2, "duplicate": 1}
+    agg = await store.seal_and_read(tl.window_id(88), 88, 91)
+    assert agg.help_promises_fulfilled == 1
+    assert len(await store.window_claims(tl.window_id(88))) == 2

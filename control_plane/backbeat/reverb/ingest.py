@@ -34,17 +34,27 @@ from redis import exceptions as redis_errors
 from backbeat.core import subjects
 from backbeat.core.claims import (
     DEFAULT_LIMITS,
+    ClaimFields,
     ClaimLimits,
     ClaimVerdict,
     RejectReason,
     SignatureCheck,
+    accept_fast,
+    claim_fields,
     validate_claim,
 )
 from backbeat.core.hlc import DEFAULT_MAX_OFFSET_MS
 from backbeat.core.messages import BarReport, CodecError, StatusClaim
 from backbeat.core.timeline import Timeline
 from backbeat.reverb.metrics import ReverbMetrics
-from backbeat.reverb.store import Outcome, StoreSettings, WindowStore, valid_traceparent
+from backbeat.reverb.store import (
+    AppendBatch,
+    Outcome,
+    StoreSettings,
+    WindowStore,
+    keys_window_id,
+    valid_traceparent,
+)
 from backbeat.reverb.timeline_follower import TimelineFollower
 from backbeat.service.logs import get_logger
 from backbeat.service.slo import ROLLUP
@@ -82,8 +92,10 @@ class IngestSettings:
     max_clock_skew_ms: int = DEFAULT_MAX_OFFSET_MS
     #: Claims held in memory at most (NATS and gRPC together) before producers wait.
     buffer_capacity: int = 50_000
-    #: Claims applied per Redis round trip at most.
+    #: Claims applied per Redis call at most.
     max_batch: int = 1000
+    #: Batches sent to Redis and not yet answered, at most (over one connection, in order).
+    max_in_flight: int = 4
     #: Rejected payloads are kept in the dead-letter stream up to this many bytes.
     dead_letter_payload_bytes: int = 64 * 1024
     #: NATS client's own pending limit for the claims subscription (messages).
@@ -95,8 +107,8 @@ class IngestSettings:
     store: StoreSettings = field(default_factory=StoreSettings)
 
     def __post_init__(self) -> None:
-        if self.buffer_capacity < 1 or self.max_batch < 1:
-            raise ValueError("buffer_capacity and max_batch must be at least 1")
+        if self.buffer_capacity < 1 or self.max_batch < 1 or self.max_in_flight < 1:
+            raise ValueError("buffer_capacity, max_batch and max_in_flight must be at least 1")
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,24 +121,41 @@ class ClaimOutcome:
     window_id: str = ""
 
 
-class _Item:
-    """A claim validated on arrival, waiting to be committed."""
+#: A claim validated on arrival, waiting to be committed: (fields of an accepted claim or
+#: None, raw payload, traceparent, received_ns, future of a caller waiting for the outcome or
+#: None, (reason, detail) of a rejected claim or None). A tuple: the hot path makes one per
+#: claim.
+_Item = tuple[
+    ClaimFields | None,
+    bytes,
+    str,
+    int,
+    "asyncio.Future[ClaimOutcome] | None",
+    tuple[RejectReason, str] | None,
+]
 
-    __slots__ = ("future", "raw", "received_ns", "traceparent", "verdict")
+
+class _Sent:
+    """A batch handed to Redis, waiting for its outcomes."""
+
+    __slots__ = ("batch", "batch_id", "items", "rejected", "timeline", "waiters")
 
     def __init__(
-        self,
-        verdict: ClaimVerdict,
-        raw: bytes,
-        traceparent: str,
-        received_ns: int,
-        future: asyncio.Future[ClaimOutcome] | None,
+        self, batch_id: str, batch: AppendBatch, items: list[_Item], timeline: Timeline
     ) -> None:
-        self.verdict = verdict
-        self.raw = raw
-        self.traceparent = traceparent
-        self.received_ns = received_ns
-        self.future = future
+        self.batch_id = batch_id
+        self.batch = batch
+        self.items = items
+        self.timeline = timeline
+        #: Callers waiting for outcomes: (position, future, window start or -1, reason, detail).
+        self.waiters: list[tuple[int, asyncio.Future[ClaimOutcome], int, str, str]] = []
+        #: Rejected claims by reason.
+        self.rejected: Tally[str] = Tally()
+
+
+#: The NATS callback lets the event loop run other tasks (the flusher's Redis replies) at
+#: least every this many claims, or a backlog of pending messages would hold up commits.
+_YIELD_EVERY: Final = 256
 
 
 class NotReadyError(RuntimeError):
@@ -156,6 +185,7 @@ class ClaimIngest:
         self._nc: NatsClient | None = None
         self._claims_sub: Subscription | None = None
         self._buffer: deque[_Item] = deque()
+        self._in_flight: deque[_Sent] = deque()
         self._has_items = asyncio.Event()
         self._space = asyncio.Event()
         self._space.set()
@@ -177,7 +207,11 @@ class ClaimIngest:
             component="reverb", cluster=settings.cluster_id, node=settings.node_id
         )
         self.metrics.buffer_capacity.set(settings.buffer_capacity)
-        self._received_nats = self.metrics.received.labels("nats")  # hot path: look up once
+        self._received_nats = self.metrics.received.labels("nats")
+        # Claims received from NATS and not yet added to the counter: the hot path counts in
+        # a plain int, the counter catches up before each batch (so received >= processed).
+        self._nats_arrivals = 0
+        self._since_yield = 0
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -236,7 +270,7 @@ class ClaimIngest:
                     asyncio.shield(self._flusher), timeout=self.settings.drain_timeout_s
                 )
             except TimeoutError:
-                lost = len(self._buffer)
+                lost = self.buffered
                 self._log.error("buffer not drained at shutdown: Redis unreachable", lost=lost)
                 self.metrics.dropped.labels("shutdown").inc(lost)
                 self._flusher.cancel()
@@ -246,10 +280,13 @@ class ClaimIngest:
             self._gauges.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._gauges
-        for item in self._buffer:
-            if item.future is not None and not item.future.done():
-                item.future.set_exception(NotReadyError("the ingest stopped"))
+        stranded = [item for sent in self._in_flight for item in sent.items]
+        for item in [*stranded, *self._buffer]:
+            future = item[4]
+            if future is not None and not future.done():
+                future.set_exception(NotReadyError("the ingest stopped"))
         self._buffer.clear()
+        self._in_flight.clear()
         if self._nc is not None and not self._nc.is_closed:
             with contextlib.suppress(Exception):
                 await self._nc.close()
@@ -282,7 +319,8 @@ class ClaimIngest:
 
     @property
     def buffered(self) -> int:
-        return len(self._buffer)
+        """Claims received and not yet committed (in the buffer or in a batch in flight)."""
+        return len(self._buffer) + sum(len(sent.items) for sent in self._in_flight)
 
     def status(self) -> dict[str, Any]:
         ready, detail = self.readiness()
@@ -292,7 +330,7 @@ class ClaimIngest:
             "node_id": self.settings.node_id,
             "ready": ready,
             "detail": detail,
-            "buffer": {"claims": len(self._buffer), "capacity": self.settings.buffer_capacity},
+            "buffer": {"claims": self.buffered, "capacity": self.settings.buffer_capacity},
             "nats_connected": bool(self._nc is not None and self._nc.is_connected),
             "redis_ok": self._redis_ok,
         }
@@ -343,29 +381,45 @@ class ClaimIngest:
     async def _on_claim(self, msg: Msg) -> None:
         headers = msg.headers
         traceparent = headers.get("traceparent", "") if headers else ""
-        self._received_nats.inc()
+        self._nats_arrivals += 1
         if not traceparent:
-            await self._put(self._validate(msg.data, traceparent, None))
-            return
-        # A traced claim (the agent sent trace context): its arrival and validation join the
-        # agent's trace. Untraced claims cost no span (ingest runs at >= 20k claims/s).
-        with _tracer.start_as_current_span(
-            "reverb.claim.receive",
-            context=extract_context(headers),
-            kind=trace.SpanKind.CONSUMER,
-            attributes={
-                "messaging.system": "nats",
-                "messaging.destination.name": msg.subject,
-                "backbeat.cluster": self.settings.cluster_id,
-            },
-        ) as span:
             item = self._validate(msg.data, traceparent, None)
-            claim = item.verdict.claim
-            if claim is not None:
-                span.set_attribute("backbeat.beat_index", claim.beat_index)
-            else:
-                span.set_attribute("backbeat.reject_reason", str(item.verdict.reason or ""))
+        else:
+            # A traced claim (the agent sent trace context): its arrival and validation join
+            # the agent's trace. Untraced claims cost no span (the ingest's hot path).
+            with _tracer.start_as_current_span(
+                "reverb.claim.receive",
+                context=extract_context(headers),
+                kind=trace.SpanKind.CONSUMER,
+                attributes={
+                    "messaging.system": "nats",
+                    "messaging.destination.name": msg.subject,
+                    "backbeat.cluster": self.settings.cluster_id,
+                },
+            ) as span:
+                item = self._validate(msg.data, traceparent, None)
+                fields, reject = item[0], item[5]
+                if fields is not None:
+                    span.set_attribute("backbeat.beat_index", fields[2])
+                else:
+                    span.set_attribute("backbeat.reject_reason", str(reject[0] if reject else ""))
+        buffer = self._buffer
+        if len(buffer) < self.settings.buffer_capacity:
+            buffer.append(item)
+            if not self._has_items.is_set():
+                self._has_items.set()
+        else:
             await self._put(item)
+        self._since_yield += 1
+        if self._since_yield >= _YIELD_EVERY:
+            self._since_yield = 0
+            await asyncio.sleep(0)
+
+    def _count_arrivals(self) -> None:
+        n = self._nats_arrivals
+        if n:
+            self._nats_arrivals = 0
+            self._received_nats.inc(n)
 
     async def submit(
         self, claims: Sequence[StatusClaim | ClaimVerdict | bytes], traceparent: str = ""
@@ -400,18 +454,24 @@ class ClaimIngest:
         wait for Redis.
         """
         received = self.follower.clock()
-        timeline = self.follower.timeline
         if (
             received >= self._beat_end
             or received < self._beat_start
-            or timeline is not self._beat_timeline
+            or self.follower.timeline is not self._beat_timeline
         ):
-            if timeline is None:  # pragma: no cover - claims are only taken with a timeline
-                raise NotReadyError("no timeline")
-            self._beat = timeline.beat_at(received)
-            self._beat_start = timeline.beat_time_ns(self._beat)
-            self._beat_end = timeline.beat_time_ns(self._beat + 1)
-            self._beat_timeline = timeline
+            self._track_beat(received)
+        if traceparent:
+            traceparent = valid_traceparent(traceparent)
+        if isinstance(payload, bytes) and self.check_signature is None:
+            # The hot path: plainly valid claims, without building a StatusClaim.
+            fast = accept_fast(
+                payload,
+                current_beat=self._beat,
+                cluster_id=self.settings.cluster_id,
+                limits=self.settings.limits,
+            )
+            if fast is not None and fast[1] * 1_000_000 <= time.time_ns() + self._skew_ns:
+                return (fast[0], payload, traceparent, received, future, None)
         if isinstance(payload, ClaimVerdict):
             verdict = payload
             raw = b"" if verdict.claim is None else _claim_json(verdict.claim)
@@ -427,15 +487,32 @@ class ClaimIngest:
         claim = verdict.claim
         # HLC stamps carry wall-clock time: compare with the real clock, not the grid's.
         if claim is not None and _hlc_ahead(claim.hlc, time.time_ns() + self._skew_ns):
-            verdict = ClaimVerdict(
+            return (
                 None,
-                RejectReason.CLOCK_SKEW,
-                f"hlc: {claim.hlc[:40]!r} is more than {self.settings.max_clock_skew_ms} ms "
-                "ahead of the receiver's clock",
+                raw,
+                traceparent,
+                received,
+                future,
+                (
+                    RejectReason.CLOCK_SKEW,
+                    f"hlc: {claim.hlc[:40]!r} is more than {self.settings.max_clock_skew_ms} "
+                    "ms ahead of the receiver's clock",
+                ),
             )
-        if traceparent:
-            traceparent = valid_traceparent(traceparent)
-        return _Item(verdict, raw, traceparent, received, future)
+        if claim is not None:
+            return (claim_fields(claim), raw, traceparent, received, future, None)
+        reject = (verdict.reason or RejectReason.MALFORMED, verdict.detail)
+        return (None, raw, traceparent, received, future, reject)
+
+    def _track_beat(self, received: int) -> None:
+        """Recompute the beat current at ``received`` (only when a beat boundary passed)."""
+        timeline = self.follower.timeline
+        if timeline is None:  # pragma: no cover - claims are only taken with a timeline
+            raise NotReadyError("no timeline")
+        self._beat = timeline.beat_at(received)
+        self._beat_start = timeline.beat_time_ns(self._beat)
+        self._beat_end = timeline.beat_time_ns(self._beat + 1)
+        self._beat_timeline = timeline
 
     async def _put(self, item: _Item) -> None:
         while len(self._buffer) >= self.settings.buffer_capacity:
@@ -466,99 +543,138 @@ class ClaimIngest:
     # -- the flusher ----------------------------------------------------------------------
 
     async def _flush_loop(self) -> None:
+        """Take batches from the buffer and apply them, up to ``max_in_flight`` at a time.
+
+        The batches go over one connection (AppendPipeline), so Redis applies them in arrival
+        order; keeping several in flight hides the round trip: Redis applies one batch while
+        this process validates claims and builds the next. On a Redis error every unanswered
+        batch is sent again, in order and with its batch id, until Redis answers.
+        """
         buffer = self._buffer
-        while True:
-            if not buffer:
-                if self._closing:
-                    return
-                self._has_items.clear()
-                await self._has_items.wait()
-                continue
-            count = min(len(buffer), self.settings.max_batch)
-            items = [buffer.popleft() for _ in range(count)]
-            self._space.set()
-            self._update_buffer_gauges()
-            try:
-                await self._apply(items)
-            except Exception as exc:  # a bug, not bad input: keep the ingest alive, loudly
-                self._log.exception("batch failed", claims=len(items))
-                self.metrics.dropped.labels("error").inc(len(items))
-                for item in items:
-                    if item.future is not None and not item.future.done():
-                        item.future.set_exception(exc)
-            self._update_buffer_gauges()
+        in_flight = self._in_flight
+        pipeline = self.store.pipeline()
+        delay = self.settings.retry_initial_s
+        resend = False
+        try:
+            while True:
+                try:
+                    if resend:
+                        for sent in in_flight:
+                            await pipeline.send(sent.batch, sent.batch_id)
+                        resend = False
+                    while buffer and len(in_flight) < self.settings.max_in_flight:
+                        taken = self._take_batch()
+                        if taken is None:
+                            continue
+                        in_flight.append(taken)  # before sending: a failed send is resent
+                        await pipeline.send(taken.batch, taken.batch_id)
+                    if not in_flight:
+                        if self._closing and not buffer:
+                            return
+                        self._has_items.clear()
+                        await self._has_items.wait()
+                        continue
+                    result = await pipeline.read()
+                except (*_RETRYABLE, redis_errors.ResponseError) as exc:
+                    # A script error (e.g. during a Redis restart) is retried like a lost
+                    # connection: the batch ids make the retry safe.
+                    await pipeline.reset()
+                    if self._redis_ok:
+                        self._log.warning("redis unavailable; retrying the batch", error=repr(exc))
+                    self._redis_ok = False
+                    self.metrics.redis_up.set(0)
+                    self.metrics.redis_retries.inc()
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, self.settings.retry_max_s)
+                    resend = True
+                    continue
+                if not self._redis_ok:
+                    self._log.info("redis reachable")
+                self._redis_ok = True
+                self.metrics.redis_up.set(1)
+                delay = self.settings.retry_initial_s
+                self._finish(in_flight.popleft(), result)
+        finally:
+            await pipeline.reset()
+
+    def _take_batch(self) -> _Sent | None:
+        """Move up to ``max_batch`` claims from the buffer into a new batch."""
+        self._count_arrivals()
+        buffer = self._buffer
+        count = min(len(buffer), self.settings.max_batch)
+        items = [buffer.popleft() for _ in range(count)]
+        self._space.set()
+        self._update_buffer_gauges()
+        self._seq += 1
+        try:
+            return self._build(items, f"{self._boot}-{self._seq}")
+        except Exception as exc:  # a bug, not bad input: keep the ingest alive, loudly
+            self._fail(items, exc)
+            return None
+
+    def _fail(self, items: list[_Item], exc: Exception) -> None:
+        self._log.exception("batch failed", claims=len(items))
+        self.metrics.dropped.labels("error").inc(len(items))
+        for item in items:
+            future = item[4]
+            if future is not None and not future.done():
+                future.set_exception(exc)
 
     def _update_buffer_gauges(self) -> None:
         n = len(self._buffer)
         self.metrics.buffer_claims.set(n)
         self.metrics.buffer_fill.set(n / self.settings.buffer_capacity)
 
-    async def _apply(self, items: list[_Item]) -> None:
+    def _build(self, items: list[_Item], batch_id: str) -> _Sent:
         timeline = self.follower.timeline
         if timeline is None:  # pragma: no cover - claims are only taken with a timeline
             raise NotReadyError("no timeline")
         max_dead = self.settings.dead_letter_payload_bytes
-        # Late claims and rejects are counted from the beat current when the batch is applied.
+        # Late claims and rejects are counted from the beat current when the batch is built.
         batch = self.store.batch(timeline, timeline.beat_at(self.follower.clock()))
-        windows: list[str] = []
-        details: list[tuple[str, str]] = []
-        for item in items:
-            verdict = item.verdict
-            claim = verdict.claim
-            if claim is not None:
-                batch.add_claim(claim, item.raw, item.traceparent)
-                windows.append(batch.window_id_of(claim.beat_index))
-                details.append(("", ""))
+        sent = _Sent(batch_id, batch, items, timeline)
+        waiters = sent.waiters
+        rejected = sent.rejected
+        for position, (fields, raw, traceparent, received, future, reject) in enumerate(items):
+            if fields is not None:
+                from_beat = batch.add_fields(fields, raw, traceparent)
+                if future is not None:
+                    waiters.append((position, future, from_beat, "", ""))
             else:
-                reason = verdict.reason or RejectReason.MALFORMED
+                reason, detail = reject or (RejectReason.MALFORMED, "")
                 batch.add_reject(
                     reason,
-                    verdict.detail[:512],
-                    item.raw[:max_dead],
-                    traceparent=item.traceparent,
-                    received_ns=item.received_ns,
-                    size=len(item.raw),
+                    detail[:512],
+                    raw[:max_dead],
+                    traceparent=traceparent,
+                    received_ns=received,
+                    size=len(raw),
                 )
-                windows.append("")
-                details.append((reason.value, verdict.detail))
-        result = await self._append_with_retry(batch)
+                rejected[reason.value] += 1
+                if future is not None:
+                    waiters.append((position, future, -1, reason.value, detail))
+        return sent
+
+    def _finish(self, sent: _Sent, result: str) -> None:
+        """Hand out the outcomes of an applied batch and count them."""
+        items = sent.items
         committed = self.follower.clock()
         if len(result) != len(items):  # pragma: no cover - a script bug, not an input problem
-            raise RuntimeError(f"store returned {len(result)} outcomes for {len(items)} claims")
-        tally: Tally[tuple[str, str]] = Tally()
-        for item, code, window, (why, detail) in zip(items, result, windows, details, strict=True):
-            name = _RESULT_NAMES[code]
-            tally[(name, why)] += 1
-            if item.future is not None and not item.future.done():
-                item.future.set_result(ClaimOutcome(name, why, detail, window))
-        for (name, why), n in tally.items():
-            self.metrics.processed.labels(name, why).inc(n)
+            self._fail(items, RuntimeError(f"{len(result)} outcomes for {len(items)} claims"))
+            return
+        for position, future, from_beat, why, detail in sent.waiters:
+            if not future.done():
+                name = _RESULT_NAMES[result[position]]
+                window = keys_window_id(sent.timeline, from_beat) if from_beat >= 0 else ""
+                future.set_result(ClaimOutcome(name, why, detail, window))
+        outcomes = Tally(result)  # one character per claim, counted in C
+        for code in (Outcome.ACCEPTED, Outcome.DUPLICATE, Outcome.LATE):
+            if outcomes[code]:
+                self.metrics.processed.labels(_RESULT_NAMES[code], "").inc(outcomes[code])
+        for why, n in sent.rejected.items():
+            self.metrics.processed.labels("rejected", why).inc(n)
         self.metrics.batches.inc()
-        self.metrics.ingest_lag.set(max(0.0, (committed - items[0].received_ns) / 1e9))
-
-    async def _append_with_retry(self, batch: Any) -> str:
-        self._seq += 1
-        batch_id = f"{self._boot}-{self._seq}"
-        delay = self.settings.retry_initial_s
-        while True:
-            try:
-                result = await self.store.append(batch, batch_id)
-            except (*_RETRYABLE, redis_errors.ResponseError) as exc:
-                # A script error (e.g. during a Redis restart) is retried like a lost connection:
-                # the batch id makes the retry safe.
-                if self._redis_ok:
-                    self._log.warning("redis unavailable; retrying the batch", error=repr(exc))
-                self._redis_ok = False
-                self.metrics.redis_up.set(0)
-                self.metrics.redis_retries.inc()
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self.settings.retry_max_s)
-                continue
-            if not self._redis_ok:
-                self._log.info("redis reachable")
-            self._redis_ok = True
-            self.metrics.redis_up.set(1)
-            return result
+        self.metrics.ingest_lag.set(max(0.0, (committed - items[0][3]) / 1e9))
 
     async def _gauge_loop(self) -> None:
         """Keep the Redis-backed gauges fresh (and learn whether Redis answers when idle)."""
@@ -575,6 +691,7 @@ class ClaimIngest:
             except _RETRYABLE:
                 self._redis_ok = False
                 self.metrics.redis_up.set(0)
+            self._count_arrivals()
             self._update_buffer_gauges()
             await asyncio.sleep(1.0)
 

@@ -183,6 +183,65 @@ class AppendBatch:
 _ENCODE_METAS: Final = json.JSONEncoder(separators=(",", ":"), check_circular=False).encode
 
 
+class AppendPipeline:
+    """Append batches sent one after the other over one connection of its own, with several
+    replies outstanding: Redis applies them in the order sent (one connection is one ordered
+    stream), while the client builds the next batch and Redis works on the previous one.
+
+    Used by one task at a time (the ingest's flusher): ``send`` batches, ``read`` their
+    outcomes oldest first. After any error the outstanding replies are lost: ``reset`` drops
+    the connection and the caller sends the unanswered batches again, in order, with the same
+    batch ids (the script answers an applied batch from its record, so nothing is applied
+    twice, and the first application of each batch stays in order).
+
+    The script goes as EVAL, not EVALSHA: Redis finds the compiled script by its digest all
+    the same, and a NOSCRIPT reply (after a Redis restart) cannot fail one batch while
+    another replica loads the script and a later batch of ours succeeds out of order.
+    """
+
+    def __init__(self, redis: Any, totals_key: str, prefix: str, settings: StoreSettings) -> None:
+        self._pool = redis.connection_pool
+        self._totals_key = totals_key
+        self._prefix = prefix
+        self._settings = settings
+        self._conn: Any = None
+        #: Batches sent whose replies have not been read.
+        self.outstanding = 0
+
+    async def send(self, batch: AppendBatch, batch_id: str) -> None:
+        """Send a batch (not empty); its outcome comes from a later :meth:`read`."""
+        conn = self._conn
+        if conn is None:
+            conn = self._conn = await self._pool.get_connection()
+        command = conn.pack_command(
+            "EVAL",
+            _lua.APPEND,
+            1,
+            self._totals_key,
+            *batch.args(self._prefix, batch_id, self._settings),
+        )
+        self.outstanding += 1
+        await conn.send_packed_command(command, check_health=False)
+
+    async def read(self) -> str:
+        """The outcome of the oldest batch sent and not yet read (as ``WindowStore.append``)."""
+        if self._conn is None or not self.outstanding:
+            raise RuntimeError("no batch is waiting for its reply")
+        reply = await self._conn.read_response()
+        self.outstanding -= 1
+        return _text(reply)
+
+    async def reset(self) -> None:
+        """Drop the connection and every outstanding reply (after an error)."""
+        conn, self._conn = self._conn, None
+        self.outstanding = 0
+        if conn is not None:
+            try:
+                await conn.disconnect()
+            finally:
+                await self._pool.release(conn)
+
+
 _TRACEPARENT = re.compile(r"[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
 
 
@@ -291,6 +350,10 @@ class WindowStore:
             keys=[self._totals_key], args=batch.args(self._prefix, batch_id, self.settings)
         )
         return _text(result)
+
+    def pipeline(self) -> AppendPipeline:
+        """Appends over a connection of their own, several in flight (see AppendPipeline)."""
+        return AppendPipeline(self._redis, self._totals_key, self._prefix, self.settings)
 
     async def totals(self) -> dict[str, int]:
         """Cluster-wide counters: received, accepted, duplicate, late, rejected, rejected:<r>."""
