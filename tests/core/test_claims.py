@@ -120,15 +120,28 @@ def test_ids_with_control_characters_are_malformed(field: str, char: str) -> Non
 
 
 def _same_as_full_validation(payload: bytes, cluster_id: str = "") -> None:
-    """accept_fast accepts only what validate_claim accepts, with the same fields."""
+    """accept_fast accepts only what validate_claim accepts, with the same fields, and gives
+    a signature check the same claim."""
+    checked: list[StatusClaim] = []
+
+    def check(claim: StatusClaim) -> str | None:
+        checked.append(claim)
+        return "refused" if claim.agent_id.startswith("mallory") else None
+
     fast = accept_fast(payload, current_beat=NOW, cluster_id=cluster_id)
+    fast_checked = accept_fast(
+        payload, current_beat=NOW, cluster_id=cluster_id, check_signature=check
+    )
     if fast is None:
+        assert fast_checked is None
         return
     verdict = validate_claim(payload, current_beat=NOW, cluster_id=cluster_id)
     assert verdict.claim is not None, verdict
     fields, physical = fast
     assert fields == claim_fields(verdict.claim)
     assert physical == HLCTimestamp.parse(verdict.claim.hlc).physical_ms
+    assert checked == [verdict.claim]
+    assert fast_checked == (None if verdict.claim.agent_id.startswith("mallory") else fast)
 
 
 def test_fast_path_takes_plain_claims() -> None:
@@ -174,7 +187,7 @@ def test_fast_path_on_garbage(payload: bytes) -> None:
 near_valid = st.fixed_dictionaries(
     {},
     optional={
-        "agent_id": st.text(max_size=300),
+        "agent_id": st.text(max_size=300) | st.just("mallory"),
         "task_id": st.text(min_size=1, max_size=10),
         "key_id": st.text(max_size=5),
         "signature": st.sampled_from(["", "ab"]) | st.none(),

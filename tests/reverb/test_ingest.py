@@ -103,7 +103,7 @@ async def test_submit_reports_each_claims_outcome(
 async def test_signature_check_applies_to_raw_payloads(
     redis_server: RedisServer, cluster_id: str
 ) -> None:
-    # With a signature check, raw payloads cannot take the fast path (which skips it).
+    # Raw payloads on the fast path get the signature check too.
     def refuse_mallory(claim: StatusClaim) -> str | None:
         return "unknown key" if claim.agent_id == "mallory" else None
 

@@ -176,9 +176,10 @@ def accept_fast(
     current_beat: int,
     cluster_id: str = "",
     limits: ClaimLimits = DEFAULT_LIMITS,
+    check_signature: SignatureCheck | None = None,
 ) -> tuple[ClaimFields, int] | None:
-    """The fields and the HLC physical time (ms) of a claim that ``validate_claim`` accepts
-    (signature check aside), or None: then ``validate_claim`` gives the verdict.
+    """The fields and the HLC physical time (ms) of a claim that ``validate_claim`` accepts,
+    or None: then ``validate_claim`` gives the verdict.
 
     The ingest's hot path. One JSON parse and plain type checks, no StatusClaim: it only
     recognises claims that are plainly fine (UTF-8, exact JSON types, printable ids) and
@@ -241,4 +242,21 @@ def accept_fast(
     physical = physical_ms(hlc)
     if physical is None:
         return None
+    if check_signature is not None:
+        # What StatusClaim.decode makes of these (already checked) values.
+        claim = StatusClaim(
+            agent_id=agent,
+            task_id=task,
+            beat_index=beat,
+            state=state,
+            beats_left=left,
+            progress=float(progress),
+            hlc=hlc,
+            notes=notes,
+            cluster_id=cluster,
+            key_id=key_id,
+            signature=signature,
+        )
+        if check_signature(claim) is not None:
+            return None
     return (agent, task, beat, state, left, key_id if signature else None), physical

@@ -462,13 +462,14 @@ class ClaimIngest:
             self._track_beat(received)
         if traceparent:
             traceparent = valid_traceparent(traceparent)
-        if isinstance(payload, bytes) and self.check_signature is None:
-            # The hot path: plainly valid claims, without building a StatusClaim.
+        if isinstance(payload, bytes):
+            # The hot path: plainly valid claims, checked without the full decode.
             fast = accept_fast(
                 payload,
                 current_beat=self._beat,
                 cluster_id=self.settings.cluster_id,
                 limits=self.settings.limits,
+                check_signature=self.check_signature,
             )
             if fast is not None and fast[1] * 1_000_000 <= time.time_ns() + self._skew_ns:
                 return (fast[0], payload, traceparent, received, future, None)
