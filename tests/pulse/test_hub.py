@@ -1,0 +1,81 @@
+"""The beat hub's subscriber queues and the serialise-once cache of StreamBeats events."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from backbeat.core.hlc import HLCTimestamp
+from backbeat.core.messages import BeatFrame
+from backbeat.core.timeline import Timeline
+from backbeat.pulse.grpc_service import EncodedEvents, frame_pb, timeline_pb
+from backbeat.pulse.hub import BeatHub, Subscription
+from backbeat.pulse.scheduler import build_frame
+from backbeat.v1 import pulse_service_pb2 as pb
+
+T0 = 1_700_000_000_000_000_000
+TIMELINE = Timeline.start("c1", 120, T0)
+
+
+def _frame(n: int, term: int = 1) -> BeatFrame:
+    return build_frame(TIMELINE, n, hlc=HLCTimestamp(1, n, 1), term=term, degraded=False)
+
+
+async def test_a_slow_subscriber_drops_and_counts_beyond_its_limit() -> None:
+    sub = Subscription(limit=3)
+    for n in range(5):
+        sub.put(_frame(n))
+    assert sub.dropped == 2
+    got = [await sub.get(1.0) for _ in range(3)]
+    assert [f.beat_index for f in got if isinstance(f, BeatFrame)] == [0, 1, 2]
+    with pytest.raises(TimeoutError):
+        await sub.get(0.01)
+
+
+async def test_the_end_marker_always_fits() -> None:
+    sub = Subscription(limit=2)
+    sub.put(_frame(0))
+    sub.put(_frame(1))
+    sub.end()
+    assert sub.dropped == 1
+    first = await sub.get(1.0)
+    assert isinstance(first, BeatFrame)
+    assert first.beat_index == 1
+    assert await sub.get(1.0) is None
+
+
+async def test_a_waiting_subscriber_wakes_on_the_next_event() -> None:
+    hub = BeatHub()
+    sub, backlog = hub.subscribe(None)
+    assert backlog == []
+    waiter = asyncio.create_task(sub.get(5.0))
+    await asyncio.sleep(0)
+    assert hub.offer(_frame(7))
+    event = await asyncio.wait_for(waiter, 5.0)
+    assert isinstance(event, BeatFrame)
+    assert event.beat_index == 7
+    # The hub's forward-only rule still holds for what reaches subscribers.
+    assert not hub.offer(_frame(7))
+    assert not hub.offer(_frame(8, term=0))
+    with pytest.raises(TimeoutError):
+        await sub.get(0.01)
+
+
+def test_each_event_is_serialised_once_and_decodes_to_the_message() -> None:
+    encoded = EncodedEvents(size=2)
+    frame = _frame(3)
+    data = encoded.encode(frame)
+    assert encoded.encode(frame) is data  # the very same bytes for every stream
+    assert pb.StreamBeatsResponse.FromString(data) == pb.StreamBeatsResponse(beat=frame_pb(frame))
+    timeline_bytes = encoded.encode(TIMELINE)
+    assert pb.StreamBeatsResponse.FromString(timeline_bytes) == pb.StreamBeatsResponse(
+        timeline=timeline_pb(TIMELINE)
+    )
+    # An equal but distinct frame (e.g. replayed from history) is encoded for itself.
+    twin = _frame(3)
+    assert encoded.encode(twin) == data
+    # The cache stays bounded; evicted events are simply encoded again.
+    for n in range(10):
+        encoded.encode(_frame(100 + n))
+    assert encoded.encode(frame) == data
