@@ -10,7 +10,9 @@ import nats
 from nats.aio.client import Client as NatsClient
 
 from backbeat.core.subjects import beat as beat_subject
+from backbeat.core.subjects import timeline as timeline_subject
 from backbeat.core.timeline import Timeline
+from backbeat.pulse.state import TimelineRecord
 from tests.sdk.frames import make_frame
 
 
@@ -18,13 +20,21 @@ class FrameLeader:
     """Emits the frames of ``timeline`` from ``first`` on, at their scheduled times."""
 
     def __init__(
-        self, url: str, timeline: Timeline, *, term: int = 1, pending: Timeline | None = None
+        self,
+        url: str,
+        timeline: Timeline,
+        *,
+        term: int = 1,
+        pending: Timeline | None = None,
+        withhold: frozenset[int] = frozenset(),
     ) -> None:
         self.url = url
         self.timeline = timeline
         #: A tempo change that takes effect at its anchor (a downbeat), as the pulse keeps it.
         self.pending = pending
         self.term = term
+        #: Beat indexes whose frames are never published (lost or late on the way).
+        self.withhold = withhold
         self.sent: list[int] = []
         self._nc: NatsClient | None = None
         self._task: asyncio.Task[None] | None = None
@@ -45,11 +55,21 @@ class FrameLeader:
             delay = (timeline.beat_time_ns(n) - time.time_ns()) / 1e9
             if delay > 0:
                 await asyncio.sleep(delay)
+            if n in self.withhold:
+                n += 1
+                continue
             frame = make_frame(timeline, n, term=self.term)
             with contextlib.suppress(Exception):  # NATS may be down: the beat is lost
                 await self._nc.publish(beat_subject(timeline.cluster_id), frame.encode())
                 self.sent.append(n)
             n += 1
+
+    async def announce(self) -> None:
+        """Publish the timeline record (current and pending) as the pulse leader does."""
+        assert self._nc is not None
+        record = TimelineRecord(self.timeline, self.pending)
+        await self._nc.publish(timeline_subject(self.timeline.cluster_id), record.encode().encode())
+        await self._nc.flush(timeout=5)
 
     async def wait_sent(self, beat_index: int, timeout_s: float = 30.0) -> None:
         deadline = time.monotonic() + timeout_s

@@ -743,6 +743,10 @@ class PulseNode:
                 if self.timelines is not record or self._reserved_beat >= effective:
                     continue  # the beat loop moved on meanwhile: schedule again, later
                 self.timelines = updated
+                # Announce the change now, not only when it takes effect: a follower whose
+                # switching downbeat frame is late or lost still fires that beat on time with
+                # the new tempo from its local copy of the timeline.
+                await self._announce_timeline(updated)
                 change = TempoChange(pending, effective, pending.anchor_time_ns, target, remaining)
                 if request_id:
                     self._tempo_results[request_id] = change

@@ -23,11 +23,6 @@ DUPLICATE_WINDOW_S = 300.0
 DOWNBEAT_MAX_AGE_S = 7 * 24 * 3600.0
 
 
-def timeline_subject(cluster_id: str) -> str:
-    """Core NATS: the leader announces the timeline here on election and on every change."""
-    return f"backbeat.{cluster_id}.timeline"
-
-
 def downbeat_msg_id(cluster_id: str, beat_index: int) -> str:
     return f"{cluster_id}:{beat_index}"
 
@@ -101,7 +96,7 @@ class BeatPublisher:
 
     async def publish_timeline(self, payload: bytes) -> None:
         assert self.nc is not None
-        await self.nc.publish(timeline_subject(self.cluster_id), payload)
+        await self.nc.publish(subjects.timeline(self.cluster_id), payload)
 
     async def subscribe(
         self,
@@ -110,7 +105,7 @@ class BeatPublisher:
     ) -> None:
         assert self.nc is not None
         await self.nc.subscribe(subjects.beat(self.cluster_id), cb=on_beat)
-        await self.nc.subscribe(timeline_subject(self.cluster_id), cb=on_timeline)
+        await self.nc.subscribe(subjects.timeline(self.cluster_id), cb=on_timeline)
 
     async def close(self) -> None:
         nc, self.nc = self.nc, None

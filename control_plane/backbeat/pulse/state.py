@@ -69,6 +69,8 @@ class TimelineRecord:
             {
                 "current": timeline_to_json(self.current),
                 "pending": timeline_to_json(self.pending) if self.pending else None,
+                # where the pending timeline takes over (its anchor, a downbeat), for readers
+                "effective_beat": self.pending.anchor_beat if self.pending else None,
                 "ramp_target_bpm": self.ramp_target_bpm,
             },
             separators=(",", ":"),
