@@ -150,6 +150,42 @@ async def test_nats_restart_under_load_keeps_counters_exact(
         assert accepted >= 500
 
 
+@pytest.mark.fault
+@pytest.mark.integration
+async def test_redis_pause_with_batches_in_flight_counts_each_claim_once(
+    redis_factory: Callable[..., RedisServer], cluster_id: str
+) -> None:
+    # Redis stops answering while batches are in flight: the ingest times out, drops the
+    # connection and sends them again. On resume Redis also runs the batches it had already
+    # read from the old connection; the batch records make the resends no-ops.
+    redis_srv = redis_factory()
+    payloads = _claims(1200)
+    async with ingest_for(
+        cluster_id, redis_srv.url, None, current_beat=CURRENT, max_batch=50
+    ) as ingest:
+        first = asyncio.create_task(ingest.submit(payloads[:600]))
+
+        async def some_committed() -> bool:
+            return (await ingest.store.totals()).get("accepted", 0) >= 100
+
+        await eventually(some_committed, what="a first part to be committed")
+        await asyncio.to_thread(redis_srv.pause)
+        second = asyncio.create_task(ingest.submit(payloads[600:]))
+        try:
+
+            async def retried() -> bool:
+                return bool(ingest.metrics.redis_retries._value.get() > 0)
+
+            await eventually(retried, within=30, what="the in-flight batches to time out")
+        finally:
+            await asyncio.to_thread(redis_srv.resume)
+        outcomes = await first + await second
+        assert {o.result for o in outcomes} == {"accepted"}
+        totals = await ingest.store.totals()
+        assert totals == {"received": 1200, "accepted": 1200}
+        assert sorted(await _stored_claims(ingest.redis, cluster_id)) == sorted(payloads)
+
+
 @pytest.mark.integration
 async def test_two_replicas_do_not_double_count(
     redis_server: RedisServer, nats_server: NatsServer, cluster_id: str

@@ -576,11 +576,14 @@ class ClaimIngest:
                         await self._has_items.wait()
                         continue
                     result = await pipeline.read()
-                except (*_RETRYABLE, redis_errors.ResponseError) as exc:
+                except Exception as exc:
                     # A script error (e.g. during a Redis restart) is retried like a lost
-                    # connection: the batch ids make the retry safe.
+                    # connection: the batch ids make the retry safe. Anything else is a bug:
+                    # logged loudly, and retried too rather than dropping claims.
                     await pipeline.reset()
-                    if self._redis_ok:
+                    if not isinstance(exc, (*_RETRYABLE, redis_errors.RedisError)):
+                        self._log.exception("unexpected error applying batches; retrying")
+                    elif self._redis_ok:
                         self._log.warning("redis unavailable; retrying the batch", error=repr(exc))
                     self._redis_ok = False
                     self.metrics.redis_up.set(0)
@@ -594,7 +597,11 @@ class ClaimIngest:
                 self._redis_ok = True
                 self.metrics.redis_up.set(1)
                 delay = self.settings.retry_initial_s
-                self._finish(in_flight.popleft(), result)
+                sent = in_flight.popleft()
+                try:
+                    self._finish(sent, result)
+                except Exception:  # a bug: the claims are committed; keep the ingest alive
+                    self._log.exception("handing out batch outcomes failed", claims=len(sent.items))
         finally:
             await pipeline.reset()
 

@@ -8,6 +8,7 @@ claims (see docs/reverb-ingest.md for the layout and the rules).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import time
@@ -236,9 +237,9 @@ class AppendPipeline:
         conn, self._conn = self._conn, None
         self.outstanding = 0
         if conn is not None:
-            try:
+            with contextlib.suppress(Exception):  # a broken connection is what we drop
                 await conn.disconnect()
-            finally:
+            with contextlib.suppress(Exception):
                 await self._pool.release(conn)
 
 
