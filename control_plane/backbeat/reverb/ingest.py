@@ -553,6 +553,7 @@ class ClaimIngest:
         """
         buffer = self._buffer
         in_flight = self._in_flight
+        max_in_flight, max_batch = self.settings.max_in_flight, self.settings.max_batch
         pipeline = self.store.pipeline()
         delay = self.settings.retry_initial_s
         resend = False
@@ -563,7 +564,14 @@ class ClaimIngest:
                         for sent in in_flight:
                             await pipeline.send(sent.batch, sent.batch_id)
                         resend = False
-                    while buffer and len(in_flight) < self.settings.max_in_flight:
+                    # Idle: send what there is at once (latency). Busy: another batch only
+                    # once a full one is buffered, so batches grow with the load and the
+                    # script's fixed cost is paid by more claims.
+                    while (
+                        buffer
+                        and len(in_flight) < max_in_flight
+                        and (not in_flight or len(buffer) >= max_batch)
+                    ):
                         taken = self._take_batch()
                         if taken is None:
                             continue
