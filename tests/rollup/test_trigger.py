@@ -10,9 +10,12 @@ import nats.aio.client
 import pytest
 from redis.asyncio import Redis
 
-from backbeat.core import subjects
+from backbeat.core import keys, subjects
 from backbeat.core.messages import BarReport, BeatFrame, StatusClaim
 from backbeat.core.timeline import Timeline
+from backbeat.embedded import RedisServer
+from backbeat.pulse.fencing import EmittedBeat, FencedStore, WriteOutcome
+from backbeat.pulse.redis_masters import RedisMasters
 from backbeat.reverb.store import WindowStore
 from backbeat.trigger import InvokeError, ReverbTrigger, TriggerSettings
 from backbeat.trigger.invokers import InProcessInvoker
@@ -220,3 +223,44 @@ async def test_duplicate_downbeats_and_two_replicas_give_one_report(
 
         await eventually(all_acked)
     assert list(await stored_reports(nc, cluster_id)) == [tl.window_id(0)]
+
+
+async def test_window_with_beats_and_no_claims_is_caught_up_after_a_missed_downbeat(
+    redis: Redis, redis_server: RedisServer, nc: nats.aio.client.Client, cluster_id: str
+) -> None:
+    tl = Timeline.start(cluster_id, TEMPO, time.time_ns())
+    masters = RedisMasters([redis_server.url], timeout_s=2.0)
+    pulse = FencedStore(masters, cluster_id, "pulse-1")
+    try:
+        term, _ = await pulse.claim_term()
+        # The leader emits beats 0-7 (two bars) and records their stats; nobody claims.
+        for n in range(8):
+            start = tl.bar_start(n)
+            emitted = EmittedBeat(tl.window_id(n), False, 100 + n, start, start + 3)
+            assert (await pulse.write(term, beat=n + 1, emitted=emitted)).outcome is (
+                WriteOutcome.OK
+            )
+    finally:
+        await masters.close()
+    store = WindowStore(redis, cluster_id)
+    assert await store.unreported_windows(8) == [
+        (tl.window_id(0), 0, 3),
+        (tl.window_id(4), 4, 7),
+    ]
+    async with ReverbTrigger(settings(cluster_id), redis=redis, nats_client=nc) as trigger:
+        await publish_downbeat(nc, tl, 8)  # the downbeat 4 was never delivered
+        current = await wait_report(nc, cluster_id, tl.window_id(4))
+        missed = await wait_report(nc, cluster_id, tl.window_id(0))
+        assert (missed.from_beat, missed.to_beat) == (0, 3)
+        # The pulse's beat stats are in both reports (drift of beats 3 and 7, in ms).
+        assert (missed.tempo_drift_ms, current.tempo_drift_ms) == (0.103, 0.107)
+        assert "no_beat_stats" not in [i.code for i in missed.issues]
+        assert missed.accepted_claims == 0
+
+        async def caught_up() -> bool:
+            return bool(trigger.metrics.caught_up._value.get() >= 1)
+
+        await eventually(caught_up)
+    # Reported windows leave the index.
+    assert await store.unreported_windows(8) == []
+    assert await redis.zcard(keys.windows_with_beats(cluster_id)) == 0

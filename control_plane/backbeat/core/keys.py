@@ -31,7 +31,8 @@ def beat_stats(cluster_id: str, window_id: str) -> str:
 
     Fields: ``beats`` (count emitted), ``degraded_beats`` (count flagged degraded),
     ``max_drift_us`` (largest |emitted - scheduled| in microseconds, integer) and one field
-    ``term:<n>`` = ``1`` per leadership term that emitted a beat in the window.
+    ``term:<n>`` = ``1`` per leadership term that emitted a beat in the window, and the
+    window's bounds ``from_beat`` / ``to_beat`` (both inclusive).
     """
     return f"{cluster_prefix(cluster_id)}:w:{window_id}:beats"
 
@@ -99,6 +100,14 @@ def windows_index(cluster_id: str) -> str:
 def windows_pending(cluster_id: str) -> str:
     """Sorted set: window_id scored by from_beat, windows not yet reported."""
     return f"{cluster_prefix(cluster_id)}:windows:pending"
+
+
+def windows_with_beats(cluster_id: str) -> str:
+    """Sorted set: window_id scored by from_beat, windows whose beats the pulse leader recorded
+    (with their beat stats, fenced) and that are not reported yet. It lets the rollup's
+    catch-up find windows that had beats but no claims; the leader trims members far behind
+    its beat and the report removes the window."""
+    return f"{cluster_prefix(cluster_id)}:windows:beats"
 
 
 def windows_reported(cluster_id: str) -> str:

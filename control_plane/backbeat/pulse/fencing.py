@@ -40,6 +40,10 @@ from backbeat.pulse.state import PulseState, TimelineRecord
 
 #: Per-window stats keys expire a day after their last beat (the rollup reads them within a beat).
 STATS_TTL_MS = 24 * 3600 * 1000
+#: Windows starting this many beats before the newest one leave the unreported-windows index
+#: (the rollup's catch-up looks 64 beats back by default), which keeps it small on masters
+#: where no rollup ever removes them.
+WINDOW_INDEX_HORIZON_BEATS = 4096
 
 _READ = """
 return {redis.call('GET', KEYS[1]) or '0', redis.call('HGETALL', KEYS[2])}
@@ -86,6 +90,15 @@ if ARGV[6] == '1' then
   end
   redis.call('HSET', KEYS[3], 'term:' .. ARGV[1], 1)
   redis.call('PEXPIRE', KEYS[3], ARGV[9])
+  local from_beat = tonumber(ARGV[10])
+  if from_beat >= 0 then
+    -- Index the window so the rollup's catch-up finds it even without claims.
+    redis.call('HSET', KEYS[3], 'from_beat', ARGV[10], 'to_beat', ARGV[11])
+    if redis.call('HGET', KEYS[5], 'reported') ~= '1' then
+      redis.call('ZADD', KEYS[4], 'NX', from_beat, ARGV[12])
+    end
+    redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', '(' .. (from_beat - tonumber(ARGV[13])))
+  end
 end
 return {1, ARGV[1]}
 """
@@ -115,6 +128,9 @@ class EmittedBeat:
     window_id: str
     degraded: bool
     drift_us: int
+    #: The window's bounds (inclusive); -1 when unknown (then the window is not indexed).
+    from_beat: int = -1
+    to_beat: int = -1
 
 
 class ClaimError(RuntimeError):
@@ -130,6 +146,7 @@ class FencedStore:
         self.writer = writer
         self._term_key = keys.term(cluster_id)
         self._state_key = keys.pulse_state(cluster_id)
+        self._windows_key = keys.windows_with_beats(cluster_id)
 
     @staticmethod
     def _fields(raw: list[bytes]) -> dict[bytes, bytes]:
@@ -206,11 +223,27 @@ class FencedStore:
             "1" if emitted and emitted.degraded else "0",
             emitted.drift_us if emitted else 0,
             STATS_TTL_MS,
+            emitted.from_beat if emitted else -1,
+            emitted.to_beat if emitted else -1,
+            emitted.window_id if emitted else "",
+            WINDOW_INDEX_HORIZON_BEATS,
+        )
+        aggregate_key = (
+            keys.window_aggregate(self.cluster_id, emitted.window_id)
+            if emitted
+            else self._state_key
         )
 
         async def write(client: aioredis.Redis) -> tuple[bool, int]:
             ok, stored = await client.eval(
-                _WRITE, 3, self._term_key, self._state_key, stats_key, *args
+                _WRITE,
+                5,
+                self._term_key,
+                self._state_key,
+                stats_key,
+                self._windows_key,
+                aggregate_key,
+                *args,
             )
             return bool(ok), int(stored)
 

@@ -575,7 +575,14 @@ class PulseNode:
                     self.on_emitted(drift_ns / 1e9)
                 if flagged:
                     self.metrics.degraded_beats.inc()
-                previous = EmittedBeat(frame.window_id, flagged, drift_ns // 1000)
+                bar_start = timeline.bar_start(n)
+                previous = EmittedBeat(
+                    frame.window_id,
+                    flagged,
+                    drift_ns // 1000,
+                    bar_start,
+                    bar_start + timeline.bar_length - 1,
+                )
             n += 1
             if self._handoff.is_set() and not degraded:
                 await self._step_down(previous)

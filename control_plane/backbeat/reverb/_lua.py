@@ -396,6 +396,7 @@ if redis.call('HGET', agg, 'reported') ~= '1' then
     redis.call('PEXPIRE', wp .. suffix, retention_ms)
   end
   redis.call('ZREM', prefix .. ':windows:pending', wid)
+  redis.call('ZREM', prefix .. ':windows:beats', wid)
   redis.call('ZADD', prefix .. ':windows:reported', now_ms, wid)
   local from_beat = redis.call('HGET', agg, 'from_beat')
   if from_beat then redis.call('ZADD', prefix .. ':windows', 'NX', from_beat, wid) end

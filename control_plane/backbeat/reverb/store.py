@@ -427,20 +427,33 @@ class WindowStore:
 
     async def unreported_windows(self, before_beat: int) -> list[tuple[str, int, int]]:
         """``(window_id, from_beat, to_beat)`` of windows ending before ``before_beat`` that
-        hold claims (or were sealed) but are not reported yet, oldest first."""
-        raw = await self._redis.zrangebyscore(
-            keys.windows_pending(self.cluster_id), "-inf", f"({before_beat}", withscores=True
-        )
+        hold claims, were sealed or had beats (recorded by the pulse leader) but are not
+        reported yet, oldest first."""
+        bound = f"({before_beat}"
+        starts: dict[str, int] = {}
+        for index in (
+            keys.windows_with_beats(self.cluster_id),
+            keys.windows_pending(self.cluster_id),
+        ):
+            for member, score in await self._redis.zrangebyscore(
+                index, "-inf", bound, withscores=True
+            ):
+                starts[_text(member)] = int(score)
         out: list[tuple[str, int, int]] = []
-        for member, score in raw:
-            window_id = _text(member)
-            to_beat = await self._redis.hget(
-                keys.window_aggregate(self.cluster_id, window_id), "to_beat"
+        for window_id, from_beat in sorted(starts.items(), key=lambda item: item[1]):
+            to_beat, reported = await self._redis.hmget(
+                keys.window_aggregate(self.cluster_id, window_id), ["to_beat", "reported"]
             )
+            if reported == b"1":
+                continue
+            if to_beat is None:  # no claim yet: the pulse's beat stats know the bounds
+                to_beat = await self._redis.hget(
+                    keys.beat_stats(self.cluster_id, window_id), "to_beat"
+                )
             if to_beat is None:
                 continue
             if int(to_beat) < before_beat:
-                out.append((window_id, int(score), int(to_beat)))
+                out.append((window_id, from_beat, int(to_beat)))
         return out
 
     # -- admin side -------------------------------------------------------------------------
