@@ -132,7 +132,10 @@ class GrpcClaimSink:
             | None
         ) = None
 
-    async def send(self, claims: Sequence[StatusClaim]) -> Sequence[str] | None:
+    async def send(
+        self, claims: Sequence[StatusClaim], traceparents: Sequence[str] = ()
+    ) -> Sequence[str] | None:
+        # SubmitClaims carries no per-claim trace context: traced claims travel untraced here.
         if self._call is None:
             if self._channel is None:
                 self._channel = grpc.aio.insecure_channel(self._target)

@@ -124,12 +124,19 @@ class NatsClaimSink:
         self._subject = subjects.claims(cluster_id)
         self._flush_timeout_s = flush_timeout_s
 
-    async def send(self, claims: Sequence[StatusClaim]) -> Sequence[str] | None:
+    async def send(
+        self, claims: Sequence[StatusClaim], traceparents: Sequence[str] = ()
+    ) -> Sequence[str] | None:
         publish = self._nc.publish
         encode = _ENCODER.encode
-        for claim in claims:
+        for i, claim in enumerate(claims):
             # The same JSON as StatusClaim.encode() minus key sorting, with one reusable
             # encoder: json.dumps builds a new encoder per call when given options.
-            await publish(self._subject, encode(claim.to_json_dict()).encode())
+            payload = encode(claim.to_json_dict()).encode()
+            context = traceparents[i] if traceparents else ""
+            if context:  # reported inside a span: the ingest's receive span joins its trace
+                await publish(self._subject, payload, headers={"traceparent": context})
+            else:
+                await publish(self._subject, payload)
         await self._nc.flush(timeout=self._flush_timeout_s)  # type: ignore[arg-type]
         return None

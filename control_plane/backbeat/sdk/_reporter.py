@@ -15,8 +15,11 @@ import logging
 from collections.abc import Sequence
 from typing import Protocol
 
+from opentelemetry import trace
+
 from backbeat.core.messages import StatusClaim
 from backbeat.sdk._types import AgentStats, ClaimBufferFull
+from backbeat.service.tracing import traceparent
 
 log = logging.getLogger("backbeat.sdk")
 
@@ -26,9 +29,21 @@ _BACKOFF_MAX_S = 2.0
 
 class ClaimSink(Protocol):
     """Sends one batch. Returns per-claim outcomes ("accepted", "duplicate", "late",
-    "rejected") when the transport reports them, or None (NATS: fire and forget)."""
+    "rejected") when the transport reports them, or None (NATS: fire and forget).
+    ``traceparents`` holds, per claim, the W3C trace context it was reported in ("" for
+    none)."""
 
-    async def send(self, claims: Sequence[StatusClaim]) -> Sequence[str] | None: ...
+    async def send(
+        self, claims: Sequence[StatusClaim], traceparents: Sequence[str] = ()
+    ) -> Sequence[str] | None: ...
+
+
+def _reporting_traceparent() -> str:
+    """The trace context of the span the caller reports in, or "" (cheap when there is none:
+    no propagator runs)."""
+    if not trace.get_current_span().get_span_context().is_valid:
+        return ""
+    return traceparent()
 
 
 class ClaimReporter:
@@ -44,7 +59,9 @@ class ClaimReporter:
     ) -> None:
         self._sink = sink
         self.stats = stats
-        self._queue: asyncio.Queue[StatusClaim] = asyncio.Queue(maxsize=buffer)
+        # Each claim with the trace context it was reported in: the batch is sent later, from
+        # another task, where the caller's span is no longer current.
+        self._queue: asyncio.Queue[tuple[StatusClaim, str]] = asyncio.Queue(maxsize=buffer)
         self._batch = batch
         self._linger_s = linger_s
         self._max_attempts = max_attempts
@@ -59,7 +76,7 @@ class ClaimReporter:
 
     def put_nowait(self, claim: StatusClaim) -> None:
         try:
-            self._queue.put_nowait(claim)
+            self._queue.put_nowait((claim, _reporting_traceparent()))
         except asyncio.QueueFull:
             raise ClaimBufferFull(
                 f"{self._queue.maxsize} claims are waiting to be sent; slow down or await report()"
@@ -68,7 +85,7 @@ class ClaimReporter:
         self.stats.claims_queued += 1
 
     async def put(self, claim: StatusClaim) -> None:
-        await self._queue.put(claim)
+        await self._queue.put((claim, _reporting_traceparent()))
         self._idle.clear()
         self.stats.claims_queued += 1
 
@@ -91,13 +108,17 @@ class ClaimReporter:
                 if self._queue.empty():
                     self._idle.set()
 
-    async def _send(self, batch: list[StatusClaim]) -> None:
+    async def _send(self, queued: list[tuple[StatusClaim, str]]) -> None:
+        batch = [claim for claim, _ in queued]
+        traceparents = [context for _, context in queued]
+        if not any(traceparents):
+            traceparents = []
         attempt = 0
         backoff = _BACKOFF_START_S
         while True:
             attempt += 1
             try:
-                outcomes = await self._sink.send(batch)
+                outcomes = await self._sink.send(batch, traceparents)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
