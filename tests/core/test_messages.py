@@ -5,7 +5,14 @@ from typing import Any
 
 import pytest
 
-from backbeat.core.messages import BarReport, BeatFrame, CodecError, ReportIssue, StatusClaim
+from backbeat.core.messages import (
+    BarReport,
+    BeatFrame,
+    CodecError,
+    ReportIssue,
+    StatusClaim,
+    parse_utf8_json,
+)
 from backbeat.core.rfc3339 import format_ns, parse_ns
 
 # The three interface examples of the specification, verbatim.
@@ -142,3 +149,12 @@ def test_malformed_payloads_name_the_field(
 def test_rfc3339(text: str, ns: int) -> None:
     assert parse_ns(text) == ns
     assert parse_ns(format_ns(ns)) == ns
+
+
+def test_parse_utf8_json_is_strict_about_what_follows_the_value() -> None:
+    assert parse_utf8_json(b'{"a": 1}\r\n \t') == {"a": 1}
+    for bad in (b'{"a": 1} x', b'{"a": 1}\xe2\x80\x83', b'{"a": 1}{}', b"[1] ]"):
+        with pytest.raises(CodecError, match="extra data"):
+            parse_utf8_json(bad)
+    with pytest.raises(json.JSONDecodeError):
+        parse_utf8_json(b' {"a": 1}')  # leading whitespace: left to load_object

@@ -53,9 +53,13 @@ def parse_utf8_json(payload: bytes) -> Any:
     """Parse UTF-8 JSON (NaN/Infinity refused) without ``load_object``'s encoding detection.
 
     For hot paths that fall back to ``load_object`` on any error: raises ValueError (including
-    UnicodeDecodeError and CodecError).
+    UnicodeDecodeError and CodecError), also for leading whitespace, which JSON allows.
     """
-    return _DECODER.decode(payload.decode())
+    text = payload.decode()
+    obj, end = _DECODER.raw_decode(text)  # raw_decode: no whitespace scans around the value
+    if end != len(text) and text[end:].strip(" \t\n\r"):
+        raise CodecError("", f"extra data at character {end}")
+    return obj
 
 
 def load_object(payload: bytes | str | Mapping[str, Any]) -> Mapping[str, Any]:

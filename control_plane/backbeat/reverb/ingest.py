@@ -1,12 +1,15 @@
 """Claim ingest: NATS and gRPC in, validation, a bounded buffer, batches into the window store.
 
-Claims from every source go into one bounded in-memory buffer. A single flusher drains it in
-batches: it validates each claim against the beat current *when it arrived*, then applies the
-whole batch (accepted claims and dead letters alike) with one Lua call. A batch that fails
-because Redis is unreachable is retried, with the same batch id, until Redis answers; the id
-makes the retry idempotent, so a reply lost in a crash never counts a claim twice. While the
-buffer is full, producers wait: gRPC callers feel it as flow control, the NATS subscription
-stops being read and, past the client's pending limit, NATS drops messages (counted).
+Claims from every source are validated on arrival, against the beat current *when they
+arrived* (plainly valid claims by a fast path that builds no objects), and go into one bounded
+in-memory buffer. A single flusher drains it in batches, each applied (accepted claims and
+dead letters alike) by one Lua call; up to ``max_in_flight`` batches are in flight over one
+connection, so Redis applies them in arrival order while the next one is built. Batches
+unanswered after a Redis error are sent again, in order and with the same batch ids, until
+Redis answers; the ids make the resend idempotent, so a reply lost in a crash never counts a
+claim twice. While the buffer is full, producers wait: gRPC callers feel it as flow control,
+the NATS subscription stops being read and, past the client's pending limit, NATS drops
+messages (counted).
 """
 
 from __future__ import annotations
