@@ -9,8 +9,16 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from backbeat.embedded import NatsServer, RedisServer
+
+# Property tests check behaviour, not speed: no per-example deadline (a loaded CI machine or
+# tracemalloc would otherwise fail them); a failing example is printed for reproduction.
+settings.register_profile(
+    "backbeat", deadline=None, suppress_health_check=[HealthCheck.too_slow], print_blob=True
+)
+settings.load_profile("backbeat")
 
 
 @pytest.fixture(scope="session")

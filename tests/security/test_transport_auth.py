@@ -31,8 +31,10 @@ async def test_trigger_connects_with_credentials_from_secrets(
     redis_server = redis_factory(password=REDIS_PASSWORD)
     bare_redis = f"redis://127.0.0.1:{redis_server.port}/0"
     # Without credentials both refuse.
+    refused = nats.NATS()
     with pytest.raises((nats.errors.NoServersError, nats.errors.Error, OSError)):
-        await nats.connect(nats_server.bare_url, allow_reconnect=False, connect_timeout=2)
+        await refused.connect(nats_server.bare_url, allow_reconnect=False, connect_timeout=2)
+    await refused.close()  # a refused client still holds its socket until closed
     client = Redis.from_url(bare_redis)
     with pytest.raises((AuthenticationError, ResponseError)):
         await client.ping()
