@@ -8,6 +8,7 @@ from collections.abc import Callable
 import nats
 import nats.errors
 import pytest
+from nats.aio.client import Client as NatsClient
 from redis.asyncio import Redis
 from redis.exceptions import AuthenticationError, ResponseError
 
@@ -31,7 +32,7 @@ async def test_trigger_connects_with_credentials_from_secrets(
     redis_server = redis_factory(password=REDIS_PASSWORD)
     bare_redis = f"redis://127.0.0.1:{redis_server.port}/0"
     # Without credentials both refuse.
-    refused = nats.NATS()
+    refused = NatsClient()
     with pytest.raises((nats.errors.NoServersError, nats.errors.Error, OSError)):
         await refused.connect(nats_server.bare_url, allow_reconnect=False, connect_timeout=2)
     await refused.close()  # a refused client still holds its socket until closed
