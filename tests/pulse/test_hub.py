@@ -8,8 +8,10 @@ import pytest
 
 from backbeat.core.hlc import HLCTimestamp
 from backbeat.core.messages import BeatFrame
+from backbeat.core.protobuf import beat_frame_to_pb as frame_pb
+from backbeat.core.protobuf import timeline_to_pb as timeline_pb
 from backbeat.core.timeline import Timeline
-from backbeat.pulse.grpc_service import EncodedEvents, frame_pb, timeline_pb
+from backbeat.pulse.grpc_service import EncodedEvents
 from backbeat.pulse.hub import BeatHub, Subscription
 from backbeat.pulse.scheduler import build_frame
 from backbeat.v1 import pulse_service_pb2 as pb

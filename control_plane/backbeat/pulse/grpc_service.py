@@ -18,16 +18,14 @@ from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import grpc
-from google.protobuf.timestamp_pb2 import Timestamp
 from opentelemetry.instrumentation.grpc import aio_client_interceptors
 
-from backbeat.core.messages import BeatFrame
+from backbeat.core.protobuf import beat_frame_to_pb, timeline_to_pb, timestamp_from_ns
 from backbeat.core.timeline import TempoError, Timeline
 from backbeat.pulse.hub import HistoryGone, HubEvent
 from backbeat.pulse.node import NoQuorumError, NotLeaderError, PulseNode, Role, TempoChange
 from backbeat.pulse.tempo_limit import TempoRateLimited
 from backbeat.service.rpc import BearerAuth, abort_with_reason
-from backbeat.v1 import beat_frame_pb2, timeline_pb2
 from backbeat.v1 import pulse_service_pb2 as pb
 from backbeat.v1 import pulse_service_pb2_grpc as pb_grpc
 
@@ -40,54 +38,11 @@ DEFAULT_PROGRESS_MS = 5000
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
-def timestamp(ns: int) -> Timestamp:
-    seconds, nanos = divmod(ns, 1_000_000_000)
-    return Timestamp(seconds=seconds, nanos=nanos)
-
-
-def timeline_pb(timeline: Timeline) -> timeline_pb2.Timeline:
-    return timeline_pb2.Timeline(
-        cluster_id=timeline.cluster_id,
-        revision=timeline.revision,
-        tempo_bpm=timeline.tempo_bpm,
-        bar_length=timeline.bar_length,
-        anchor_beat=timeline.anchor_beat,
-        anchor_time=timestamp(timeline.anchor_time_ns),
-        phases=[timeline_pb2.Phase(name=p.name, beats=p.beats) for p in timeline.phases],
-        term=timeline.term,
-        bar_origin=timeline.bar_origin,
-    )
-
-
-def frame_pb(frame: BeatFrame) -> beat_frame_pb2.BeatFrame:
-    out = beat_frame_pb2.BeatFrame(
-        cluster_id=frame.cluster_id,
-        beat_index=frame.beat_index,
-        downbeat=frame.downbeat,
-        phase=frame.phase,
-        hlc=frame.hlc,
-        deadline_time=timestamp(frame.deadline_ns),
-        tempo_bpm=frame.tempo_bpm,
-        window_id=frame.window_id,
-        term=frame.term,
-        degraded=frame.degraded,
-        bar_start_beat=frame.bar_start_beat or 0,
-        timeline_revision=frame.timeline_revision,
-        key_id=frame.key_id,
-        signature=frame.signature,
-    )
-    if frame.scheduled_ns is not None:
-        out.scheduled_time.CopyFrom(timestamp(frame.scheduled_ns))
-    if frame.emitted_ns is not None:
-        out.emitted_time.CopyFrom(timestamp(frame.emitted_ns))
-    return out
-
-
 def tempo_response(change: TempoChange) -> pb.SetTempoResponse:
     return pb.SetTempoResponse(
-        timeline=timeline_pb(change.timeline),
+        timeline=timeline_to_pb(change.timeline),
         effective_beat=change.effective_beat,
-        effective_time=timestamp(change.effective_time_ns),
+        effective_time=timestamp_from_ns(change.effective_time_ns),
         target_tempo_bpm=change.target_tempo_bpm,
         remaining_steps=change.remaining_steps,
     )
@@ -165,9 +120,9 @@ class EncodedEvents:
         if hit is not None and hit[0] is event:
             return hit[1]
         if isinstance(event, Timeline):
-            data = pb.StreamBeatsResponse(timeline=timeline_pb(event)).SerializeToString()
+            data = pb.StreamBeatsResponse(timeline=timeline_to_pb(event)).SerializeToString()
         else:
-            data = pb.StreamBeatsResponse(beat=frame_pb(event)).SerializeToString()
+            data = pb.StreamBeatsResponse(beat=beat_frame_to_pb(event)).SerializeToString()
         self._cache[id(event)] = (event, data)
         if len(self._cache) > self._size:
             self._cache.popitem(last=False)
@@ -217,7 +172,7 @@ class PulseServicer:
                         progress=pb.StreamProgress(
                             last_beat_index=hub.last_beat,
                             term=hub.last_term,
-                            server_time=timestamp(time.time_ns()),
+                            server_time=timestamp_from_ns(time.time_ns()),
                         )
                     ).SerializeToString()
                     continue
@@ -317,7 +272,7 @@ class PulseServicer:
             redis_total=status.redis_total,
         )
         if status.timeline is not None:
-            out.timeline.CopyFrom(timeline_pb(status.timeline))
+            out.timeline.CopyFrom(timeline_to_pb(status.timeline))
         return out
 
     async def GetTimeline(
@@ -331,9 +286,9 @@ class PulseServicer:
                 "NO_TIMELINE",
                 "this replica does not know the timeline yet (no leader seen)",
             )
-        out = pb.GetTimelineResponse(timeline=timeline_pb(status.timeline))
+        out = pb.GetTimelineResponse(timeline=timeline_to_pb(status.timeline))
         if status.pending is not None:
-            out.pending.CopyFrom(timeline_pb(status.pending))
+            out.pending.CopyFrom(timeline_to_pb(status.pending))
         return out
 
 
