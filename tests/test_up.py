@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -10,6 +11,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -108,6 +110,31 @@ def test_up_shows_beats_reports_and_tempo_change_then_stops_cleanly(tmp_path: Pa
         )  # fmt: skip
         assert unauthenticated.returncode == 2
         assert "UNAUTHENTICATED" in unauthenticated.stdout
+
+        # The operator commands against the live stack, as the docs show them.
+        reverb = out.wait_for(r"reverb\s+gRPC (127\.0\.0\.1:\d+)", timeout=1)[0][1]
+
+        def ctl(*words: str) -> Any:
+            done = subprocess.run(
+                [sys.executable, "-m", "backbeat.cli", *words, "--json"],
+                capture_output=True, text=True, env=env, timeout=30, check=False,
+            )  # fmt: skip
+            assert done.returncode == 0, done.stdout + done.stderr
+            return json.loads(done.stdout)
+
+        status = ctl("status", "--pulse", pulse[1], "--reverb", reverb)
+        assert status["pulse"]["cluster_id"] == "uptest"
+        assert status["pulse"]["leader_id"] in {"pulse-1", "pulse-2"}
+        assert status["windows"]
+        windows = ctl("windows", "--reverb", reverb, "--limit", "5")
+        reported = [w for w in windows if w["status"] == "reported"]
+        assert reported, windows
+        detail = ctl("windows", reported[0]["window_id"], "--reverb", reverb)
+        assert detail["report"]["window_id"] == reported[0]["window_id"]
+        first = reported[-1]  # newest first: the oldest reported window listed
+        report = ctl("reports", "--reverb", reverb, "--count", "1",
+                     "--from-beat", str(first["from_beat"]))  # fmt: skip
+        assert report["window_id"] == first["window_id"]
 
         refused = subprocess.run(
             [sys.executable, "-m", "backbeat.cli", "tempo", "200", "--pulse", pulse[1],
