@@ -150,6 +150,13 @@ class ServerProcess:
                 proc.wait()
         self._proc = None
 
+    def wait(self, timeout: float) -> int:
+        """Wait for the process to exit by itself: its exit status (``subprocess.TimeoutExpired``
+        when it is still running after ``timeout`` seconds)."""
+        if self._proc is None:
+            raise ServerError(f"{self.kind} was not started")
+        return self._proc.wait(timeout)
+
     def kill(self) -> None:
         """SIGKILL: the server dies without any chance to clean up."""
         if self._proc is not None and self._proc.poll() is None:

@@ -23,6 +23,7 @@ from backbeat.secrets import (
     open_component_secrets,
 )
 from backbeat.service.logs import configure_logging, get_logger
+from backbeat.service.nats_connect import NatsUnreachable, report_unreachable
 from backbeat.service.tls import TlsSettings, add_tls_arguments
 
 
@@ -64,6 +65,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--log-level", default=env("LOG_LEVEL", "info"), help="debug|info|warn|error (LOG_LEVEL)"
+    )
+    parser.add_argument(
+        "--connect-timeout-s",
+        type=float,
+        default=defaults.nats_connect_timeout_s,
+        help="wait this long for NATS at start, then exit 1 (0: wait for ever)",
     )
     parser.add_argument(
         "--tempo-changes-per-minute",
@@ -108,6 +115,7 @@ def settings_from_args(args: argparse.Namespace) -> PulseSettings:
         token=args.token,
         environment=os.environ.get("BACKBEAT_ENV", "development"),
         log_level=args.log_level,
+        nats_connect_timeout_s=args.connect_timeout_s,
     )
 
 
@@ -187,11 +195,13 @@ def run(args: argparse.Namespace) -> int:
     try:
         settings = settings_from_args(args)
     except ValueError as exc:
-        print(f"backbeat pulse: {exc}")
+        print(f"backbeat pulse: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level)
     try:
         asyncio.run(serve(settings, args))
+    except NatsUnreachable as exc:
+        return report_unreachable(exc, "pulse")
     except UnsafeConfiguration as exc:
         print(exc, file=sys.stderr)
         return 2

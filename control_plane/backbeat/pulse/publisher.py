@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Mapping
 
-import nats
 import structlog
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
@@ -15,6 +14,7 @@ from nats.js.errors import BadRequestError
 
 from backbeat.core import subjects
 from backbeat.core.messages import BeatFrame
+from backbeat.service.nats_connect import DEFAULT_CONNECT_TIMEOUT_S, connect_nats
 
 log = structlog.get_logger(component="pulse")
 
@@ -28,12 +28,23 @@ def downbeat_msg_id(cluster_id: str, beat_index: int) -> str:
 
 
 class BeatPublisher:
-    """One NATS connection: publishes as leader, listens as follower."""
+    """One NATS connection: publishes as leader, listens as follower.
 
-    def __init__(self, url: str, cluster_id: str, *, name: str = "backbeat-pulse") -> None:
+    ``connect_timeout_s`` bounds the wait for the first connection (0: for ever); once
+    connected, the client reconnects for ever."""
+
+    def __init__(
+        self,
+        url: str,
+        cluster_id: str,
+        *,
+        name: str = "backbeat-pulse",
+        connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
+    ) -> None:
         self.url = url
         self.cluster_id = cluster_id
         self.name = name
+        self.connect_timeout_s = connect_timeout_s
         self.nc: NatsClient | None = None
         self._pending_acks: set[asyncio.Task[None]] = set()
         self.downbeat_failures = 0
@@ -41,8 +52,10 @@ class BeatPublisher:
     async def start(self) -> None:
         if self.nc is not None:
             return
-        self.nc = await nats.connect(
+        self.nc = await connect_nats(
             self.url,
+            connect_timeout_s=self.connect_timeout_s,
+            log=log,
             name=self.name,
             max_reconnect_attempts=-1,
             reconnect_time_wait=0.25,

@@ -8,6 +8,7 @@ from typing import Any
 
 from backbeat.core.subjects import check_cluster_id, default_cluster_id
 from backbeat.core.timeline import validate_tempo
+from backbeat.service.nats_connect import DEFAULT_CONNECT_TIMEOUT_S
 
 
 @dataclass(frozen=True, slots=True)
@@ -16,6 +17,8 @@ class PulseSettings:
     node_id: str = "pulse-1"
     redis_urls: tuple[str, ...] = ("redis://127.0.0.1:6379/0",)
     nats_url: str = "nats://127.0.0.1:4222"
+    #: How long a starting replica waits for its first NATS connection (0: for ever).
+    nats_connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S
     #: gRPC listen port (0: any free port) and the host other replicas reach it on.
     grpc_port: int = 0
     grpc_host: str = "127.0.0.1"
@@ -49,6 +52,11 @@ class PulseSettings:
             raise ValueError(f"lock TTL {self.lock_ttl_ms} ms is too short (minimum 100 ms)")
         if not self.redis_urls:
             raise ValueError("at least one --redis URL is required")
+        if self.nats_connect_timeout_s < 0:
+            raise ValueError(
+                f"--connect-timeout-s must be 0 (wait for ever) or more, "
+                f"got {self.nats_connect_timeout_s:g}"
+            )
         # Production without a token (flag or the api_token secret) is refused at start by
         # backbeat.secrets.open_component_secrets, which also judges weak and default secrets.
 

@@ -11,6 +11,7 @@ from dataclasses import replace
 from backbeat.reverb.server import ReverbServer, ReverbSettings
 from backbeat.secrets import SecretError, UnsafeConfiguration, open_component_secrets
 from backbeat.service.logs import configure_logging, get_logger
+from backbeat.service.nats_connect import NatsUnreachable, check_connect_timeout, report_unreachable
 from backbeat.service.tls import TlsSettings, add_tls_arguments
 
 
@@ -55,6 +56,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--log-level", default=env("LOG_LEVEL", "info"), help="debug|info|warn|error (LOG_LEVEL)"
     )
+    parser.add_argument(
+        "--connect-timeout-s",
+        type=float,
+        default=defaults.nats_connect_timeout_s,
+        help="wait this long for NATS at start, then exit 1 (0: wait for ever)",
+    )
     add_security_arguments(parser)
 
 
@@ -93,6 +100,7 @@ def settings_from_args(args: argparse.Namespace) -> ReverbSettings:
         buffer_capacity=args.buffer_capacity,
         retention_seconds=args.retention,
         log_level=args.log_level,
+        nats_connect_timeout_s=check_connect_timeout(args.connect_timeout_s),
     )
 
 
@@ -148,11 +156,13 @@ def run(args: argparse.Namespace) -> int:
     try:
         settings = settings_from_args(args)
     except ValueError as exc:
-        print(f"backbeat reverb: {exc}")
+        print(f"backbeat reverb: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level)
     try:
         asyncio.run(serve(settings, args))
+    except NatsUnreachable as exc:
+        return report_unreachable(exc, "reverb")
     except UnsafeConfiguration as exc:
         print(exc, file=sys.stderr)
         return 2

@@ -25,7 +25,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-import nats
 import redis.asyncio as aioredis
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
@@ -60,6 +59,7 @@ from backbeat.reverb.store import (
 )
 from backbeat.reverb.timeline_follower import TimelineFollower
 from backbeat.service.logs import get_logger
+from backbeat.service.nats_connect import DEFAULT_CONNECT_TIMEOUT_S, connect_nats
 from backbeat.service.slo import ROLLUP
 from backbeat.service.tracing import extract_context, tracer
 
@@ -107,6 +107,9 @@ class IngestSettings:
     retry_max_s: float = 2.0
     #: How long close() waits for the buffer to drain into Redis.
     drain_timeout_s: float = 10.0
+    #: How long start() waits for the first NATS connection (0: for ever); once connected,
+    #: the client reconnects for ever.
+    nats_connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S
     store: StoreSettings = field(default_factory=StoreSettings)
 
     def __post_init__(self) -> None:
@@ -225,8 +228,10 @@ class ClaimIngest:
         self._flusher = asyncio.create_task(self._flush_loop(), name="reverb-flusher")
         self._gauges = asyncio.create_task(self._gauge_loop(), name="reverb-gauges")
         if self.settings.nats_url:
-            self._nc = await nats.connect(
+            self._nc = await connect_nats(
                 self.settings.nats_url,
+                connect_timeout_s=self.settings.nats_connect_timeout_s,
+                log=self._log,
                 name=f"backbeat-reverb-{self.settings.node_id}",
                 max_reconnect_attempts=-1,
                 reconnect_time_wait=0.25,

@@ -21,6 +21,7 @@ from backbeat.reverb.grpc_service import SERVICE_NAME, ReverbServicer, ensure_ba
 from backbeat.reverb.ingest import ClaimIngest, IngestSettings
 from backbeat.reverb.store import StoreSettings, WindowDetail
 from backbeat.service.admin import AdminServer, error_response, json_response
+from backbeat.service.nats_connect import DEFAULT_CONNECT_TIMEOUT_S
 from backbeat.service.rpc import BearerAuth, GrpcServer, TokenSource
 from backbeat.service.settings import masked
 from backbeat.service.tls import TlsSettings
@@ -45,6 +46,8 @@ class ReverbSettings:
     retention_seconds: float = 3600.0
     limits: ClaimLimits = DEFAULT_LIMITS
     log_level: str = "info"
+    #: How long start() waits for the first NATS connection (0: for ever).
+    nats_connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S
     environment: str = field(default_factory=lambda: os.environ.get("BACKBEAT_ENV", "development"))
 
     def ingest_settings(self) -> IngestSettings:
@@ -58,6 +61,7 @@ class ReverbSettings:
             buffer_capacity=self.buffer_capacity,
             max_batch=self.max_batch,
             store=StoreSettings(retention_seconds=self.retention_seconds),
+            nats_connect_timeout_s=self.nats_connect_timeout_s,
         )
 
     def describe(self) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from backbeat.ports import TRIGGER_ADMIN_PORT
 from backbeat.secrets import SecretError, UnsafeConfiguration, open_component_secrets
 from backbeat.service import AdminServer, ShutdownSignal, configure_logging, get_logger, masked
 from backbeat.service.admin import json_response
+from backbeat.service.nats_connect import NatsUnreachable, check_connect_timeout, report_unreachable
 from backbeat.service.settings import env_default
 from backbeat.service.tls import TlsSettings, add_tls_arguments
 from backbeat.service.tracing import configure_tracing
@@ -102,6 +103,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="/health, /ready, /metrics (0: any free port)",
     )
     parser.add_argument("--log-level", default=None, help="debug|info|warn|error (env LOG_LEVEL)")
+    parser.add_argument(
+        "--connect-timeout-s",
+        type=float,
+        default=d.nats_connect_timeout_s,
+        help="wait this long for NATS at start, then exit 1 (0: wait for ever)",
+    )
     add_tls_arguments(parser)
 
 
@@ -119,6 +126,7 @@ def settings_from(args: argparse.Namespace) -> TriggerSettings:
         stale_after_beats=args.stale_after_beats,
         durable=args.durable,
         lease_ms=args.lease_ms,
+        nats_connect_timeout_s=check_connect_timeout(args.connect_timeout_s),
     )
 
 
@@ -149,8 +157,8 @@ def status_json(trigger: ReverbTrigger) -> dict[str, object]:
 
 
 async def _main(args: argparse.Namespace) -> int:
+    settings = settings_from(args)  # refused before anything is set up
     configure_logging(args.log_level)
-    settings = settings_from(args)
     tls = TlsSettings.from_args(args)
     configure_tracing("reverb-trigger", cluster_id=settings.cluster_id)
     log = get_logger(component="reverb-trigger", cluster=settings.cluster_id)
@@ -193,6 +201,8 @@ async def _main(args: argparse.Namespace) -> int:
 def run(args: argparse.Namespace) -> int:
     try:
         return asyncio.run(_main(args))
+    except NatsUnreachable as exc:
+        return report_unreachable(exc, "reverb-trigger")
     except UnsafeConfiguration as exc:
         print(exc, file=sys.stderr)
         return 2

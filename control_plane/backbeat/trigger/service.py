@@ -33,6 +33,7 @@ from backbeat.core.messages import BeatFrame, CodecError, load_object
 from backbeat.core.timeline import NS_PER_MIN
 from backbeat.reverb.store import WindowStore
 from backbeat.service.logs import get_logger
+from backbeat.service.nats_connect import DEFAULT_CONNECT_TIMEOUT_S, connect_nats
 from backbeat.service.slo import ROLLUP, SloTracker
 from backbeat.service.tracing import extract_context, inject_headers, tracer
 from backbeat.trigger.invokers import InProcessInvoker, InvokeError, Invoker
@@ -67,6 +68,9 @@ class TriggerSettings:
     ack_wait_s: float = 30.0
     #: Lease of an in-process rollup attempt (see reverb_rollup.RollupSettings).
     lease_ms: int = 400
+    #: How long start() waits for the first NATS connection (0: for ever); reconnects after
+    #: that follow the client's reconnect policy.
+    nats_connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S
 
     def backoff_s(self, attempt: int) -> float:
         delay_ms = self.backoff_ms * 2.0 ** max(attempt - 1, 0)
@@ -162,10 +166,15 @@ class ReverbTrigger:
         if self.status is not TriggerStatus.NEW:
             return
         s = self.settings
+        if self._nc is None:
+            self._nc = await connect_nats(
+                s.nats_url,
+                connect_timeout_s=s.nats_connect_timeout_s,
+                log=self._log,
+                name=f"reverb-trigger-{s.cluster_id}",
+            )
         if self._redis is None:
             self._redis = Redis.from_url(s.redis_url)
-        if self._nc is None:
-            self._nc = await nats.connect(s.nats_url, name=f"reverb-trigger-{s.cluster_id}")
         js = self._nc.jetstream()
         await ensure_stream(js, downbeat_stream_config(s.cluster_id))
         await ensure_stream(js, bar_stream_config(s.cluster_id))

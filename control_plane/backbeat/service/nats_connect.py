@@ -1,0 +1,144 @@
+"""The first connection of a service to NATS, bounded in time.
+
+A service that cannot reach NATS when it starts waits up to ``connect_timeout_s`` (0: for
+ever), logging one warning at the first failure instead of a traceback per attempt, then gives
+up with :class:`NatsUnreachable`; its command logs one error naming the URL and exits
+non-zero. Once connected, the client's own reconnect policy (the options passed through)
+applies unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from typing import Any, Final
+
+from nats import errors as nats_errors
+from nats.aio.client import Client as NatsClient
+
+from backbeat.service.logs import get_logger
+from backbeat.service.settings import mask_url
+
+#: How long a service waits for its first NATS connection by default (seconds).
+DEFAULT_CONNECT_TIMEOUT_S: Final = 30.0
+
+#: Exit status of a command that gave up waiting for a server at start.
+EXIT_UNREACHABLE: Final = 1
+
+ErrorCallback = Callable[[Exception], Awaitable[None]]
+#: Client callbacks that only mean something once the first connection is made.
+_CONNECTION_CALLBACKS: Final = ("disconnected_cb", "reconnected_cb", "closed_cb")
+
+
+class NatsUnreachable(RuntimeError):
+    """No connection to NATS could be made within the connect timeout."""
+
+    def __init__(self, url: str, timeout_s: float, last_error: BaseException | None) -> None:
+        self.url = mask_url(url)
+        self.timeout_s = timeout_s
+        self.last_error = describe_error(last_error) if last_error is not None else ""
+        detail = f" (last error: {self.last_error})" if self.last_error else ""
+        super().__init__(f"cannot connect to NATS at {self.url} within {timeout_s:g} s{detail}")
+
+
+def describe_error(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def check_connect_timeout(value: float) -> float:
+    if value < 0:
+        raise ValueError(f"--connect-timeout-s must be 0 (wait for ever) or more, got {value:g}")
+    return value
+
+
+async def connect_nats(
+    url: str,
+    *,
+    connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
+    error_cb: ErrorCallback | None = None,
+    log: Any = None,
+    **options: Any,
+) -> NatsClient:
+    """Connect to ``url``, retrying the first connection for up to ``connect_timeout_s``.
+
+    ``options`` go to :meth:`nats.aio.client.Client.connect` as they are (reconnect policy,
+    name, callbacks). ``error_cb`` and the connection callbacks are called once the client is
+    connected; before, the first failure is logged as a warning and later ones only
+    remembered for the final error.
+    Raises :class:`NatsUnreachable` when the time is up.
+    """
+    log = log if log is not None else get_logger(component="nats")
+    masked_url = mask_url(url)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + connect_timeout_s if connect_timeout_s > 0 else None
+    connected = False
+    last_error: BaseException | None = None
+
+    async def on_error(exc: Exception) -> None:
+        nonlocal last_error
+        if connected:
+            if error_cb is not None:
+                await error_cb(exc)
+            else:
+                log.warning("nats error", error=describe_error(exc))
+            return
+        if last_error is None:
+            log.warning(
+                "NATS not reachable yet; retrying",
+                url=masked_url,
+                error=describe_error(exc),
+                connect_timeout_s=connect_timeout_s or None,
+            )
+        last_error = exc
+
+    def once_connected(callback: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
+        async def call() -> None:
+            if connected:
+                await callback()
+
+        return call
+
+    # A client given up before it connected is closed, which would fire these: not news.
+    for key in _CONNECTION_CALLBACKS:
+        if options.get(key) is not None:
+            options[key] = once_connected(options[key])
+
+    while True:
+        client = NatsClient()
+        remaining = None if deadline is None else max(deadline - loop.time(), 0.0)
+        try:
+            await asyncio.wait_for(client.connect(url, error_cb=on_error, **options), remaining)
+        except TimeoutError:
+            await _close_quietly(client)
+            raise NatsUnreachable(url, connect_timeout_s, last_error) from None
+        except nats_errors.NoServersError as exc:
+            # The client's own attempts ran out (a finite max_reconnect_attempts): start over
+            # with a fresh client until the deadline.
+            await _close_quietly(client)
+            last_error = last_error or exc
+            if deadline is not None and loop.time() >= deadline:
+                raise NatsUnreachable(url, connect_timeout_s, last_error) from None
+            await asyncio.sleep(0.25)
+            continue
+        except BaseException:
+            await _close_quietly(client)
+            raise
+        connected = True
+        if last_error is not None:
+            log.info("connected to NATS", url=masked_url)
+        return client
+
+
+async def _close_quietly(client: NatsClient) -> None:
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(client.close(), 2.0)
+
+
+def report_unreachable(exc: NatsUnreachable, component: str) -> int:
+    """Log why a command gives up at start (one line, no traceback); its exit status."""
+    get_logger(component=component).error(
+        f"{exc}; exiting", url=exc.url, connect_timeout_s=exc.timeout_s
+    )
+    return EXIT_UNREACHABLE
