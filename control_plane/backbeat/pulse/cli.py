@@ -22,6 +22,7 @@ from backbeat.secrets import (
     UnsafeConfiguration,
     open_component_secrets,
 )
+from backbeat.service.cli import add_common_arguments
 from backbeat.service.logs import configure_logging, get_logger
 from backbeat.service.nats_connect import NatsUnreachable, report_unreachable
 from backbeat.service.tls import TlsSettings, add_tls_arguments
@@ -30,25 +31,23 @@ from backbeat.service.tls import TlsSettings, add_tls_arguments
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = PulseSettings()
     env = os.environ.get
-    parser.add_argument("--cluster", default=defaults.cluster_id, help="cluster identifier")
+    add_common_arguments(
+        parser,
+        redis_url=None,
+        redis_help="a Redis master (repeat: 3 or 5 independent masters; "
+        f"default {defaults.redis_urls[0]})",
+        nats_url=defaults.nats_url,
+        admin_host=defaults.admin_host,
+        admin_port=defaults.admin_port,
+        connect_timeout_s=defaults.nats_connect_timeout_s,
+    )
     parser.add_argument("--node", default=defaults.node_id, help="node identifier (unique)")
     parser.add_argument(
-        "--redis",
-        action="append",
-        metavar="URL",
-        help="a Redis master (repeat: 3 or 5 independent masters; default redis://127.0.0.1:6379)",
+        "--grpc-port", type=int, default=defaults.grpc_port, help="gRPC port (0: any free port)"
     )
-    parser.add_argument(
-        "--nats", default=env("NATS_URL", defaults.nats_url), help="NATS URL (env NATS_URL)"
-    )
-    parser.add_argument("--grpc-port", type=int, default=0, help="gRPC port (0: any free port)")
     parser.add_argument(
         "--grpc-host", default=defaults.grpc_host, help="gRPC listen host (also advertised)"
     )
-    parser.add_argument(
-        "--admin-port", type=int, default=0, help="HTTP admin port (0: any free, -1: none)"
-    )
-    parser.add_argument("--admin-host", default=defaults.admin_host, help="HTTP admin host")
     parser.add_argument(
         "--tempo", type=float, default=defaults.tempo_bpm, help="tempo of a new grid (BPM)"
     )
@@ -62,15 +61,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--token",
         default=env("BACKBEAT_API_TOKEN", ""),
         help="bearer token for SetTempo / POST routes (env BACKBEAT_API_TOKEN)",
-    )
-    parser.add_argument(
-        "--log-level", default=env("LOG_LEVEL", "info"), help="debug|info|warn|error (LOG_LEVEL)"
-    )
-    parser.add_argument(
-        "--connect-timeout-s",
-        type=float,
-        default=defaults.nats_connect_timeout_s,
-        help="wait this long for NATS at start, then exit 1 (0: wait for ever)",
     )
     parser.add_argument(
         "--tempo-changes-per-minute",
@@ -103,7 +93,7 @@ def settings_from_args(args: argparse.Namespace) -> PulseSettings:
     return PulseSettings(
         cluster_id=args.cluster,
         node_id=args.node,
-        redis_urls=tuple(args.redis or ("redis://127.0.0.1:6379/0",)),
+        redis_urls=tuple(args.redis or PulseSettings().redis_urls),
         nats_url=args.nats,
         grpc_port=args.grpc_port,
         grpc_host=args.grpc_host,

@@ -10,6 +10,7 @@ from dataclasses import replace
 
 from backbeat.reverb.server import ReverbServer, ReverbSettings
 from backbeat.secrets import SecretError, UnsafeConfiguration, open_component_secrets
+from backbeat.service.cli import add_common_arguments
 from backbeat.service.logs import configure_logging, get_logger
 from backbeat.service.nats_connect import NatsUnreachable, check_connect_timeout, report_unreachable
 from backbeat.service.tls import TlsSettings, add_tls_arguments
@@ -17,29 +18,27 @@ from backbeat.service.tls import TlsSettings, add_tls_arguments
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = ReverbSettings()
-    env = os.environ.get
-    parser.add_argument("--cluster", default=defaults.cluster_id, help="cluster identifier")
+    add_common_arguments(
+        parser,
+        redis_url=defaults.redis_url,
+        redis_help="Redis URL of the claims buffer",
+        nats_url=defaults.nats_url,
+        admin_host=defaults.admin_host,
+        admin_port=defaults.admin_port,
+        connect_timeout_s=defaults.nats_connect_timeout_s,
+    )
     parser.add_argument(
         "--node", default=defaults.node_id, help="node identifier (unique per replica)"
-    )
-    parser.add_argument(
-        "--nats", default=env("NATS_URL", defaults.nats_url), help="NATS URL (env NATS_URL)"
-    )
-    parser.add_argument(
-        "--redis",
-        default=env("REDIS_URL", defaults.redis_url),
-        help="Redis URL of the claims buffer (env REDIS_URL)",
     )
     parser.add_argument(
         "--bar-length", type=int, default=defaults.bar_length, help="beats per bar (window)"
     )
     parser.add_argument("--grpc-host", default=defaults.grpc_host, help="gRPC listen host")
     parser.add_argument(
-        "--grpc-port", type=int, default=0, help="gRPC port (0: any free port, -1: none)"
-    )
-    parser.add_argument("--admin-host", default=defaults.admin_host, help="HTTP admin host")
-    parser.add_argument(
-        "--admin-port", type=int, default=0, help="HTTP admin port (0: any free, -1: none)"
+        "--grpc-port",
+        type=int,
+        default=defaults.grpc_port,
+        help="gRPC port (0: any free port, -1: none)",
     )
     parser.add_argument(
         "--buffer-capacity",
@@ -52,15 +51,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=defaults.retention_seconds,
         help="seconds a reported window's claims are kept",
-    )
-    parser.add_argument(
-        "--log-level", default=env("LOG_LEVEL", "info"), help="debug|info|warn|error (LOG_LEVEL)"
-    )
-    parser.add_argument(
-        "--connect-timeout-s",
-        type=float,
-        default=defaults.nats_connect_timeout_s,
-        help="wait this long for NATS at start, then exit 1 (0: wait for ever)",
     )
     add_security_arguments(parser)
 

@@ -10,13 +10,13 @@ from dataclasses import replace
 
 from aiohttp import web
 
-from backbeat.core.subjects import check_cluster_id, default_cluster_id
+from backbeat.core.subjects import check_cluster_id
 from backbeat.ports import TRIGGER_ADMIN_PORT
 from backbeat.secrets import SecretError, UnsafeConfiguration, open_component_secrets
 from backbeat.service import AdminServer, ShutdownSignal, configure_logging, get_logger, masked
 from backbeat.service.admin import json_response
+from backbeat.service.cli import add_common_arguments
 from backbeat.service.nats_connect import NatsUnreachable, check_connect_timeout, report_unreachable
-from backbeat.service.settings import env_default
 from backbeat.service.tls import TlsSettings, add_tls_arguments
 from backbeat.service.tracing import configure_tracing
 from backbeat.trigger.invokers import HttpInvoker, Invoker, LambdaInvoker
@@ -25,18 +25,14 @@ from backbeat.trigger.service import DEFAULT_DURABLE, ReverbTrigger, TriggerSett
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     d = TriggerSettings("x")
-    parser.add_argument(
-        "--cluster",
-        default=default_cluster_id(),
-        help="cluster id (env BACKBEAT_CLUSTER; default local)",
-    )
-    parser.add_argument(
-        "--nats", default=env_default("NATS_URL", d.nats_url), help="NATS URL (env NATS_URL)"
-    )
-    parser.add_argument(
-        "--redis",
-        default=env_default("REDIS_URL", d.redis_url),
-        help="Redis URL holding the cluster's claims (env REDIS_URL)",
+    add_common_arguments(
+        parser,
+        redis_url=d.redis_url,
+        redis_help="Redis URL holding the cluster's claims",
+        nats_url=d.nats_url,
+        admin_port=TRIGGER_ADMIN_PORT,
+        admin_optional=False,
+        connect_timeout_s=d.nats_connect_timeout_s,
     )
     parser.add_argument(
         "--invoker",
@@ -94,20 +90,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--lease-ms", type=int, default=d.lease_ms, help="lease of an in-process rollup attempt"
-    )
-    parser.add_argument("--admin-host", default="127.0.0.1")
-    parser.add_argument(
-        "--admin-port",
-        type=int,
-        default=TRIGGER_ADMIN_PORT,
-        help="/health, /ready, /metrics (0: any free port)",
-    )
-    parser.add_argument("--log-level", default=None, help="debug|info|warn|error (env LOG_LEVEL)")
-    parser.add_argument(
-        "--connect-timeout-s",
-        type=float,
-        default=d.nats_connect_timeout_s,
-        help="wait this long for NATS at start, then exit 1 (0: wait for ever)",
     )
     add_tls_arguments(parser)
 
