@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any, Final
 
 import grpc
 from nats.aio.client import Client as NatsClient
 from nats.js.api import ConsumerConfig, DeliverPolicy
+from opentelemetry import trace
+from opentelemetry.context import Context as TraceContext
 
 from backbeat.core import subjects
 from backbeat.core.claims import ClaimVerdict, RejectReason
@@ -19,12 +22,14 @@ from backbeat.core.protobuf import bar_report_to_pb, status_claim_from_pb, times
 from backbeat.reverb.ingest import ClaimIngest, ClaimOutcome, NotReadyError
 from backbeat.reverb.store import WindowDetail
 from backbeat.service.rpc import BearerAuth, abort_with_reason
+from backbeat.service.tracing import extract_context, tracer
 from backbeat.service.tracing import traceparent as current_traceparent
 from backbeat.v1 import bar_report_pb2, status_claim_pb2
 from backbeat.v1 import reverb_service_pb2 as pb
 from backbeat.v1 import reverb_service_pb2_grpc as pb_grpc
 
 SERVICE_NAME: Final = "backbeat.v1.ReverbService"
+_tracer = tracer("reverb")
 #: Claims per SubmitClaims request at most (the message size limit is 4 MiB anyway).
 MAX_CLAIMS_PER_REQUEST: Final = 10_000
 DEFAULT_PAGE_SIZE: Final = 50
@@ -94,12 +99,18 @@ class ReverbServicer(pb_grpc.ReverbServiceServicer):
     ) -> AsyncIterator[pb.SubmitClaimsResponse]:
         if self.auth is not None:
             await self.auth.require(context)
-        metadata = dict(context.invocation_metadata() or ())
-        # The server span (gRPC instrumentation) continues the caller's trace; the claims
-        # buffered in Redis carry its context.
+        metadata = {
+            key: value.decode(errors="replace") if isinstance(value, bytes) else value
+            for key, value in context.invocation_metadata() or ()
+        }
+        # A call whose metadata carries trace context (traceparent/tracestate) gets a
+        # reverb.claim.receive span per request, child of the caller's span, as a traced
+        # claim on NATS does; untraced calls cost no span. The server span (gRPC
+        # instrumentation) continues the caller's trace too; the claims buffered in Redis
+        # carry its context.
+        traced = "traceparent" in metadata
+        parent = extract_context(metadata) if traced else None
         traceparent = current_traceparent() or metadata.get("traceparent", "")
-        if isinstance(traceparent, bytes):
-            traceparent = traceparent.decode(errors="replace")
         async for request in request_iterator:
             if len(request.claims) > MAX_CLAIMS_PER_REQUEST:
                 await abort_with_reason(
@@ -111,10 +122,34 @@ class ReverbServicer(pb_grpc.ReverbServiceServicer):
                 )
             claims = [claim_from_pb(c) for c in request.claims]
             try:
-                outcomes = await self.ingest.submit(claims, traceparent)
+                if parent is None:
+                    outcomes = await self.ingest.submit(claims, traceparent)
+                else:
+                    outcomes = await self._submit_traced(claims, traceparent, parent)
             except NotReadyError as exc:
                 await abort_with_reason(context, grpc.StatusCode.UNAVAILABLE, "NOT_READY", str(exc))
             yield pb.SubmitClaimsResponse(outcomes=[outcome_pb(o) for o in outcomes])
+
+    async def _submit_traced(
+        self, claims: list[StatusClaim | ClaimVerdict], traceparent: str, parent: TraceContext
+    ) -> list[ClaimOutcome]:
+        with _tracer.start_as_current_span(
+            "reverb.claim.receive",
+            context=parent,
+            kind=trace.SpanKind.INTERNAL,
+            attributes={
+                "rpc.system": "grpc",
+                "rpc.service": SERVICE_NAME,
+                "rpc.method": "SubmitClaims",
+                "backbeat.cluster": self.ingest.settings.cluster_id,
+                "backbeat.claims": len(claims),
+            },
+        ) as span:
+            outcomes = await self.ingest.submit(claims, traceparent)
+            results = Counter(o.result for o in outcomes)
+            for result in ("accepted", "duplicate", "late", "rejected"):
+                span.set_attribute(f"backbeat.claims_{result}", results[result])
+            return outcomes
 
     async def ListWindows(
         self, request: pb.ListWindowsRequest, context: Context

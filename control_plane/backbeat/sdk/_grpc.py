@@ -8,10 +8,12 @@ import logging
 from collections.abc import Callable, Sequence
 
 import grpc
+from opentelemetry import propagate, trace
 
 from backbeat.core.messages import StatusClaim
 from backbeat.core.protobuf import beat_frame_from_pb, status_claim_to_pb, timeline_from_pb
 from backbeat.sdk._follower import BeatFollower
+from backbeat.service.tracing import context_from_traceparent
 from backbeat.v1 import (
     pulse_service_pb2,
     pulse_service_pb2_grpc,
@@ -31,6 +33,20 @@ _RESULTS = {
 
 def _metadata(token: str | None) -> tuple[tuple[str, str], ...] | None:
     return (("authorization", f"Bearer {token}"),) if token else None
+
+
+def _trace_carrier(traceparent: str = "") -> dict[str, str]:
+    """The propagator's fields (``traceparent``, ``tracestate``) for the context a claim was
+    reported in, or for the current span when ``traceparent`` is ""; {} outside any span."""
+    if traceparent:
+        carrier: dict[str, str] = {}
+        propagate.inject(carrier, context=context_from_traceparent(traceparent))
+        return carrier
+    if not trace.get_current_span().get_span_context().is_valid:
+        return {}  # the untraced hot path: no propagator runs
+    carrier = {}
+    propagate.inject(carrier)
+    return carrier
 
 
 class GrpcBeatSource:
@@ -118,7 +134,13 @@ class GrpcBeatSource:
 
 
 class GrpcClaimSink:
-    """One long-lived ``SubmitClaims`` stream; a batch is one request and one response."""
+    """One long-lived ``SubmitClaims`` stream; a batch is one request and one response.
+
+    Call metadata is sent once per call, so claims reported inside a span (trace context)
+    go on their own short ``SubmitClaims`` call, one per trace context, whose metadata carries
+    it (``traceparent``/``tracestate``): the ingest's ``reverb.claim.receive`` span joins the
+    agent's trace. Untraced claims keep the long-lived stream.
+    """
 
     def __init__(self, target: str, *, token: str | None = None, timeout_s: float = 5.0) -> None:
         self._target = target
@@ -132,22 +154,41 @@ class GrpcClaimSink:
             | None
         ) = None
 
+    def _stub(self) -> reverb_service_pb2_grpc.ReverbServiceAsyncStub:
+        if self._channel is None:
+            self._channel = grpc.aio.insecure_channel(self._target)
+        return reverb_service_pb2_grpc.ReverbServiceStub(self._channel)
+
     async def send(
         self, claims: Sequence[StatusClaim], traceparents: Sequence[str] = ()
     ) -> Sequence[str] | None:
-        # SubmitClaims carries no per-claim trace context: traced claims travel untraced here.
+        """``traceparents``: per claim, the context it was reported in ("" for none); when
+        none is given, the current span's context (if any) goes with the whole batch."""
+        if not any(traceparents):
+            carrier = _trace_carrier()
+            if carrier:
+                return await self._send_traced(claims, carrier)
+            return await self._send_on_stream(claims)
+        outcomes = [""] * len(claims)
+        groups: dict[str, list[int]] = {}
+        for position, context in enumerate(traceparents):
+            groups.setdefault(context, []).append(position)
+        for context, positions in groups.items():
+            batch = [claims[i] for i in positions]
+            if context:
+                results = await self._send_traced(batch, _trace_carrier(context))
+            else:
+                results = await self._send_on_stream(batch)
+            for position, result in zip(positions, results, strict=True):
+                outcomes[position] = result
+        return outcomes
+
+    async def _send_on_stream(self, claims: Sequence[StatusClaim]) -> list[str]:
         if self._call is None:
-            if self._channel is None:
-                self._channel = grpc.aio.insecure_channel(self._target)
-            stub = reverb_service_pb2_grpc.ReverbServiceStub(self._channel)
-            self._call = stub.SubmitClaims(metadata=_metadata(self._token))  # type: ignore[call-arg]
+            self._call = self._stub().SubmitClaims(metadata=_metadata(self._token))  # type: ignore[call-arg]
         call = self._call
         try:
-            await call.write(
-                reverb_service_pb2.SubmitClaimsRequest(
-                    claims=[status_claim_to_pb(c) for c in claims]
-                )
-            )
+            await call.write(_request(claims))
             response = await asyncio.wait_for(call.read(), self._timeout_s)
         except BaseException:
             self._call = None
@@ -156,7 +197,24 @@ class GrpcClaimSink:
         if not isinstance(response, reverb_service_pb2.SubmitClaimsResponse):  # grpc.aio.EOF
             self._call = None
             raise ConnectionError("SubmitClaims stream ended by the server")
-        return [_RESULTS.get(o.result, "rejected") for o in response.outcomes]
+        return _outcomes(response)
+
+    async def _send_traced(
+        self, claims: Sequence[StatusClaim], carrier: dict[str, str]
+    ) -> list[str]:
+        """One call of one request whose metadata carries the claims' trace context."""
+        metadata = (*(_metadata(self._token) or ()), *carrier.items())
+        call = self._stub().SubmitClaims(metadata=metadata)  # type: ignore[call-arg]
+        try:
+            await call.write(_request(claims))
+            await call.done_writing()
+            response = await asyncio.wait_for(call.read(), self._timeout_s)
+            if not isinstance(response, reverb_service_pb2.SubmitClaimsResponse):
+                raise ConnectionError("SubmitClaims call ended without an answer")
+            await asyncio.wait_for(call.code(), self._timeout_s)
+        finally:
+            call.cancel()  # a no-op once the call is done
+        return _outcomes(response)
 
     async def close(self) -> None:
         call, self._call = self._call, None
@@ -167,3 +225,11 @@ class GrpcClaimSink:
         channel, self._channel = self._channel, None
         if channel is not None:
             await channel.close(None)
+
+
+def _request(claims: Sequence[StatusClaim]) -> reverb_service_pb2.SubmitClaimsRequest:
+    return reverb_service_pb2.SubmitClaimsRequest(claims=[status_claim_to_pb(c) for c in claims])
+
+
+def _outcomes(response: reverb_service_pb2.SubmitClaimsResponse) -> list[str]:
+    return [_RESULTS.get(o.result, "rejected") for o in response.outcomes]
