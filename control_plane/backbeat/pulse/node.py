@@ -72,6 +72,21 @@ from backbeat.service.tracing import inject_headers, tracer
 log = structlog.get_logger(component="pulse")
 _tracer = tracer("pulse")
 
+
+@dataclass(slots=True)
+class _PreparedBeat:
+    """A beat ready to go but for its emission time: frame, NATS headers, open spans."""
+
+    frame: BeatFrame
+    headers: dict[str, str]
+    beat_span: trace.Span
+    publish_span: trace.Span
+
+    def end(self) -> None:
+        self.publish_span.end()
+        self.beat_span.end()
+
+
 #: Signs a frame (adds key_id and signature); plugged in by the beat-signing feature.
 FrameSigner = Callable[[BeatFrame], BeatFrame]
 #: Extra NATS headers for a frame (e.g. a W3C ``traceparent``); None for none.
@@ -481,7 +496,6 @@ class PulseNode:
         """Emit beats from ``first`` on. Returns why it stopped and the next beat index."""
         n = first
         previous: EmittedBeat | None = None
-        spin_ns = int(self.settings.spin_ms * 1e6)
         degraded_write: asyncio.Future[WriteResult] | None = None
         self._newer_term_seen = False
         while True:
@@ -556,19 +570,24 @@ class PulseNode:
                     # Reserving took too long (overload): skip rather than emit a stale beat.
                     n = next_beat_after(promoted, time.time_ns())
                     continue
-                emitted_ns = await sleep_until_ns(due, spin_ns=spin_ns)
-                if degraded and self._newer_term_seen:
-                    return _StopLeading.LOST, n
-                if not degraded and not self._lease_covers(emitted_ns):
-                    return (
-                        _StopLeading.LOST
-                        if self._renew_outcome is ExtendOutcome.LOST
-                        else _StopLeading.NO_QUORUM
-                    ), n
-                frame = build_frame(
-                    timeline, n, hlc=hlc, term=self.term, degraded=flagged, emitted_ns=emitted_ns
+                # Everything but the emission time is known now: build the frame, open its
+                # spans and fill its headers before the deadline, not after it.
+                beat = self._prepare_beat(
+                    build_frame(timeline, n, hlc=hlc, term=self.term, degraded=flagged)
                 )
-                await self._emit(frame)
+                try:
+                    emitted_ns = await sleep_until_ns(due)
+                    if degraded and self._newer_term_seen:
+                        return _StopLeading.LOST, n
+                    if not degraded and not self._lease_covers(emitted_ns):
+                        return (
+                            _StopLeading.LOST
+                            if self._renew_outcome is ExtendOutcome.LOST
+                            else _StopLeading.NO_QUORUM
+                        ), n
+                    frame = await self._emit(beat, emitted_ns)
+                finally:
+                    beat.end()
                 drift_ns = emitted_ns - due
                 self.metrics.jitter.observe(drift_ns / 1e9)
                 if self.on_emitted is not None:
@@ -609,10 +628,10 @@ class PulseNode:
         if remaining > 0:
             await asyncio.sleep(remaining)
 
-    async def _emit(self, frame: BeatFrame) -> None:
-        # One trace per beat: ``pulse.beat`` (sign, encode) with a ``pulse.publish`` producer
-        # child whose context travels in the NATS headers (core beat and JetStream downbeat).
-        with _tracer.start_as_current_span(
+    def _prepare_beat(self, frame: BeatFrame) -> _PreparedBeat:
+        """One trace per beat: ``pulse.beat`` with a ``pulse.publish`` producer child whose
+        context travels in the NATS headers (core beat and JetStream downbeat)."""
+        beat_span = _tracer.start_span(
             "pulse.beat",
             context=otel_context.Context(),  # a beat starts its own trace
             attributes={
@@ -624,26 +643,30 @@ class PulseNode:
                 "backbeat.downbeat": frame.downbeat,
                 "backbeat.degraded": frame.degraded,
             },
-        ):
-            await self._sign_and_publish(frame)
+        )
+        publish_span = _tracer.start_span(
+            "pulse.publish",
+            context=trace.set_span_in_context(beat_span),
+            kind=trace.SpanKind.PRODUCER,
+            attributes={
+                "messaging.system": "nats",
+                "messaging.destination.name": subjects.beat(frame.cluster_id),
+            },
+        )
+        extra = self.headers(frame) if self.headers is not None else None
+        headers = inject_headers(dict(extra or {}), context=trace.set_span_in_context(publish_span))
+        return _PreparedBeat(frame, headers, beat_span, publish_span)
 
-    async def _sign_and_publish(self, frame: BeatFrame) -> None:
+    async def _emit(self, beat: _PreparedBeat, emitted_ns: int) -> BeatFrame:
+        """Stamp, sign, encode and publish a prepared beat; then feed the local streams."""
+        frame = replace(beat.frame, emitted_ns=emitted_ns)
         if self.signer is not None:
             frame = self.signer(frame)
-        payload = frame.encode()
-        extra = self.headers(frame) if self.headers is not None else None
         try:
-            with _tracer.start_as_current_span(
-                "pulse.publish",
-                kind=trace.SpanKind.PRODUCER,
-                attributes={
-                    "messaging.system": "nats",
-                    "messaging.destination.name": subjects.beat(frame.cluster_id),
-                },
-            ):
-                headers = inject_headers(dict(extra or {}))
-                await self.publisher.publish_beat(frame, payload, headers)
+            await self.publisher.publish_beat(frame, frame.encode(), beat.headers)
         except Exception as exc:  # NATS down: the grid goes on, SDKs keep time locally
+            beat.publish_span.record_exception(exc)
+            beat.publish_span.set_status(trace.StatusCode.ERROR, repr(exc))
             self._log.warning(
                 "beat %d not published: %r",
                 frame.beat_index,
@@ -658,6 +681,7 @@ class PulseNode:
         await asyncio.sleep(0)
         self.hub.offer(frame)
         self.metrics.beats.inc()
+        return frame
 
     async def _step_down(self, last: EmittedBeat | None) -> None:
         """Graceful handoff: flush the last beat's stats, release the lock, wake the others."""

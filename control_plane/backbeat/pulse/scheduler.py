@@ -1,9 +1,13 @@
 """Where a beat is scheduled: absolute deadlines on the wall clock, never early.
 
-Sleeping with asyncio alone is only as precise as the event loop's timer (about a millisecond,
-plus whatever else runs on the loop). So we sleep until ``spin`` before the deadline and
-spend the last stretch polling ``time.time_ns()``. Deadlines are always absolute (beat n is
-due at ``timeline.beat_time_ns(n)``), so lateness never accumulates from beat to beat.
+An asyncio timer is coarse: the loop rounds its poll timeout up to whole milliseconds (twice,
+in ``asyncio`` and in ``select.epoll``), so a sleep can end up to ~2 ms late even on an idle
+host, plus whatever else runs on the loop. So a wait has three stages: asyncio sleeps until
+``block`` before the deadline, the thread then blocks in ``time.sleep`` (a high-resolution
+kernel timer, tens of µs late) until ``spin`` before it, and the last stretch is spent polling
+``time.time_ns()``. The loop is held for the last ``block`` only, and the CPU is burnt for
+``spin`` only. Deadlines are always absolute (beat n is due at ``timeline.beat_time_ns(n)``),
+so lateness never accumulates from beat to beat.
 """
 
 from __future__ import annotations
@@ -18,14 +22,24 @@ from backbeat.core.hlc import HLCTimestamp
 from backbeat.core.messages import BeatFrame
 from backbeat.core.timeline import Timeline
 
+#: Default stages of a wait (see the module docstring).
+BLOCK_NS = 3_000_000
+SPIN_NS = 250_000
 
-async def sleep_until_ns(deadline_ns: int, *, spin_ns: int = 2_000_000) -> int:
+
+async def sleep_until_ns(
+    deadline_ns: int, *, block_ns: int = BLOCK_NS, spin_ns: int = SPIN_NS
+) -> int:
     """Return at ``deadline_ns`` (wall clock, ns) or just after it; returns ``time.time_ns()``."""
     while True:
         remaining = deadline_ns - time.time_ns()
-        if remaining <= spin_ns:
+        if remaining <= block_ns:
             break
-        await asyncio.sleep((remaining - spin_ns) / 1e9)
+        await asyncio.sleep((remaining - block_ns) / 1e9)
+    remaining = deadline_ns - time.time_ns()
+    if remaining > spin_ns:
+        # Deliberately blocking: the loop is given up for at most ``block_ns`` here.
+        time.sleep((remaining - spin_ns) / 1e9)  # noqa: ASYNC251
     now = time.time_ns()
     while now < deadline_ns:
         now = time.time_ns()

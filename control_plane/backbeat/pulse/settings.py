@@ -36,8 +36,6 @@ class PulseSettings:
     log_level: str = "info"
     #: A beat is reserved in Redis this long before it is due (its HLC stamp is taken then).
     commit_lead_ms: float = 25.0
-    #: The last stretch before a deadline is spent spinning on the clock instead of sleeping.
-    spin_ms: float = 2.0
     #: Per-request timeout towards one Redis master.
     redis_timeout_ms: int = 250
     #: Beats kept per replica for resumable streams.

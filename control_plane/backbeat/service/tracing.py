@@ -90,10 +90,13 @@ def configure_tracing(
     return provider
 
 
-def inject_headers(headers: dict[str, str] | None = None) -> dict[str, str]:
-    """Headers carrying the current trace context (``traceparent``/``tracestate``)."""
+def inject_headers(
+    headers: dict[str, str] | None = None, *, context: otel_context.Context | None = None
+) -> dict[str, str]:
+    """Headers carrying ``context``'s trace context, by default the current one
+    (``traceparent``/``tracestate``)."""
     carrier: dict[str, str] = dict(headers or {})
-    propagate.inject(carrier)
+    propagate.inject(carrier, context=context)
     return carrier
 
 
