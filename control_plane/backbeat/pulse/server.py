@@ -104,6 +104,7 @@ class PulseServer:
             host=settings.grpc_host,
             port=settings.grpc_port,
             credentials=self.tls.server_credentials(),
+            untraced=[f"/{SERVICE_NAME}/StreamBeats"],
         )
         self.signing = signing_keys is not None
         self.node = PulseNode(

@@ -17,7 +17,7 @@ from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
-from opentelemetry.instrumentation.grpc import aio_server_interceptor
+from opentelemetry.instrumentation.grpc import aio_server_interceptor, filters
 
 ERROR_DOMAIN = "backbeat.dev"
 
@@ -115,13 +115,19 @@ class GrpcServer:
         interceptors: Iterable[grpc.aio.ServerInterceptor[Any, Any]] = (),
         credentials: grpc.ServerCredentials | None = None,
         options: Iterable[tuple[str, Any]] = (),
+        untraced: Iterable[str] = (),
     ) -> None:
+        """``untraced``: full method names (``/pkg.Service/Method``) that get no server span,
+        e.g. long-lived streams, where one span per stream says little and its wrapper costs
+        every message."""
         self.host = host
         self.port = port
         self._credentials = credentials
         # Every server is traced: the OpenTelemetry interceptor continues the caller's trace.
+        skip = [filters.full_method_name(name) for name in untraced]
+        traced = filters.negate(filters.any_of(*skip)) if skip else None
         self._server = grpc.aio.server(
-            interceptors=[aio_server_interceptor(), *interceptors],  # type: ignore[no-untyped-call]
+            interceptors=[aio_server_interceptor(filter_=traced), *interceptors],  # type: ignore[no-untyped-call]
             options=[("grpc.max_receive_message_length", 4 * 1024 * 1024), *options],
         )
         self._health = health_aio.HealthServicer()
