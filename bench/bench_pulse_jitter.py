@@ -4,8 +4,8 @@ measured in the same run.
 * 2 Hz: a real pulse leader (``PulseNode``, 120 BPM) against Redis x3 and NATS.
 * 20 Hz: 1200 BPM is beyond the tempo bounds (20–300 BPM), so this runs the leader's emission
   path itself at 20 Hz: the fenced reservation on Redis x3 ``commit_lead`` before each beat,
-  ``sleep_until_ns`` (sleep, then spin) to the deadline, frame construction and NATS publish,
-  with garbage collection deferred over that stretch.
+  frame construction, ``sleep_until_ns`` (asyncio, kernel timer, spin) to the deadline, the
+  emission stamp and NATS publish, with garbage collection deferred over that stretch.
 
 The 1-minute load average is noted next to each figure: on a shared machine the figures say
 more about the scheduler than about the pulse (see docs/pulse.md, Benchmarks).
@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import os
 import time
+from dataclasses import replace
 
 from backbeat.core.hlc import HybridLogicalClock
 from backbeat.core.timeline import Timeline
@@ -89,10 +90,9 @@ async def _emission_path(
             with collections_deferred():  # as the leader does, from reservation to publication
                 hlc = clock.now()
                 await store.write(term, beat=k, hlc=hlc)
+                frame = build_frame(framing, k, hlc=hlc, term=term, degraded=False)
                 emitted = await sleep_until_ns(due)
-                frame = build_frame(
-                    framing, k, hlc=hlc, term=term, degraded=False, emitted_ns=emitted
-                )
+                frame = replace(frame, emitted_ns=emitted)
                 await publisher.publish_beat(frame, frame.encode())
             samples.append((emitted - due) / 1e9)
     finally:
