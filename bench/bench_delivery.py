@@ -9,7 +9,10 @@ its share of the 500 gRPC streams (one protobuf parse per stream and message: th
 independent). Baselines, same workers, same run: raw nats-py messages (an 8-byte send time
 plus padding to a beat frame's size) published by this process at 2 Hz; and for gRPC a bare
 grpc.aio server (its own process) sending the same pre-serialised bytes to 500 streams at
-2 Hz — the floor of the gRPC library on this machine.
+2 Hz — the floor of the gRPC library on this machine. The gRPC figure is repeated for fewer
+streams (``SWEEP_STREAMS``, shorter runs, same baseline per count): how many streams one replica
+serves within the target on this host, for sizing a deployment (followers relay beats, so
+streams spread over replicas).
 """
 
 from __future__ import annotations
@@ -38,6 +41,8 @@ from bench.result import Result, record_series
 
 NATS_SUBSCRIBERS = 1000
 GRPC_STREAMS = 500
+#: Fewer streams per replica, for the capacity of one replica on this host.
+SWEEP_STREAMS = (25, 50, 100)
 WORKERS = 4
 PERIOD_S = 0.5
 #: A raw baseline message is padded to about the size of a beat frame.
@@ -241,7 +246,7 @@ async def _run_workers(specs: list[WorkerSpec], window_s: float, publish: bool) 
     ]
 
 
-async def _bare_grpc_run(nats_url: str, window_s: float) -> list[Samples]:
+async def _bare_grpc_run(nats_url: str, window_s: float, streams: int) -> list[Samples]:
     ctx = multiprocessing.get_context("spawn")
     stop = ctx.Event()
     receiver, sender = ctx.Pipe(duplex=False)
@@ -252,7 +257,7 @@ async def _bare_grpc_run(nats_url: str, window_s: float) -> list[Samples]:
         return await _run_workers(
             [
                 WorkerSpec(nats_url, "bench.none", 0, "raw", f"127.0.0.1:{port}", n, "raw")
-                for n in _split(GRPC_STREAMS, WORKERS)
+                for n in _split(streams, WORKERS)
             ],
             window_s,
             publish=False,
@@ -266,11 +271,28 @@ def _split(total: int, parts: int) -> list[int]:
     return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
 
 
+def _grpc_run(nats_url: str, subject: str, port: int, window_s: float, streams: int) -> Samples:
+    _, samples = asyncio.run(
+        _run_workers(
+            [
+                WorkerSpec(nats_url, subject, 0, "frame", f"127.0.0.1:{port}", n)
+                for n in _split(streams, WORKERS)
+            ],
+            window_s,
+            publish=False,
+        )
+    )
+    return samples
+
+
 def run(quick: bool) -> list[Result]:
     beats = 10 if quick else 240
     window_s = beats * PERIOD_S
+    sweep_window_s = (10 if quick else 60) * PERIOD_S
     cluster = f"bench-delivery-{time.time_ns() % 10**9}"
     load_before = os.getloadavg()[0]
+    sweep: dict[int, Samples] = {}
+    sweep_bare: dict[int, Samples] = {}
     with servers() as (redis, nats_server):
         proc, grpc_port = pulse_process(cluster, "p1", redis, nats_server, log_dir())
         proc.start(timeout=60)
@@ -298,26 +320,19 @@ def run(quick: bool) -> list[Result]:
                     publish=False,
                 )
             )
-            _, grpc_lat = asyncio.run(
-                _run_workers(
-                    [
-                        WorkerSpec(
-                            nats_server.url,
-                            subjects.beat(cluster),
-                            0,
-                            "frame",
-                            f"127.0.0.1:{grpc_port}",
-                            streams,
-                        )
-                        for streams in _split(GRPC_STREAMS, WORKERS)
-                    ],
-                    window_s,
-                    publish=False,
+            beat_subject = subjects.beat(cluster)
+            grpc_lat = _grpc_run(nats_server.url, beat_subject, grpc_port, window_s, GRPC_STREAMS)
+            for streams in SWEEP_STREAMS:
+                sweep[streams] = _grpc_run(
+                    nats_server.url, beat_subject, grpc_port, sweep_window_s, streams
                 )
-            )
         finally:
             proc.close()
-        _, bare_grpc = asyncio.run(_bare_grpc_run(nats_server.url, window_s))
+        _, bare_grpc = asyncio.run(_bare_grpc_run(nats_server.url, window_s, GRPC_STREAMS))
+        for streams in SWEEP_STREAMS:
+            _, sweep_bare[streams] = asyncio.run(
+                _bare_grpc_run(nats_server.url, sweep_window_s, streams)
+            )
     load = f"load {load_before:.1f} → {os.getloadavg()[0]:.1f} (1-min avg)"
     results = []
     raw_nats = (f"raw nats-py publish -> callback ({NATS_SUBSCRIBERS} subs)", baseline)
@@ -351,4 +366,22 @@ def run(quick: bool) -> list[Result]:
                     ),
                 )
             )
+    # How many streams one replica serves within the target on this host (capacity planning).
+    for streams, ours in sorted(sweep.items()):
+        values = [sample[1] / 1e6 for sample in ours]
+        bare = sweep_bare[streams]
+        results.append(
+            Result(
+                bench="delivery",
+                metric=f"scheduled -> received p99, gRPC, {streams} streams on one replica",
+                value=quantile(values, 0.99),
+                unit="ms",
+                baseline_name=f"bare grpc.aio server ({streams} streams)",
+                baseline_value=quantile([sample[1] / 1e6 for sample in bare], 0.99),
+                notes=(
+                    f"{len(values)} deliveries (~{len(values) // streams} beats), "
+                    f"receivers in {WORKERS} processes; p50 {quantile(values, 0.5):.2f} ms"
+                ),
+            )
+        )
     return results
