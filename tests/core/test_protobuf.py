@@ -15,12 +15,14 @@ from backbeat.core.protobuf import (
     ns_from_timestamp,
     status_claim_from_pb,
     status_claim_to_pb,
+    timeline_change_from_pb,
+    timeline_change_to_pb,
     timeline_from_pb,
     timeline_to_pb,
     timestamp_from_ns,
 )
 from backbeat.core.signing import Keyring, SigningKey, sign_claim, sign_frame, verify_frame
-from backbeat.core.timeline import Phase, Timeline
+from backbeat.core.timeline import Phase, Timeline, TimelineChange
 from backbeat.v1 import status_claim_pb2
 
 NOW = 1_705_314_600_123_456_789
@@ -93,6 +95,27 @@ def test_timeline_from_invalid_pb_raises() -> None:
     pb.tempo_bpm = 0
     with pytest.raises(ValueError, match="tempo"):
         timeline_from_pb(pb)
+
+
+def test_timeline_change_round_trip() -> None:
+    grid = Timeline.start("c1", 120, NOW)
+    for ramp in (None, 150.0):
+        change = TimelineChange(grid.with_tempo(126, 8, term=3), ramp)
+        pb = timeline_change_to_pb(change)
+        assert pb.effective_beat == 8
+        assert ns_from_timestamp(pb.effective_time) == grid.beat_time_ns(8)
+        assert pb.ramp_target_tempo_bpm == (ramp or 0.0)
+        assert timeline_change_from_pb(pb) == change
+
+
+def test_timeline_change_from_inconsistent_pb_raises() -> None:
+    pb = timeline_change_to_pb(TimelineChange(Timeline.start("c1", 120, NOW).with_tempo(126, 8)))
+    pb.effective_beat = 12
+    with pytest.raises(ValueError, match="anchor"):
+        timeline_change_from_pb(pb)
+    pb.ClearField("timeline")
+    with pytest.raises(ValueError, match="without a timeline"):
+        timeline_change_from_pb(pb)
 
 
 def test_status_claim_round_trip_and_signature() -> None:

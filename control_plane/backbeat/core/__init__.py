@@ -13,6 +13,7 @@ from backbeat.core.timeline import (
     Phase,
     TempoError,
     Timeline,
+    TimelineChange,
     window_id,
 )
 
@@ -27,5 +28,6 @@ __all__ = [
     "Phase",
     "TempoError",
     "Timeline",
+    "TimelineChange",
     "window_id",
 ]

@@ -22,8 +22,14 @@ from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from backbeat.core.messages import BarReport, BeatFrame, ReportIssue, StatusClaim, TaskState
-from backbeat.core.timeline import Phase, Timeline
-from backbeat.v1 import bar_report_pb2, beat_frame_pb2, status_claim_pb2, timeline_pb2
+from backbeat.core.timeline import Phase, Timeline, TimelineChange
+from backbeat.v1 import (
+    bar_report_pb2,
+    beat_frame_pb2,
+    pulse_service_pb2,
+    status_claim_pb2,
+    timeline_pb2,
+)
 
 _NS: Final = 1_000_000_000
 
@@ -143,6 +149,30 @@ def timeline_from_pb(pb: timeline_pb2.Timeline) -> Timeline:
         revision=pb.revision,
         term=pb.term,
     )
+
+
+def timeline_change_to_pb(change: TimelineChange) -> pulse_service_pb2.TimelineChange:
+    return pulse_service_pb2.TimelineChange(
+        timeline=timeline_to_pb(change.timeline),
+        effective_beat=change.effective_beat,
+        effective_time=timestamp_from_ns(change.effective_time_ns),
+        ramp_target_tempo_bpm=change.ramp_target_bpm or 0.0,
+    )
+
+
+def timeline_change_from_pb(pb: pulse_service_pb2.TimelineChange) -> TimelineChange:
+    """Raises ValueError when the message does not describe a valid change (no timeline, an
+    invalid one, or an effective beat other than the timeline's anchor)."""
+    if not pb.HasField("timeline"):
+        raise ValueError("a timeline change without a timeline")
+    timeline = timeline_from_pb(pb.timeline)
+    if pb.effective_beat != timeline.anchor_beat:
+        raise ValueError(
+            f"effective_beat {pb.effective_beat} is not the timeline's anchor beat "
+            f"{timeline.anchor_beat}"
+        )
+    ramp = pb.ramp_target_tempo_bpm
+    return TimelineChange(timeline, ramp if ramp > 0 else None)
 
 
 # -- StatusClaim -----------------------------------------------------------------------------

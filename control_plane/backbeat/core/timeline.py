@@ -235,3 +235,22 @@ class Timeline:
             revision=self.revision + 1,
             term=self.term if term is None else term,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class TimelineChange:
+    """A tempo change accepted but not in effect yet: ``timeline`` governs from its anchor (a
+    downbeat, the *effective beat*) on. Announced ahead of that downbeat so that every holder
+    of the timeline switches there even when the switching frame is late or lost."""
+
+    timeline: Timeline
+    #: A ramp in progress: the tempo the next steps head for (None: not a ramp, or its last step).
+    ramp_target_bpm: float | None = None
+
+    @property
+    def effective_beat(self) -> int:
+        return self.timeline.anchor_beat
+
+    @property
+    def effective_time_ns(self) -> int:
+        return self.timeline.anchor_time_ns

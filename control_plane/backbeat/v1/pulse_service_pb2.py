@@ -27,7 +27,7 @@ from backbeat.v1 import timeline_pb2 as backbeat_dot_v1_dot_timeline__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x62\x61\x63kbeat/v1/pulse_service.proto\x12\x0b\x62\x61\x63kbeat.v1\x1a\x1c\x62\x61\x63kbeat/v1/beat_frame.proto\x1a\x1a\x62\x61\x63kbeat/v1/timeline.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"F\n\x12StreamBeatsRequest\x12\x12\n\nstart_beat\x18\x01 \x01(\x03\x12\x1c\n\x14progress_interval_ms\x18\x02 \x01(\r\"h\n\x0eStreamProgress\x12\x17\n\x0flast_beat_index\x18\x01 \x01(\x03\x12\x0c\n\x04term\x18\x02 \x01(\x04\x12/\n\x0bserver_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xa2\x01\n\x13StreamBeatsResponse\x12)\n\x08timeline\x18\x01 \x01(\x0b\x32\x15.backbeat.v1.TimelineH\x00\x12&\n\x04\x62\x65\x61t\x18\x02 \x01(\x0b\x32\x16.backbeat.v1.BeatFrameH\x00\x12/\n\x08progress\x18\x03 \x01(\x0b\x32\x1b.backbeat.v1.StreamProgressH\x00\x42\x07\n\x05\x65vent\"F\n\x0fSetTempoRequest\x12\x11\n\ttempo_bpm\x18\x01 \x01(\x01\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x0c\n\x04ramp\x18\x03 \x01(\x08\"\xba\x01\n\x10SetTempoResponse\x12\'\n\x08timeline\x18\x01 \x01(\x0b\x32\x15.backbeat.v1.Timeline\x12\x16\n\x0e\x65\x66\x66\x65\x63tive_beat\x18\x02 \x01(\x03\x12\x32\n\x0e\x65\x66\x66\x65\x63tive_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x18\n\x10target_tempo_bpm\x18\x04 \x01(\x01\x12\x17\n\x0fremaining_steps\x18\x05 \x01(\r\"\x12\n\x10GetStatusRequest\"\x86\x02\n\x11GetStatusResponse\x12\x12\n\ncluster_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x11\n\tis_leader\x18\x03 \x01(\x08\x12\x11\n\tleader_id\x18\x04 \x01(\t\x12\x16\n\x0eleader_address\x18\x05 \x01(\t\x12\x0c\n\x04term\x18\x06 \x01(\x04\x12\'\n\x08timeline\x18\x07 \x01(\x0b\x32\x15.backbeat.v1.Timeline\x12\x17\n\x0flast_beat_index\x18\x08 \x01(\x03\x12\x10\n\x08\x64\x65graded\x18\t \x01(\x08\x12\x17\n\x0fredis_reachable\x18\n \x01(\r\x12\x13\n\x0bredis_total\x18\x0b \x01(\r\"\x14\n\x12GetTimelineRequest\"f\n\x13GetTimelineResponse\x12\'\n\x08timeline\x18\x01 \x01(\x0b\x32\x15.backbeat.v1.Timeline\x12&\n\x07pending\x18\x02 \x01(\x0b\x32\x15.backbeat.v1.Timeline2\xc9\x02\n\x0cPulseService\x12R\n\x0bStreamBeats\x12\x1f.backbeat.v1.StreamBeatsRequest\x1a .backbeat.v1.StreamBeatsResponse0\x01\x12G\n\x08SetTempo\x12\x1c.backbeat.v1.SetTempoRequest\x1a\x1d.backbeat.v1.SetTempoResponse\x12J\n\tGetStatus\x12\x1d.backbeat.v1.GetStatusRequest\x1a\x1e.backbeat.v1.GetStatusResponse\x12P\n\x0bGetTimeline\x12\x1f.backbeat.v1.GetTimelineRequest\x1a .backbeat.v1.GetTimelineResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x62\x61\x63kbeat/v1/pulse_service.proto\x12\x0b\x62\x61\x63kbeat.v1\x1a\x1c\x62\x61\x63kbeat/v1/beat_frame.proto\x1a\x1a\x62\x61\x63kbeat/v1/timeline.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"F\n\x12StreamBeatsRequest\x12\x12\n\nstart_beat\x18\x01 \x01(\x03\x12\x1c\n\x14progress_interval_ms\x18\x02 \x01(\r\"h\n\x0eStreamProgress\x12\x17\n\x0flast_beat_index\x18\x01 \x01(\x03\x12\x0c\n\x04term\x18\x02 \x01(\x04\x12/\n\x0bserver_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xa4\x01\n\x0eTimelineChange\x12\'\n\x08timeline\x18\x01 \x01(\x0b\x32\x15.backbeat.v1.Timeline\x12\x16\n\x0e\x65\x66\x66\x65\x63tive_beat\x18\x02 \x01(\x03\x12\x32\n\x0e\x65\x66\x66\x65\x63tive_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1d\n\x15ramp_target_tempo_bpm\x18\x04 \x01(\x01\"\xd2\x01\n\x13StreamBeatsResponse\x12)\n\x08timeline\x18\x01 \x01(\x0b\x32\x15.backbeat.v1.TimelineH\x00\x12&\n\x04\x62\x65\x61t\x18\x02 \x01(\x0b\x32\x16.backbeat.v1.BeatFrameH\x00\x12/\n\x08progress\x18\x03 \x01(\x0b\x32\x1b.backbeat.v1.StreamProgressH\x00\x12.\n\x07pending\x18\x04 \x01(\x0b\x32\x1b.backbeat.v1.TimelineChangeH\x00\x42\x07\n\x05\x65vent\"F\n\x0fSetTempoRequest\x12\x11\n\ttempo_bpm\x18\x01 \x01(\x01\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x0c\n\x04ramp\x18\x03 \x01(\x08\"\xba\x01\n\x10SetTempoResponse\x12\'\n\x08timeline\x18\x01 \x01(\x0b\x32\x15.backbeat.v1.Timeline\x12\x16\n\x0e\x65\x66\x66\x65\x63tive_beat\x18\x02 \x01(\x03\x12\x32\n\x0e\x65\x66\x66\x65\x63tive_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x18\n\x10target_tempo_bpm\x18\x04 \x01(\x01\x12\x17\n\x0fremaining_steps\x18\x05 \x01(\r\"\x12\n\x10GetStatusRequest\"\x86\x02\n\x11GetStatusResponse\x12\x12\n\ncluster_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x11\n\tis_leader\x18\x03 \x01(\x08\x12\x11\n\tleader_id\x18\x04 \x01(\t\x12\x16\n\x0eleader_address\x18\x05 \x01(\t\x12\x0c\n\x04term\x18\x06 \x01(\x04\x12\'\n\x08timeline\x18\x07 \x01(\x0b\x32\x15.backbeat.v1.Timeline\x12\x17\n\x0flast_beat_index\x18\x08 \x01(\x03\x12\x10\n\x08\x64\x65graded\x18\t \x01(\x08\x12\x17\n\x0fredis_reachable\x18\n \x01(\r\x12\x13\n\x0bredis_total\x18\x0b \x01(\r\"\x14\n\x12GetTimelineRequest\"f\n\x13GetTimelineResponse\x12\'\n\x08timeline\x18\x01 \x01(\x0b\x32\x15.backbeat.v1.Timeline\x12&\n\x07pending\x18\x02 \x01(\x0b\x32\x15.backbeat.v1.Timeline2\xc9\x02\n\x0cPulseService\x12R\n\x0bStreamBeats\x12\x1f.backbeat.v1.StreamBeatsRequest\x1a .backbeat.v1.StreamBeatsResponse0\x01\x12G\n\x08SetTempo\x12\x1c.backbeat.v1.SetTempoRequest\x1a\x1d.backbeat.v1.SetTempoResponse\x12J\n\tGetStatus\x12\x1d.backbeat.v1.GetStatusRequest\x1a\x1e.backbeat.v1.GetStatusResponse\x12P\n\x0bGetTimeline\x12\x1f.backbeat.v1.GetTimelineRequest\x1a .backbeat.v1.GetTimelineResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,20 +38,22 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STREAMBEATSREQUEST']._serialized_end=209
   _globals['_STREAMPROGRESS']._serialized_start=211
   _globals['_STREAMPROGRESS']._serialized_end=315
-  _globals['_STREAMBEATSRESPONSE']._serialized_start=318
-  _globals['_STREAMBEATSRESPONSE']._serialized_end=480
-  _globals['_SETTEMPOREQUEST']._serialized_start=482
-  _globals['_SETTEMPOREQUEST']._serialized_end=552
-  _globals['_SETTEMPORESPONSE']._serialized_start=555
-  _globals['_SETTEMPORESPONSE']._serialized_end=741
-  _globals['_GETSTATUSREQUEST']._serialized_start=743
-  _globals['_GETSTATUSREQUEST']._serialized_end=761
-  _globals['_GETSTATUSRESPONSE']._serialized_start=764
-  _globals['_GETSTATUSRESPONSE']._serialized_end=1026
-  _globals['_GETTIMELINEREQUEST']._serialized_start=1028
-  _globals['_GETTIMELINEREQUEST']._serialized_end=1048
-  _globals['_GETTIMELINERESPONSE']._serialized_start=1050
-  _globals['_GETTIMELINERESPONSE']._serialized_end=1152
-  _globals['_PULSESERVICE']._serialized_start=1155
-  _globals['_PULSESERVICE']._serialized_end=1484
+  _globals['_TIMELINECHANGE']._serialized_start=318
+  _globals['_TIMELINECHANGE']._serialized_end=482
+  _globals['_STREAMBEATSRESPONSE']._serialized_start=485
+  _globals['_STREAMBEATSRESPONSE']._serialized_end=695
+  _globals['_SETTEMPOREQUEST']._serialized_start=697
+  _globals['_SETTEMPOREQUEST']._serialized_end=767
+  _globals['_SETTEMPORESPONSE']._serialized_start=770
+  _globals['_SETTEMPORESPONSE']._serialized_end=956
+  _globals['_GETSTATUSREQUEST']._serialized_start=958
+  _globals['_GETSTATUSREQUEST']._serialized_end=976
+  _globals['_GETSTATUSRESPONSE']._serialized_start=979
+  _globals['_GETSTATUSRESPONSE']._serialized_end=1241
+  _globals['_GETTIMELINEREQUEST']._serialized_start=1243
+  _globals['_GETTIMELINEREQUEST']._serialized_end=1263
+  _globals['_GETTIMELINERESPONSE']._serialized_start=1265
+  _globals['_GETTIMELINERESPONSE']._serialized_end=1367
+  _globals['_PULSESERVICE']._serialized_start=1370
+  _globals['_PULSESERVICE']._serialized_end=1699
 # @@protoc_insertion_point(module_scope)

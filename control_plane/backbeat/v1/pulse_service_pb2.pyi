@@ -72,12 +72,57 @@ class StreamProgress(_message.Message):
 Global___StreamProgress: _TypeAlias = StreamProgress  # noqa: Y015
 
 @_typing.final
+class TimelineChange(_message.Message):
+    """A tempo change the leader has accepted that is not in effect yet: from effective_beat (a
+    downbeat) on, beats follow timeline. Sent on a beat stream as soon as the change is accepted
+    (and to a stream opened while it is pending, right after the current timeline), so a client
+    can switch its local timeline at that downbeat even when the switching frame is late or lost.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TIMELINE_FIELD_NUMBER: _builtins.int
+    EFFECTIVE_BEAT_FIELD_NUMBER: _builtins.int
+    EFFECTIVE_TIME_FIELD_NUMBER: _builtins.int
+    RAMP_TARGET_TEMPO_BPM_FIELD_NUMBER: _builtins.int
+    effective_beat: _builtins.int
+    """The downbeat at which the change takes effect, and its time."""
+    ramp_target_tempo_bpm: _builtins.float
+    """A ramp in progress: the tempo the next steps head for (0 when this is not a ramp, or its
+    last step).
+    """
+    @_builtins.property
+    def timeline(self) -> _timeline_pb2.Timeline:
+        """The timeline from effective_beat on (its anchor_beat is effective_beat); its revision is
+        higher than the current timeline's.
+        """
+
+    @_builtins.property
+    def effective_time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        timeline: _timeline_pb2.Timeline | None = ...,
+        effective_beat: _builtins.int = ...,
+        effective_time: _timestamp_pb2.Timestamp | None = ...,
+        ramp_target_tempo_bpm: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["effective_time", b"effective_time", "timeline", b"timeline"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["effective_beat", b"effective_beat", "effective_time", b"effective_time", "ramp_target_tempo_bpm", b"ramp_target_tempo_bpm", "timeline", b"timeline"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TimelineChange: _TypeAlias = TimelineChange  # noqa: Y015
+
+@_typing.final
 class StreamBeatsResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     TIMELINE_FIELD_NUMBER: _builtins.int
     BEAT_FIELD_NUMBER: _builtins.int
     PROGRESS_FIELD_NUMBER: _builtins.int
+    PENDING_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def timeline(self) -> _timeline_pb2.Timeline:
         """Sent first, and again whenever the timeline changes."""
@@ -86,18 +131,25 @@ class StreamBeatsResponse(_message.Message):
     def beat(self) -> _beat_frame_pb2.BeatFrame: ...
     @_builtins.property
     def progress(self) -> Global___StreamProgress: ...
+    @_builtins.property
+    def pending(self) -> Global___TimelineChange:
+        """An accepted tempo change ahead of its downbeat. The timeline message sent when it takes
+        effect follows as before; clients that ignore this event lose nothing else.
+        """
+
     def __init__(
         self,
         *,
         timeline: _timeline_pb2.Timeline | None = ...,
         beat: _beat_frame_pb2.BeatFrame | None = ...,
         progress: Global___StreamProgress | None = ...,
+        pending: Global___TimelineChange | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["beat", b"beat", "event", b"event", "progress", b"progress", "timeline", b"timeline"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["beat", b"beat", "event", b"event", "pending", b"pending", "progress", b"progress", "timeline", b"timeline"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["beat", b"beat", "event", b"event", "progress", b"progress", "timeline", b"timeline"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["beat", b"beat", "event", b"event", "pending", b"pending", "progress", b"progress", "timeline", b"timeline"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["timeline", "beat", "progress"]  # noqa: Y015
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["timeline", "beat", "progress", "pending"]  # noqa: Y015
     _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
 

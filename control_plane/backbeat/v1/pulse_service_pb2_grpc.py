@@ -70,7 +70,8 @@ class PulseServiceServicer:
     """
 
     def StreamBeats(self, request, context):
-        """Streams the timeline, then every beat from start_beat on, with periodic progress messages.
+        """Streams the timeline (and the pending tempo change, if any), then every beat from
+        start_beat on, with periodic progress messages and each tempo change as it is accepted.
         Resumable: pass the last beat_index seen + 1. Fails with OUT_OF_RANGE when start_beat is
         older than the retained history.
         """

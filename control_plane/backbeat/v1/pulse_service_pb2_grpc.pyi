@@ -39,7 +39,8 @@ class PulseServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> PulseServiceAsyncStub: ...
     StreamBeats: _grpc.UnaryStreamMultiCallable[_pulse_service_pb2.StreamBeatsRequest, _pulse_service_pb2.StreamBeatsResponse]
-    """Streams the timeline, then every beat from start_beat on, with periodic progress messages.
+    """Streams the timeline (and the pending tempo change, if any), then every beat from
+    start_beat on, with periodic progress messages and each tempo change as it is accepted.
     Resumable: pass the last beat_index seen + 1. Fails with OUT_OF_RANGE when start_beat is
     older than the retained history.
     """
@@ -61,7 +62,8 @@ class PulseServiceAsyncStub(PulseServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     StreamBeats: _aio.UnaryStreamMultiCallable[_pulse_service_pb2.StreamBeatsRequest, _pulse_service_pb2.StreamBeatsResponse]  # type: ignore[assignment]
-    """Streams the timeline, then every beat from start_beat on, with periodic progress messages.
+    """Streams the timeline (and the pending tempo change, if any), then every beat from
+    start_beat on, with periodic progress messages and each tempo change as it is accepted.
     Resumable: pass the last beat_index seen + 1. Fails with OUT_OF_RANGE when start_beat is
     older than the retained history.
     """
@@ -86,7 +88,8 @@ class PulseServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _pulse_service_pb2.StreamBeatsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_pulse_service_pb2.StreamBeatsResponse], _abc.AsyncIterator[_pulse_service_pb2.StreamBeatsResponse]]:
-        """Streams the timeline, then every beat from start_beat on, with periodic progress messages.
+        """Streams the timeline (and the pending tempo change, if any), then every beat from
+        start_beat on, with periodic progress messages and each tempo change as it is accepted.
         Resumable: pass the last beat_index seen + 1. Fails with OUT_OF_RANGE when start_beat is
         older than the retained history.
         """
