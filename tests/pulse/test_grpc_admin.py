@@ -296,3 +296,95 @@ async def test_nats_and_grpc_subscribers_switch_tempo_at_the_same_beat(
         math.isclose(b.tempo_bpm, 240.0) for b in grpc_beats if b.beat_index < change.effective_beat
     )
     assert any(t.timeline.tempo_bpm == 252.0 for t in timelines if t.WhichOneof("event"))
+
+
+async def test_grpc_streams_get_a_pending_tempo_change_before_its_downbeat(
+    make_server: ServerFactory,
+) -> None:
+    """The leader's and a follower's streams carry the accepted change ahead of its downbeat,
+    and a stream opened while it is pending gets it right after the current timeline."""
+    a = await make_server("a")
+    b = await make_server("b")
+    leader = await _leader_of(a, b)
+    follower = b if leader is a else a
+    events: dict[str, list[tuple[int, pb.StreamBeatsResponse]]] = {"leader": [], "follower": []}
+
+    async def collect(name: str, stream: Any) -> None:
+        while True:
+            events[name].append((time.time_ns(), await _next(stream)))
+
+    def beats(name: str) -> list[Any]:
+        return [e.beat for _, e in events[name] if e.WhichOneof("event") == "beat"]
+
+    async def wait(predicate: Callable[[], bool], what: str) -> None:
+        deadline = time.monotonic() + 15
+        while not predicate():
+            assert time.monotonic() < deadline, f"timed out waiting for {what}"
+            await asyncio.sleep(0.005)
+
+    async with (
+        grpc.aio.insecure_channel(leader.grpc.address) as to_leader,
+        grpc.aio.insecure_channel(follower.grpc.address) as to_follower,
+    ):
+        stubs = {
+            "leader": pb_grpc.PulseServiceStub(to_leader),
+            "follower": pb_grpc.PulseServiceStub(to_follower),
+        }
+        streams = {name: stub.StreamBeats(pb.StreamBeatsRequest()) for name, stub in stubs.items()}
+        tasks = [asyncio.create_task(collect(name, s)) for name, s in streams.items()]
+        try:
+            # Just after a downbeat, so that the change is most of a bar away.
+            await wait(lambda: any(b.downbeat for b in beats("leader")), "a downbeat")
+            reply = await stubs["leader"].SetTempo(
+                pb.SetTempoRequest(tempo_bpm=252.0, request_id="pending-stream"), timeout=10
+            )
+            effective = reply.effective_beat
+            # Streams opened while the change is pending (the follower learns it over NATS).
+            await wait(lambda: follower.node.hub.pending is not None, "the follower's pending")
+            for name, stub in stubs.items():
+                late = stub.StreamBeats(pb.StreamBeatsRequest())
+                first, second = await _next(late), await _next(late)
+                late.cancel()
+                assert first.WhichOneof("event") == "timeline", name
+                assert first.timeline.tempo_bpm == 240.0
+                assert second.WhichOneof("event") == "pending", name
+                assert second.pending.effective_beat == effective
+                assert second.pending.timeline.tempo_bpm == 252.0
+            await wait(
+                lambda: all(b and b[-1].beat_index > effective for b in map(beats, events)),
+                "the switching downbeat",
+            )
+        finally:
+            for task in tasks:
+                task.cancel()
+            for stream in streams.values():
+                stream.cancel()
+    effective_time_ns = reply.effective_time.seconds * 1_000_000_000 + reply.effective_time.nanos
+    for name, seen in events.items():
+        kinds = [e.WhichOneof("event") for _, e in seen]
+        pending = [(at, e.pending) for at, e in seen if e.WhichOneof("event") == "pending"]
+        assert len(pending) == 1, (name, kinds)
+        at, change = pending[0]
+        assert change.effective_beat == effective
+        assert change.timeline.anchor_beat == effective
+        assert change.timeline.tempo_bpm == 252.0
+        assert change.timeline.revision == reply.timeline.revision
+        assert change.effective_time == reply.effective_time
+        assert change.ramp_target_tempo_bpm == 0.0
+        # Ahead of the switching downbeat: before its time and before its frame.
+        assert at < effective_time_ns, name
+        position = kinds.index("pending")
+        switching = next(
+            i
+            for i, (_, e) in enumerate(seen)
+            if e.WhichOneof("event") == "beat" and e.beat.beat_index >= effective
+        )
+        assert position < switching, (name, kinds)
+        tempo = {b.beat_index: b.tempo_bpm for b in beats(name)}
+        assert tempo[effective - 1] == 240.0
+        assert tempo[effective] == 252.0
+        # Then the timeline message as the change takes effect, as before.
+        assert any(
+            e.WhichOneof("event") == "timeline" and e.timeline.tempo_bpm == 252.0
+            for _, e in seen[position:]
+        ), name

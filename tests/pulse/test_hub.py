@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
 import pytest
 
 from backbeat.core.hlc import HLCTimestamp
 from backbeat.core.messages import BeatFrame
 from backbeat.core.protobuf import beat_frame_to_pb as frame_pb
+from backbeat.core.protobuf import timeline_change_to_pb as change_pb
 from backbeat.core.protobuf import timeline_to_pb as timeline_pb
-from backbeat.core.timeline import Timeline
+from backbeat.core.timeline import Timeline, TimelineChange
 from backbeat.pulse.grpc_service import EncodedEvents
-from backbeat.pulse.hub import BeatHub, Subscription
+from backbeat.pulse.hub import BeatHub, HubEvent, Subscription
 from backbeat.pulse.scheduler import build_frame
 from backbeat.v1 import pulse_service_pb2 as pb
 
@@ -81,3 +83,49 @@ def test_each_event_is_serialised_once_and_decodes_to_the_message() -> None:
     for n in range(10):
         encoded.encode(_frame(100 + n))
     assert encoded.encode(frame) == data
+
+
+async def _queued(sub: Subscription) -> list[HubEvent | None]:
+    events: list[HubEvent | None] = []
+    while True:
+        try:
+            events.append(await sub.get(0.01))
+        except TimeoutError:
+            return events
+
+
+def _pending(hub: BeatHub) -> TimelineChange | None:
+    return hub.pending  # read through a call: no narrowing from earlier asserts
+
+
+async def test_the_hub_fans_out_a_pending_change_and_ignores_an_older_one() -> None:
+    hub = BeatHub()
+    hub.set_timeline(TIMELINE)
+    sub, _ = hub.subscribe(None)
+    first = TimelineChange(TIMELINE.with_tempo(126, 8, term=1))
+    assert hub.set_pending(first)
+    assert hub.pending == first
+    # A newer change (e.g. a second SetTempo before the downbeat) replaces it.
+    second = TimelineChange(replace(first.timeline, tempo_bpm=115, revision=2), None)
+    assert hub.set_pending(second)
+    # The older one again (a late announcement) and a repeat are not fanned out.
+    assert not hub.set_pending(first)
+    assert not hub.set_pending(second)
+    assert not hub.set_pending(TimelineChange(replace(second.timeline, term=0)))
+    assert hub.pending == second
+    assert await _queued(sub) == [first, second]
+    # In effect: the timeline of the same revision clears it, and it is never sent again.
+    hub.set_timeline(second.timeline)
+    assert _pending(hub) is None
+    assert not hub.set_pending(second)
+    assert await _queued(sub) == [second.timeline]
+    # A change whose revision is not newer than the timeline in effect is ignored as well.
+    assert not hub.set_pending(TimelineChange(replace(second.timeline, term=5)))
+
+
+def test_a_pending_change_is_serialised_as_its_own_event() -> None:
+    change = TimelineChange(TIMELINE.with_tempo(126, 8), 150.0)
+    data = EncodedEvents().encode(change)
+    assert pb.StreamBeatsResponse.FromString(data) == pb.StreamBeatsResponse(
+        pending=change_pb(change)
+    )

@@ -20,7 +20,13 @@ from typing import Any
 import grpc
 from opentelemetry.instrumentation.grpc import aio_client_interceptors
 
-from backbeat.core.protobuf import beat_frame_to_pb, timeline_to_pb, timestamp_from_ns
+from backbeat.core.messages import BeatFrame
+from backbeat.core.protobuf import (
+    beat_frame_to_pb,
+    timeline_change_to_pb,
+    timeline_to_pb,
+    timestamp_from_ns,
+)
 from backbeat.core.timeline import TempoError, Timeline
 from backbeat.pulse.hub import HistoryGone, HubEvent
 from backbeat.pulse.node import NoQuorumError, NotLeaderError, PulseNode, Role, TempoChange
@@ -119,10 +125,12 @@ class EncodedEvents:
         hit = self._cache.get(id(event))
         if hit is not None and hit[0] is event:
             return hit[1]
-        if isinstance(event, Timeline):
+        if isinstance(event, BeatFrame):
+            data = pb.StreamBeatsResponse(beat=beat_frame_to_pb(event)).SerializeToString()
+        elif isinstance(event, Timeline):
             data = pb.StreamBeatsResponse(timeline=timeline_to_pb(event)).SerializeToString()
         else:
-            data = pb.StreamBeatsResponse(beat=beat_frame_to_pb(event)).SerializeToString()
+            data = pb.StreamBeatsResponse(pending=timeline_change_to_pb(event)).SerializeToString()
         self._cache[id(event)] = (event, data)
         if len(self._cache) > self._size:
             self._cache.popitem(last=False)
@@ -162,6 +170,10 @@ class PulseServicer:
         try:
             if hub.timeline is not None:
                 yield encoded.encode(hub.timeline)
+            if hub.pending is not None:
+                # Read after subscribing: a change fanned out meanwhile is queued as well,
+                # and a client takes the same change twice without harm.
+                yield encoded.encode(hub.pending)
             for frame in backlog:
                 yield encoded.encode(frame)
             while True:
@@ -187,7 +199,7 @@ class PulseServicer:
                         "this pulse replica is shutting down; reconnect to another replica "
                         f"with start_beat {hub.last_beat + 1}",
                     )
-                if isinstance(event, Timeline) or start is None or event.beat_index >= start:
+                if not isinstance(event, BeatFrame) or start is None or event.beat_index >= start:
                     yield encoded.encode(event)
         finally:
             hub.unsubscribe(sub)

@@ -5,6 +5,10 @@ is accepted only if it moves forward: its term is not lower than the last accept
 its beat index is higher than the last accepted index. A stale or paused leader's frames (a
 lower term) and duplicates across failover are dropped here, and no subscriber ever sees a
 beat index repeat or go back.
+
+The hub also holds the timeline in effect and the accepted tempo change that is not in
+effect yet (a ``TimelineChange``), and fans both out when they move forward: a newer
+(revision, term) than what it holds. Changes are rare; the beat path never looks at them.
 """
 
 from __future__ import annotations
@@ -13,12 +17,12 @@ import asyncio
 from collections import deque
 
 from backbeat.core.messages import BeatFrame
-from backbeat.core.timeline import Timeline
+from backbeat.core.timeline import Timeline, TimelineChange
 
 #: A subscriber queue holds at most this many events; beyond that events are dropped (counted).
 SUBSCRIBER_QUEUE = 256
 
-HubEvent = BeatFrame | Timeline
+HubEvent = BeatFrame | Timeline | TimelineChange
 
 
 class HistoryGone(LookupError):
@@ -96,6 +100,10 @@ class BeatHub:
         self._history: deque[BeatFrame] = deque(maxlen=history_beats)
         self._subs: set[Subscription] = set()
         self.timeline: Timeline | None = None
+        #: The accepted change not in effect yet (cleared once a timeline as new takes over).
+        self.pending: TimelineChange | None = None
+        #: (revision, term) of the newest change fanned out: an older one is never sent again.
+        self._pending_mark: tuple[int, int] = (-1, -1)
         self.last_term = 0
         self.last_beat = -1
         self.rejected = 0
@@ -125,7 +133,25 @@ class BeatHub:
         ):
             return
         self.timeline = timeline
+        pending = self.pending
+        if pending is not None and pending.timeline.revision <= timeline.revision:
+            self.pending = None  # in effect now (or superseded by this timeline)
         self._fan_out(timeline)
+
+    def set_pending(self, change: TimelineChange) -> bool:
+        """Hold and fan out ``change`` unless it is not newer (revision, term) than the change
+        already fanned out, or its revision is already in effect (the current timeline's).
+        Returns whether it was taken."""
+        key = (change.timeline.revision, change.timeline.term)
+        current = self.timeline
+        if key <= self._pending_mark or (
+            current is not None and change.timeline.revision <= current.revision
+        ):
+            return False
+        self._pending_mark = key
+        self.pending = change
+        self._fan_out(change)
+        return True
 
     def _fan_out(self, event: HubEvent) -> None:
         for sub in self._subs:

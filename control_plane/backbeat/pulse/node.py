@@ -701,7 +701,8 @@ class PulseNode:
         self._log.info("%s: handed over after beat %d", self.node_id, self._last_emitted)
 
     async def _announce_timeline(self, record: TimelineRecord) -> None:
-        self.hub.set_timeline(record.current)
+        """To the local streams (the timeline, then the pending change if any) and on NATS."""
+        self._timeline_to_hub(record)
         self.metrics.tempo.set(record.current.tempo_bpm)
         with contextlib.suppress(Exception):
             await self.publisher.publish_timeline(record.encode().encode())
@@ -825,8 +826,16 @@ class PulseNode:
         known = self.timelines
         if known is None or record.revision >= known.revision:
             self.timelines = record
-            self.hub.set_timeline(record.current)
+            self._timeline_to_hub(record)
             self.metrics.tempo.set(record.current.tempo_bpm)
+
+    def _timeline_to_hub(self, record: TimelineRecord) -> None:
+        """The hub fans out what moves forward: a newer timeline, a newer pending change (so
+        gRPC streams learn a change when NATS subscribers do, ahead of its downbeat)."""
+        self.hub.set_timeline(record.current)
+        change = record.change
+        if change is not None:
+            self.hub.set_pending(change)
 
     async def _on_timeline_msg(self, msg: Msg) -> None:
         try:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from backbeat.core.hlc import HLCTimestamp
-from backbeat.core.timeline import Phase, Timeline
+from backbeat.core.timeline import Phase, Timeline, TimelineChange
 
 
 def timeline_to_json(timeline: Timeline) -> dict[str, Any]:
@@ -51,6 +51,13 @@ class TimelineRecord:
     @property
     def revision(self) -> int:
         return self.pending.revision if self.pending is not None else self.current.revision
+
+    @property
+    def change(self) -> TimelineChange | None:
+        """The pending change as announced to beat streams (None when nothing is pending)."""
+        if self.pending is None:
+            return None
+        return TimelineChange(self.pending, self.ramp_target_bpm)
 
     def at(self, beat_index: int) -> Timeline:
         """The timeline that governs ``beat_index``."""
