@@ -1,18 +1,27 @@
-"""A stand-in leader for SDK tests: publishes BeatFrames on the grid to a real NATS server."""
+"""Stand-in leaders for SDK tests: BeatFrames on the grid, published to a real NATS server or
+served over gRPC by the pulse's own StreamBeats servicer and hub."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import time
+from typing import cast
 
+import grpc
 import nats
 from nats.aio.client import Client as NatsClient
 
+from backbeat.core.messages import BeatFrame
 from backbeat.core.subjects import beat as beat_subject
 from backbeat.core.subjects import timeline as timeline_subject
-from backbeat.core.timeline import Timeline
+from backbeat.core.timeline import Timeline, TimelineChange
+from backbeat.pulse.grpc_service import PulseServicer, add_pulse_service
+from backbeat.pulse.hub import BeatHub
+from backbeat.pulse.metrics import PulseMetrics
+from backbeat.pulse.node import PulseNode
 from backbeat.pulse.state import TimelineRecord
+from backbeat.service.rpc import BearerAuth
 from tests.sdk.frames import make_frame
 
 
@@ -46,7 +55,6 @@ class FrameLeader:
         self._task = asyncio.create_task(self._run(first, last))
 
     async def _run(self, first: int, last: int | None) -> None:
-        assert self._nc is not None
         n = first
         while last is None or n <= last:
             timeline = self.timeline
@@ -58,11 +66,16 @@ class FrameLeader:
             if n in self.withhold:
                 n += 1
                 continue
-            frame = make_frame(timeline, n, term=self.term)
-            with contextlib.suppress(Exception):  # NATS may be down: the beat is lost
-                await self._nc.publish(beat_subject(timeline.cluster_id), frame.encode())
+            if await self._publish(make_frame(timeline, n, term=self.term)):
                 self.sent.append(n)
             n += 1
+
+    async def _publish(self, frame: BeatFrame) -> bool:
+        assert self._nc is not None
+        with contextlib.suppress(Exception):  # NATS may be down: the beat is lost
+            await self._nc.publish(beat_subject(frame.cluster_id), frame.encode())
+            return True
+        return False
 
     async def announce(self) -> None:
         """Publish the timeline record (current and pending) as the pulse leader does."""
@@ -88,3 +101,50 @@ class FrameLeader:
         if nc is not None:
             with contextlib.suppress(Exception):
                 await nc.close()
+
+
+class GrpcFrameLeader(FrameLeader):
+    """Serves ``PulseService.StreamBeats`` on a real gRPC server: the pulse's own servicer and
+    beat hub, fed with the frames of ``timeline`` (minus ``withhold``) at their times.
+
+    ``announce`` hands the pending change to the hub as the pulse leader does when SetTempo
+    succeeds. The servicer reads only the node's ``hub`` and ``metrics`` while streaming.
+    """
+
+    def __init__(
+        self,
+        timeline: Timeline,
+        *,
+        term: int = 1,
+        pending: Timeline | None = None,
+        withhold: frozenset[int] = frozenset(),
+    ) -> None:
+        super().__init__("", timeline, term=term, pending=pending, withhold=withhold)
+        self.hub = BeatHub()
+        self.metrics = PulseMetrics()
+        self.address = ""
+        self._server: grpc.aio.Server | None = None
+
+    async def start(self, first: int, last: int | None = None) -> None:
+        server = self._server = grpc.aio.server()
+        node = cast(PulseNode, self)
+        add_pulse_service(PulseServicer(node, BearerAuth(lambda: "")), server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        self.address = f"127.0.0.1:{port}"
+        self.hub.set_timeline(self.timeline)
+        self._task = asyncio.create_task(self._run(first, last))
+
+    async def _publish(self, frame: BeatFrame) -> bool:
+        return self.hub.offer(frame)
+
+    async def announce(self) -> None:
+        assert self.pending is not None
+        self.hub.set_pending(TimelineChange(self.pending))
+
+    async def stop(self) -> None:
+        await super().stop()
+        server, self._server = self._server, None
+        if server is not None:
+            self.hub.close_all()
+            await server.stop(grace=None)

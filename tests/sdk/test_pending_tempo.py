@@ -23,7 +23,7 @@ from backbeat.sdk import Agent, AgentSettings, Beat, BeatSource, TempoChange
 from backbeat.v1 import pulse_service_pb2 as pb
 from backbeat.v1 import pulse_service_pb2_grpc as pb_grpc
 from tests.pulse.cluster import PulseProcess, wait_for_leader
-from tests.sdk.leader import FrameLeader
+from tests.sdk.leader import FrameLeader, GrpcFrameLeader
 
 pytestmark = pytest.mark.integration
 
@@ -36,6 +36,31 @@ async def _until(predicate: Callable[[], bool], timeout_s: float, what: str) -> 
     while not predicate():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         await asyncio.sleep(0.02)
+
+
+def _assert_switches_on_time(
+    beats: list[tuple[int, Beat]],
+    changes: list[TempoChange],
+    grid: Timeline,
+    slower: Timeline,
+    change_at: int,
+) -> None:
+    by_index = {beat.beat_index: (at, beat) for at, beat in beats}
+    at, switching = by_index[change_at]
+    assert switching.source is BeatSource.LOCAL
+    assert switching.tempo_bpm == TEMPO * 0.92
+    assert switching.scheduled_ns == slower.beat_time_ns(change_at)
+    assert switching.deadline_ns == slower.beat_time_ns(change_at + 1)
+    # On time: not before its grid time, and on the new grid's time for the beat after it
+    # (the old tempo would have put that beat a period earlier).
+    assert at >= slower.beat_time_ns(change_at)
+    at_next, following = by_index[change_at + 1]
+    assert following.tempo_bpm == TEMPO * 0.92
+    assert at_next >= slower.beat_time_ns(change_at + 1) > grid.beat_time_ns(change_at + 1)
+    previous = by_index[change_at - 1][1]
+    assert previous.tempo_bpm == TEMPO
+    assert previous.deadline_ns == slower.beat_time_ns(change_at)
+    assert changes == [TempoChange(change_at, TEMPO, TEMPO * 0.92)]
 
 
 async def test_sdk_fires_the_switching_beat_with_the_new_tempo_when_its_frame_is_withheld(
@@ -60,22 +85,41 @@ async def test_sdk_fires_the_switching_beat_with_the_new_tempo_when_its_frame_is
         await leader.announce()  # as the pulse does when SetTempo succeeds
         await _until(lambda: bool(beats) and beats[-1][1].beat_index >= change_at + 3, 20, "beats")
         await leader.stop()
-    by_index = {beat.beat_index: (at, beat) for at, beat in beats}
-    at, switching = by_index[change_at]
-    assert switching.source is BeatSource.LOCAL
-    assert switching.tempo_bpm == TEMPO * 0.92
-    assert switching.scheduled_ns == slower.beat_time_ns(change_at)
-    assert switching.deadline_ns == slower.beat_time_ns(change_at + 1)
-    # On time: not before its grid time, and on the new grid's time for the beat after it
-    # (the old tempo would have put that beat a period earlier).
-    assert at >= slower.beat_time_ns(change_at)
-    at_next, following = by_index[change_at + 1]
-    assert following.tempo_bpm == TEMPO * 0.92
-    assert at_next >= slower.beat_time_ns(change_at + 1) > grid.beat_time_ns(change_at + 1)
-    previous = by_index[change_at - 1][1]
-    assert previous.tempo_bpm == TEMPO
-    assert previous.deadline_ns == slower.beat_time_ns(change_at)
-    assert changes == [TempoChange(change_at, TEMPO, TEMPO * 0.92)]
+    _assert_switches_on_time(beats, changes, grid, slower, change_at)
+
+
+async def test_sdk_on_grpc_fires_the_switching_beat_with_the_new_tempo_when_frames_are_cut_off(
+    cluster_id: str,
+) -> None:
+    """The same over gRPC: the pending change arrives on the StreamBeats stream, and the frames
+    around the switch never do (the hub behind the real servicer never gets them)."""
+    grid = Timeline.start(cluster_id, TEMPO, time.time_ns() - 10_000_000_000)
+    first = grid.next_beat_after(time.time_ns()) + 2
+    change_at = grid.next_downbeat_after(first + 6)
+    slower = grid.with_tempo(TEMPO * 0.92, change_at)
+    leader = GrpcFrameLeader(
+        grid, pending=slower, withhold=frozenset({change_at - 1, change_at, change_at + 1})
+    )
+    beats: list[tuple[int, Beat]] = []
+    changes: list[TempoChange] = []
+    await leader.start(first)
+    try:
+        settings = AgentSettings(
+            cluster_id=cluster_id, agent_id="g1", pulse_targets=[leader.address]
+        )
+        async with Agent(settings) as agent:
+            agent.on_beat(lambda beat: beats.append((time.time_ns(), beat)))
+            agent.on_tempo_change(changes.append)
+            await agent.wait_synced(20)
+            await leader.wait_sent(first + 2)
+            await leader.announce()  # as the pulse does when SetTempo succeeds
+            await _until(
+                lambda: bool(beats) and beats[-1][1].beat_index >= change_at + 3, 20, "beats"
+            )
+    finally:
+        await leader.stop()
+    assert not {change_at - 1, change_at, change_at + 1} & set(leader.sent)
+    _assert_switches_on_time(beats, changes, grid, slower, change_at)
 
 
 @pytest.fixture

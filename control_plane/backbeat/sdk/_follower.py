@@ -21,7 +21,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 
 from backbeat.core.messages import BeatFrame, CodecError
-from backbeat.core.timeline import NS_PER_MIN, Timeline, default_phases
+from backbeat.core.timeline import NS_PER_MIN, Timeline, TimelineChange, default_phases
 from backbeat.sdk._clock import Clock, OffsetEstimate
 from backbeat.sdk._settings import FrameVerifier
 from backbeat.sdk._types import AgentStats, AgentStatus, Beat, BeatSource, FrameDrop, TempoChange
@@ -123,6 +123,12 @@ class BeatFollower:
         self._insert(timeline)
         self._wake.set()  # due times may have moved
         return True
+
+    def offer_change(self, change: TimelineChange) -> bool:
+        """A tempo change announced ahead of its downbeat (the pending timeline of a NATS
+        timeline record, or a gRPC ``pending`` event): its timeline governs from the effective
+        beat on, so a beat whose frame is missing there is delivered on the new grid."""
+        return self.offer_timeline(change.timeline)
 
     def local_due_ns(self, beat_index: int) -> int:
         """When ``beat_index`` is delivered locally if its frame has not arrived."""

@@ -11,7 +11,12 @@ import grpc
 from opentelemetry import propagate, trace
 
 from backbeat.core.messages import StatusClaim
-from backbeat.core.protobuf import beat_frame_from_pb, status_claim_to_pb, timeline_from_pb
+from backbeat.core.protobuf import (
+    beat_frame_from_pb,
+    status_claim_to_pb,
+    timeline_change_from_pb,
+    timeline_from_pb,
+)
 from backbeat.sdk._follower import BeatFollower
 from backbeat.service.tracing import context_from_traceparent
 from backbeat.v1 import (
@@ -129,6 +134,11 @@ class GrpcBeatSource:
                     elif kind == "timeline":
                         with contextlib.suppress(ValueError):
                             follower.offer_timeline(timeline_from_pb(response.timeline))
+                    elif kind == "pending":
+                        # Announced when the leader accepts it, ahead of its downbeat: the
+                        # local timeline switches there even if that frame is late or lost.
+                        with contextlib.suppress(ValueError):
+                            follower.offer_change(timeline_change_from_pb(response.pending))
             finally:
                 call.cancel()
 

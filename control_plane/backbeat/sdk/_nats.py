@@ -15,7 +15,7 @@ from nats.aio.subscription import Subscription
 
 from backbeat.core import subjects
 from backbeat.core.messages import StatusClaim
-from backbeat.core.timeline import Phase, Timeline
+from backbeat.core.timeline import Phase, Timeline, TimelineChange
 from backbeat.sdk._follower import BeatFollower
 
 log = logging.getLogger("backbeat.sdk")
@@ -106,8 +106,12 @@ class NatsBeatSource:
             timelines = decode_timeline_record(msg.data)
         except ValueError:
             return  # an unreadable announcement changes nothing; frames still keep time
-        for timeline in timelines:
-            self._follower.offer_timeline(timeline)
+        if not timelines:
+            return
+        current, *pending = timelines
+        self._follower.offer_timeline(current)
+        for timeline in pending:  # the change accepted for the next downbeat, if any
+            self._follower.offer_change(TimelineChange(timeline))
 
     async def close(self) -> None:
         subs, self._subs = self._subs, []
