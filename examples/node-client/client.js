@@ -1,4 +1,5 @@
-// BACKBEAT from Node.js: stream beats, change the tempo, submit a claim, print a bar report.
+// BACKBEAT from Node.js: stream beats, change the tempo (and see the pending change on the
+// stream), submit a claim, print a bar report.
 //
 //   PULSE_ADDR=127.0.0.1:50051 REVERB_ADDR=127.0.0.1:50061 BACKBEAT_API_TOKEN=... node client.js
 //
@@ -67,7 +68,8 @@ function seconds(ts) {
 }
 
 // 1. Stream beats until `count` beats have arrived. Resolves with the beats seen.
-function streamBeats(count) {
+// `onBeat(n)` is called after the n-th beat (main changes the tempo halfway through).
+function streamBeats(count, onBeat = () => {}) {
   return new Promise((resolve, reject) => {
     const beats = [];
     const call = pulse.StreamBeats({ start_beat: "0", progress_interval_ms: 1000 });
@@ -75,6 +77,15 @@ function streamBeats(count) {
       if (msg.event === "timeline") {
         const t = msg.timeline;
         console.log(`timeline: ${t.tempo_bpm} BPM, bar ${t.bar_length}, revision ${t.revision}`);
+      } else if (msg.event === "pending") {
+        // A tempo change accepted but not in effect yet: from effective_beat (a downbeat) on,
+        // beats follow p.timeline. Sent as soon as the leader accepts it.
+        const p = msg.pending;
+        const ramp = p.ramp_target_tempo_bpm ? `, ramping to ${p.ramp_target_tempo_bpm} BPM` : "";
+        console.log(
+          `pending: ${p.timeline.tempo_bpm} BPM from beat ${p.effective_beat} ` +
+            `(revision ${p.timeline.revision})${ramp}`,
+        );
       } else if (msg.event === "beat") {
         const b = msg.beat;
         const lateMs = (Date.now() / 1000 - seconds(b.scheduled_time)) * 1000;
@@ -84,6 +95,7 @@ function streamBeats(count) {
             `+${lateMs.toFixed(1)} ms`,
         );
         beats.push(b);
+        onBeat(beats.length);
         if (beats.length >= count) {
           call.cancel();
           resolve(beats);
@@ -163,8 +175,15 @@ function barReport(fromBeat) {
 }
 
 async function main() {
-  const beats = await streamBeats(beatsWanted);
-  if (tempoStep) await changeTempo(tempoStep);
+  // Change the tempo halfway through the stream, so that the stream shows the pending change.
+  let change = null;
+  const beats = await streamBeats(beatsWanted, (seen) => {
+    if (tempoStep && !change && seen >= Math.ceil(beatsWanted / 2)) {
+      change = changeTempo(tempoStep);
+      change.catch(() => {}); // awaited below; no unhandled rejection meanwhile
+    }
+  });
+  if (change) await change;
   if (!reverb) {
     console.log("REVERB_ADDR not set: skipping the claim and the bar report");
     return;

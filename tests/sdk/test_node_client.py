@@ -81,7 +81,10 @@ async def test_node_client_streams_beats_and_changes_tempo(
     beats = [int(line.split()[1]) for line in lines if line.startswith("beat ")]
     assert len(beats) == 6
     assert beats == list(range(beats[0], beats[0] + 6))
-    assert any(line.startswith("tempo: 240 -> 252 BPM from beat") for line in lines)
+    (tempo,) = [line for line in lines if line.startswith("tempo: 240 -> 252 BPM from beat")]
+    effective = tempo.split()[-1]
+    # The stream was open when the leader accepted the change: it shows it as pending.
+    assert f"pending: 252 BPM from beat {effective} (revision 2)" in lines, stdout
 
 
 async def test_node_client_submits_a_claim_and_prints_its_bar_report(
