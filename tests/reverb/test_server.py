@@ -182,7 +182,8 @@ async def test_stream_bar_reports_replays_then_follows(
             await js.publish(subjects.bar(cluster_id, f"{beat:032x}"), report(beat).encode())
         async with _channel(server) as channel:
             stub = pb_grpc.ReverbServiceStub(channel)
-            call = stub.StreamBarReports(pb.StreamBarReportsRequest(start_beat=104))
+            # Beat 106 lies in the window 104-107: the replay starts with that window.
+            call = stub.StreamBarReports(pb.StreamBarReportsRequest(start_beat=106))
             replies = aiter(call)
             first = await asyncio.wait_for(anext(replies), 10)
             second = await asyncio.wait_for(anext(replies), 10)

@@ -22,7 +22,10 @@ from backbeat.v1 import reverb_service_pb2_grpc as reverb_grpc
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--from-beat", type=int, default=1, help="replay retained reports from this beat on"
+        "--from-beat",
+        type=int,
+        default=1,
+        help="replay retained reports from the window holding this beat on",
     )
     parser.add_argument("--follow", action="store_true", help="keep printing new reports")
     parser.add_argument("--count", type=int, default=0, help="stop after this many reports")
@@ -48,7 +51,8 @@ async def _reports(args: argparse.Namespace) -> int:
     async with grpc.aio.insecure_channel(args.reverb) as channel:
         stub = reverb_grpc.ReverbServiceStub(channel)
         stream = stub.StreamBarReports(
-            reverb_pb.StreamBarReportsRequest(start_beat=args.from_beat),
+            # start_beat 0 asks for new reports only; beat 1 lies in the first window.
+            reverb_pb.StreamBarReportsRequest(start_beat=max(1, args.from_beat)),
             timeout=None if args.follow else args.timeout,
         )
         try:

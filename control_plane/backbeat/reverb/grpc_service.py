@@ -231,8 +231,8 @@ class ReverbServicer(pb_grpc.ReverbServiceServicer):
                     report = BarReport.decode(msg.data)
                 except (CodecError, ValueError):
                     continue  # not ours to judge; never break the stream for one message
-                if start > 0 and report.from_beat < start:
-                    continue
+                if start > 0 and report.to_beat < start:
+                    continue  # replay from the window that holds start_beat on
                 yield pb.StreamBarReportsResponse(report=bar_report_to_pb(report))
         finally:
             stopping.cancel()

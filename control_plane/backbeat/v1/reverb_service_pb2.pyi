@@ -307,7 +307,9 @@ class StreamBarReportsRequest(_message.Message):
 
     START_BEAT_FIELD_NUMBER: _builtins.int
     start_beat: _builtins.int
-    """Replay retained reports whose from_beat >= start_beat, then follow new ones. 0: only new ones."""
+    """Replay the retained reports of the windows that end at or after start_beat (the window
+    holding start_beat included), then follow new ones. 0: only new ones.
+    """
     def __init__(
         self,
         *,

@@ -82,7 +82,7 @@ class ReverbServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def StreamBarReports(self, request, context):
-        """Streams bar reports from the window starting at start_beat (inclusive), then new ones.
+        """Streams retained bar reports from the window holding start_beat on, then new ones.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -39,7 +39,7 @@ class ReverbServiceStub:
     """Windows currently buffered or recently reported, newest first."""
     GetWindow: _grpc.UnaryUnaryMultiCallable[_reverb_service_pb2.GetWindowRequest, _reverb_service_pb2.GetWindowResponse]
     StreamBarReports: _grpc.UnaryStreamMultiCallable[_reverb_service_pb2.StreamBarReportsRequest, _reverb_service_pb2.StreamBarReportsResponse]
-    """Streams bar reports from the window starting at start_beat (inclusive), then new ones."""
+    """Streams retained bar reports from the window holding start_beat on, then new ones."""
 
 @_typing.type_check_only
 class ReverbServiceAsyncStub(ReverbServiceStub):
@@ -52,7 +52,7 @@ class ReverbServiceAsyncStub(ReverbServiceStub):
     """Windows currently buffered or recently reported, newest first."""
     GetWindow: _aio.UnaryUnaryMultiCallable[_reverb_service_pb2.GetWindowRequest, _reverb_service_pb2.GetWindowResponse]  # type: ignore[assignment]
     StreamBarReports: _aio.UnaryStreamMultiCallable[_reverb_service_pb2.StreamBarReportsRequest, _reverb_service_pb2.StreamBarReportsResponse]  # type: ignore[assignment]
-    """Streams bar reports from the window starting at start_beat (inclusive), then new ones."""
+    """Streams retained bar reports from the window holding start_beat on, then new ones."""
 
 class ReverbServiceServicer(metaclass=_abc_1.ABCMeta):
     """Reverb: claim ingest, window inspection and bar reports."""
@@ -86,6 +86,6 @@ class ReverbServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _reverb_service_pb2.StreamBarReportsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_reverb_service_pb2.StreamBarReportsResponse], _abc.AsyncIterator[_reverb_service_pb2.StreamBarReportsResponse]]:
-        """Streams bar reports from the window starting at start_beat (inclusive), then new ones."""
+        """Streams retained bar reports from the window holding start_beat on, then new ones."""
 
 def add_ReverbServiceServicer_to_server(servicer: ReverbServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
