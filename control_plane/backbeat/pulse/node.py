@@ -761,6 +761,14 @@ class PulseNode:
                     time.time_ns() + int(2 * self.settings.commit_lead_ms * 1e6) + 50_000_000,
                 )
                 effective = current.next_downbeat_after(max(self._reserved_beat, horizon))
+                announced = record.pending
+                if announced is not None and announced.anchor_beat < effective:
+                    # A change already announced takes effect before this one could: replacing
+                    # it would silently cancel it for every follower. Let it happen, then
+                    # schedule this one on top of it (and check the step against it).
+                    # (The beat loop promotes it when it reserves that downbeat, before its time.)
+                    await asyncio.sleep(max(0.0, announced.anchor_time_ns - time.time_ns()) / 1e9)
+                    continue
                 pending = replace(
                     current.with_tempo(step, effective, term=self.term),
                     revision=record.revision + 1,
