@@ -23,6 +23,7 @@ import multiprocessing
 import os
 import struct
 import time
+from array import array
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -55,6 +56,30 @@ BARE_SIZE = 160
 Samples = list[tuple[int, int, int]]
 
 
+class Recorder:
+    """Samples of one receiving process, kept flat in an int64 array until the run ends.
+
+    A tuple per delivery would leave hundreds of thousands of tracked objects in a receiver,
+    and the garbage collector's full passes over them would stall whole beats — a cost of the
+    measurement, not of what is measured.
+    """
+
+    __slots__ = ("_data",)
+
+    def __init__(self) -> None:
+        self._data = array("q")
+
+    def add(self, received_ns: int, since_scheduled_ns: int, since_emitted_ns: int) -> None:
+        data = self._data
+        data.append(received_ns)
+        data.append(since_scheduled_ns)
+        data.append(since_emitted_ns)
+
+    def samples(self) -> Samples:
+        data = self._data
+        return [(data[i], data[i + 1], data[i + 2]) for i in range(0, len(data), 3)]
+
+
 @dataclass(frozen=True, slots=True)
 class WorkerSpec:
     nats_url: str
@@ -75,18 +100,16 @@ def _worker_main(spec: WorkerSpec, ready: MpEvent, stop: MpEvent, out: Connectio
 
 
 async def _receive(spec: WorkerSpec, ready: MpEvent, stop: MpEvent) -> tuple[Samples, Samples]:
-    nats_samples: Samples = []
-    grpc_samples: Samples = []
+    nats_samples = Recorder()
+    grpc_samples = Recorder()
 
     def subscriber(frame: BeatFrame) -> None:
         now = time.time_ns()
-        nats_samples.append(
-            (now, now - (frame.scheduled_ns or now), now - (frame.emitted_ns or now))
-        )
+        nats_samples.add(now, now - (frame.scheduled_ns or now), now - (frame.emitted_ns or now))
 
     def raw_subscriber(sent: int) -> None:
         now = time.time_ns()
-        nats_samples.append((now, now - sent, now - sent))
+        nats_samples.add(now, now - sent, now - sent)
 
     frame_subscribers: list[Callable[[BeatFrame], None]] = [subscriber] * spec.subscribers
     raw_subscribers: list[Callable[[int], None]] = [raw_subscriber] * spec.subscribers
@@ -120,10 +143,10 @@ async def _receive(spec: WorkerSpec, ready: MpEvent, stop: MpEvent) -> tuple[Sam
     if channel is not None:
         await channel.close(None)
     await nc.close()
-    return nats_samples, grpc_samples
+    return nats_samples.samples(), grpc_samples.samples()
 
 
-async def _stream(channel: grpc.aio.Channel, samples: Samples) -> None:
+async def _stream(channel: grpc.aio.Channel, samples: Recorder) -> None:
     call = pb_grpc.PulseServiceStub(channel).StreamBeats(pb.StreamBeatsRequest())
     try:
         while True:
@@ -133,12 +156,10 @@ async def _stream(channel: grpc.aio.Channel, samples: Samples) -> None:
             if event.WhichOneof("event") == "beat":
                 now = time.time_ns()
                 beat = event.beat
-                samples.append(
-                    (
-                        now,
-                        now - beat.scheduled_time.ToNanoseconds(),
-                        now - beat.emitted_time.ToNanoseconds(),
-                    )
+                samples.add(
+                    now,
+                    now - beat.scheduled_time.ToNanoseconds(),
+                    now - beat.emitted_time.ToNanoseconds(),
                 )
     finally:
         call.cancel()
@@ -147,7 +168,7 @@ async def _stream(channel: grpc.aio.Channel, samples: Samples) -> None:
 BARE_METHOD = "/backbeat.bench.Bare/Stream"
 
 
-async def _raw_stream(channel: grpc.aio.Channel, samples: Samples) -> None:
+async def _raw_stream(channel: grpc.aio.Channel, samples: Recorder) -> None:
     call = channel.unary_stream(BARE_METHOD, None, None)(b"")
     try:
         while True:
@@ -156,7 +177,7 @@ async def _raw_stream(channel: grpc.aio.Channel, samples: Samples) -> None:
                 return
             now = time.time_ns()
             (sent,) = struct.unpack_from(">q", data)
-            samples.append((now, now - sent, now - sent))
+            samples.add(now, now - sent, now - sent)
     finally:
         call.cancel()
 
