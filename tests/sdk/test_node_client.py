@@ -10,7 +10,6 @@ import asyncio
 import os
 import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,11 +17,11 @@ import pytest
 from backbeat.embedded import NatsServer, RedisServer, free_port
 from backbeat.processes import ComponentProcess
 from tests.pulse.cluster import PulseProcess, wait_for_leader
+from tests.sdk.pulses import TOKEN
 
 pytestmark = pytest.mark.integration
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "node-client"
-TOKEN = "node-example-token"
 NODE = shutil.which("node")
 
 
@@ -40,26 +39,6 @@ def node_modules() -> Path:
             cwd=EXAMPLE, check=True, timeout=300,
         )  # fmt: skip
     return modules
-
-
-@pytest.fixture
-def pulse(
-    redis_servers: list[RedisServer], nats_server: NatsServer, cluster_id: str, tmp_path: Path
-) -> Iterator[PulseProcess]:
-    proc = PulseProcess(
-        cluster_id,
-        "p0",
-        [s.url for s in redis_servers],
-        nats_server.url,
-        log_dir=tmp_path,
-        tempo_bpm=240.0,
-        token=TOKEN,
-    )
-    try:
-        proc.start(timeout=30)
-        yield proc
-    finally:
-        proc.close()
 
 
 async def test_node_client_streams_beats_and_changes_tempo(

@@ -3,14 +3,10 @@ frame is late or lost still fires that beat on time with the new tempo."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
-import grpc
 import nats
 import pytest
 from nats.aio.msg import Msg
@@ -18,24 +14,15 @@ from nats.aio.msg import Msg
 from backbeat.core import subjects
 from backbeat.core.messages import BeatFrame
 from backbeat.core.timeline import Timeline
-from backbeat.embedded import NatsServer, RedisServer
+from backbeat.embedded import NatsServer
 from backbeat.sdk import Agent, AgentSettings, Beat, BeatSource, TempoChange
-from backbeat.v1 import pulse_service_pb2 as pb
-from backbeat.v1 import pulse_service_pb2_grpc as pb_grpc
 from tests.pulse.cluster import PulseProcess, wait_for_leader
 from tests.sdk.leader import FrameLeader, GrpcFrameLeader
+from tests.sdk.pulses import set_tempo, until
 
 pytestmark = pytest.mark.integration
 
 TEMPO = 300.0  # 200 ms beats keep the tests short
-TOKEN = "pending-tempo-token"
-
-
-async def _until(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.02)
 
 
 def _assert_switches_on_time(
@@ -83,7 +70,7 @@ async def test_sdk_fires_the_switching_beat_with_the_new_tempo_when_its_frame_is
         await leader.start(first)
         await leader.wait_sent(first + 2)
         await leader.announce()  # as the pulse does when SetTempo succeeds
-        await _until(lambda: bool(beats) and beats[-1][1].beat_index >= change_at + 3, 20, "beats")
+        await until(lambda: bool(beats) and beats[-1][1].beat_index >= change_at + 3, 20, "beats")
         await leader.stop()
     _assert_switches_on_time(beats, changes, grid, slower, change_at)
 
@@ -113,7 +100,7 @@ async def test_sdk_on_grpc_fires_the_switching_beat_with_the_new_tempo_when_fram
             await agent.wait_synced(20)
             await leader.wait_sent(first + 2)
             await leader.announce()  # as the pulse does when SetTempo succeeds
-            await _until(
+            await until(
                 lambda: bool(beats) and beats[-1][1].beat_index >= change_at + 3, 20, "beats"
             )
     finally:
@@ -122,31 +109,10 @@ async def test_sdk_on_grpc_fires_the_switching_beat_with_the_new_tempo_when_fram
     _assert_switches_on_time(beats, changes, grid, slower, change_at)
 
 
-@pytest.fixture
-def leader_process(
-    redis_servers: list[RedisServer], nats_server: NatsServer, cluster_id: str, tmp_path: Path
-) -> Iterator[PulseProcess]:
-    proc = PulseProcess(
-        cluster_id,
-        "p0",
-        [s.url for s in redis_servers],
-        nats_server.url,
-        log_dir=tmp_path,
-        tempo_bpm=240.0,
-        lock_ttl_ms=1000,
-        token=TOKEN,
-    )
-    try:
-        proc.start(timeout=30)
-        yield proc
-    finally:
-        proc.close()
-
-
 async def test_pulse_announces_a_tempo_change_as_soon_as_it_is_accepted(
-    leader_process: PulseProcess, nats_server: NatsServer, cluster_id: str
+    pulse: PulseProcess, nats_server: NatsServer, cluster_id: str
 ) -> None:
-    leader = await wait_for_leader([leader_process])
+    leader = await wait_for_leader([pulse])
     # One connection for both subjects: NATS keeps one publisher's order for one subscriber.
     events: list[tuple[str, Any]] = []
 
@@ -160,15 +126,9 @@ async def test_pulse_announces_a_tempo_change_as_soon_as_it_is_accepted(
     try:
         await nc.subscribe(subjects.timeline(cluster_id), cb=on_timeline)
         await nc.subscribe(subjects.beat(cluster_id), cb=on_beat)
-        await _until(lambda: any(kind == "beat" for kind, _ in events), 20, "a beat")
-        async with grpc.aio.insecure_channel(leader.grpc_address) as channel:
-            response = await pb_grpc.PulseServiceStub(channel).SetTempo(
-                pb.SetTempoRequest(tempo_bpm=252.0, request_id="announce-test"),
-                metadata=(("authorization", f"Bearer {TOKEN}"),),
-                timeout=10,
-            )
-        effective = int(response.effective_beat)
-        await _until(lambda: ("beat", effective) in events, 30, f"the frame of beat {effective}")
+        await until(lambda: any(kind == "beat" for kind, _ in events), 20, "a beat")
+        effective = await set_tempo(leader.grpc_address, 252.0, "announce-test")
+        await until(lambda: ("beat", effective) in events, 30, f"the frame of beat {effective}")
     finally:
         await nc.close()
     switch_frame = events.index(("beat", effective))
@@ -183,4 +143,4 @@ async def test_pulse_announces_a_tempo_change_as_soon_as_it_is_accepted(
     assert record["effective_beat"] == effective
     assert record["pending"]["anchor_beat"] == effective
     assert record["pending"]["tempo_bpm"] == 252.0
-    assert record["current"]["tempo_bpm"] == 240.0
+    assert record["current"]["tempo_bpm"] == 240.0  # the replica's tempo (tests/sdk/pulses.py)

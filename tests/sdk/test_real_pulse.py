@@ -6,68 +6,14 @@ deliver every beat once, in order, and switch tempo at the leader's effective do
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
-
-import grpc
 import pytest
 
-from backbeat.embedded import NatsServer, RedisServer
+from backbeat.embedded import NatsServer
 from backbeat.sdk import Agent, AgentSettings, Beat, TempoChange
-from backbeat.v1 import pulse_service_pb2 as pb
-from backbeat.v1 import pulse_service_pb2_grpc as pb_grpc
 from tests.pulse.cluster import PulseProcess, wait_for_leader
+from tests.sdk.pulses import TEMPO, set_tempo, until
 
 pytestmark = [pytest.mark.integration, pytest.mark.fault]
-
-TOKEN = "sdk-test-token"
-TEMPO = 240.0
-
-
-@pytest.fixture
-def replicas(
-    redis_servers: list[RedisServer], nats_server: NatsServer, cluster_id: str, tmp_path: Path
-) -> Iterator[list[PulseProcess]]:
-    procs = [
-        PulseProcess(
-            cluster_id,
-            f"p{i}",
-            [s.url for s in redis_servers],
-            nats_server.url,
-            log_dir=tmp_path,
-            tempo_bpm=TEMPO,
-            lock_ttl_ms=1000,
-            token=TOKEN,
-        )
-        for i in range(2)
-    ]
-    try:
-        for proc in procs:
-            proc.start(timeout=30)
-        yield procs
-    finally:
-        for proc in procs:
-            proc.close()
-
-
-async def _until(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.02)
-
-
-async def _set_tempo(address: str, tempo_bpm: float) -> int:
-    async with grpc.aio.insecure_channel(address) as channel:
-        stub = pb_grpc.PulseServiceStub(channel)
-        response = await stub.SetTempo(
-            pb.SetTempoRequest(tempo_bpm=tempo_bpm, request_id="sdk-test"),
-            metadata=(("authorization", f"Bearer {TOKEN}"),),
-            timeout=10,
-        )
-        return int(response.effective_beat)
 
 
 async def test_sdk_over_nats_and_grpc_across_kill_and_tempo_change(
@@ -91,8 +37,8 @@ async def test_sdk_over_nats_and_grpc_across_kill_and_tempo_change(
             agent.on_tempo_change(changes[name].append)
         await a_nats.wait_synced(20)
         await a_grpc.wait_synced(20)
-        effective = await _set_tempo(leader.grpc_address, TEMPO * 1.1)
-        await _until(
+        effective = await set_tempo(leader.grpc_address, TEMPO * 1.1, "sdk-test")
+        await until(
             lambda: all(s and s[-1].beat_index >= effective + 2 for s in seen.values()),
             30,
             "the tempo change",
@@ -100,7 +46,7 @@ async def test_sdk_over_nats_and_grpc_across_kill_and_tempo_change(
         leader.kill()
         survivor = await wait_for_leader([r for r in replicas if r is not leader])
         killed_at = max(s[-1].beat_index for s in seen.values())
-        await _until(
+        await until(
             lambda: all(
                 s[-1].beat_index >= killed_at + 12 and s[-1].term > s[0].term for s in seen.values()
             ),
