@@ -744,17 +744,6 @@ class PulseNode:
                 record = self.timelines
                 assert record is not None
                 current = record.current
-                remaining = 0
-                target = tempo_bpm
-                if ramp:
-                    steps = ramp_steps(current.tempo_bpm, tempo_bpm)
-                    if not steps:
-                        steps = [tempo_bpm]
-                    step = steps[0]
-                    remaining = len(steps) - 1
-                else:
-                    check_tempo_step(current.tempo_bpm, tempo_bpm)
-                    step = tempo_bpm
                 # Beats up to `horizon` may be reserved before our write lands.
                 horizon = next_beat_after(
                     record,
@@ -769,6 +758,17 @@ class PulseNode:
                     # (The beat loop promotes it when it reserves that downbeat, before its time.)
                     await asyncio.sleep(max(0.0, announced.anchor_time_ns - time.time_ns()) / 1e9)
                     continue
+                remaining = 0
+                target = tempo_bpm
+                if ramp:
+                    steps = ramp_steps(current.tempo_bpm, tempo_bpm)
+                    if not steps:
+                        steps = [tempo_bpm]
+                    step = steps[0]
+                    remaining = len(steps) - 1
+                else:
+                    check_tempo_step(current.tempo_bpm, tempo_bpm)
+                    step = tempo_bpm
                 pending = replace(
                     current.with_tempo(step, effective, term=self.term),
                     revision=record.revision + 1,
