@@ -8,7 +8,7 @@ import logging
 from collections.abc import Callable, Sequence
 
 import grpc
-from opentelemetry import propagate, trace
+from opentelemetry import trace
 
 from backbeat.core.messages import StatusClaim
 from backbeat.core.protobuf import (
@@ -18,7 +18,7 @@ from backbeat.core.protobuf import (
     timeline_from_pb,
 )
 from backbeat.sdk._follower import BeatFollower
-from backbeat.service.tracing import context_from_traceparent
+from backbeat.service.tracing import context_from_traceparent, inject_headers
 from backbeat.v1 import (
     pulse_service_pb2,
     pulse_service_pb2_grpc,
@@ -44,14 +44,10 @@ def _trace_carrier(traceparent: str = "") -> dict[str, str]:
     """The propagator's fields (``traceparent``, ``tracestate``) for the context a claim was
     reported in, or for the current span when ``traceparent`` is ""; {} outside any span."""
     if traceparent:
-        carrier: dict[str, str] = {}
-        propagate.inject(carrier, context=context_from_traceparent(traceparent))
-        return carrier
+        return inject_headers(context=context_from_traceparent(traceparent))
     if not trace.get_current_span().get_span_context().is_valid:
         return {}  # the untraced hot path: no propagator runs
-    carrier = {}
-    propagate.inject(carrier)
-    return carrier
+    return inject_headers()
 
 
 class GrpcBeatSource:
