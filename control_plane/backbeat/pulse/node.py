@@ -187,7 +187,10 @@ class PulseNode:
         self.lock = Redlock(self.masters, keys.lock(self.cluster_id), settings.lock_ttl_ms)
         self.store = FencedStore(self.masters, self.cluster_id, settings.node_id)
         self.publisher = BeatPublisher(
-            settings.nats_url, self.cluster_id, name=f"backbeat-pulse-{settings.node_id}"
+            settings.nats_url,
+            self.cluster_id,
+            name=f"backbeat-pulse-{settings.node_id}",
+            connect_timeout_s=settings.nats_connect_timeout_s,
         )
         self.hub = BeatHub(settings.history_beats)
         self.clock = HybridLogicalClock(node_id_from_name(settings.node_id))

@@ -111,7 +111,6 @@ class PulseServer:
             settings, signer=frame_signer(signing_keys) if signing_keys is not None else None
         )
         self.node.tempo_limiter = TempoRateLimiter(tempo_changes_per_minute)
-        self.node.publisher.connect_timeout_s = settings.nats_connect_timeout_s
         self.servicer = PulseServicer(self.node, self.auth)
         if self.tls.enabled:
             self.servicer.forwarder.credentials = self.tls.channel_credentials()

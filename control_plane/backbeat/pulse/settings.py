@@ -8,7 +8,7 @@ from typing import Any
 
 from backbeat.core.subjects import check_cluster_id, default_cluster_id
 from backbeat.core.timeline import validate_tempo
-from backbeat.service.nats_connect import DEFAULT_CONNECT_TIMEOUT_S
+from backbeat.service.nats_connect import DEFAULT_CONNECT_TIMEOUT_S, check_connect_timeout
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,11 +50,7 @@ class PulseSettings:
             raise ValueError(f"lock TTL {self.lock_ttl_ms} ms is too short (minimum 100 ms)")
         if not self.redis_urls:
             raise ValueError("at least one --redis URL is required")
-        if self.nats_connect_timeout_s < 0:
-            raise ValueError(
-                f"--connect-timeout-s must be 0 (wait for ever) or more, "
-                f"got {self.nats_connect_timeout_s:g}"
-            )
+        check_connect_timeout(self.nats_connect_timeout_s)
         # Production without a token (flag or the api_token secret) is refused at start by
         # backbeat.secrets.open_component_secrets, which also judges weak and default secrets.
 
