@@ -4,6 +4,7 @@ Nothing in this package does I/O, so the serverless rollup and the SDK can impor
 pulling in servers.
 """
 
+from backbeat.core.frame_order import FrameOrder
 from backbeat.core.hlc import ClockSkewError, HLCTimestamp, HybridLogicalClock
 from backbeat.core.timeline import (
     DEFAULT_PHASES,
@@ -23,6 +24,7 @@ __all__ = [
     "MAX_TEMPO_STEP",
     "MIN_TEMPO_BPM",
     "ClockSkewError",
+    "FrameOrder",
     "HLCTimestamp",
     "HybridLogicalClock",
     "Phase",

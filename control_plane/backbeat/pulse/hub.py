@@ -1,8 +1,9 @@
 """The beats one replica knows: a bounded history and the live subscribers (gRPC streams).
 
 The leader feeds its own frames; followers feed what they receive on NATS. Either way a frame
-is accepted only if it moves forward: its term is not lower than the last accepted term and
-its beat index is higher than the last accepted index. A stale or paused leader's frames (a
+is accepted only if it moves forward under the one rule of ``backbeat.core.frame_order``: its
+term is not lower than the last accepted term and its beat index is higher than the last
+accepted index. A stale or paused leader's frames (a
 lower term) and duplicates across failover are dropped here, and no subscriber ever sees a
 beat index repeat or go back.
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 
+from backbeat.core.frame_order import FrameOrder
 from backbeat.core.messages import BeatFrame
 from backbeat.core.timeline import Timeline, TimelineChange
 
@@ -104,23 +106,31 @@ class BeatHub:
         self.pending: TimelineChange | None = None
         #: (revision, term) of the newest change fanned out: an older one is never sent again.
         self._pending_mark: tuple[int, int] = (-1, -1)
-        self.last_term = 0
-        self.last_beat = -1
+        self._order = FrameOrder()
         self.rejected = 0
 
     @property
     def oldest_beat(self) -> int | None:
         return self._history[0].beat_index if self._history else None
 
+    @property
+    def last_term(self) -> int:
+        """The term of the last accepted frame (0 before any)."""
+        return max(self._order.last_term, 0)
+
+    @property
+    def last_beat(self) -> int:
+        """The index of the last accepted frame (-1 before any)."""
+        return self._order.last_beat
+
     def accepts(self, frame: BeatFrame) -> bool:
-        return frame.term >= self.last_term and frame.beat_index > self.last_beat
+        return self._order.admits(frame.term, frame.beat_index)
 
     def offer(self, frame: BeatFrame) -> bool:
         """Accept ``frame`` if it moves forward; fan it out. Returns whether it was accepted."""
-        if not self.accepts(frame):
+        if not self._order.accept(frame.term, frame.beat_index):
             self.rejected += 1
             return False
-        self.last_term, self.last_beat = frame.term, frame.beat_index
         self._history.append(frame)
         self._fan_out(frame)
         return True

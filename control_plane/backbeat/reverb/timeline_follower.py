@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from backbeat.core.frame_order import FrameOrder
 from backbeat.core.messages import BeatFrame, CodecError
 from backbeat.core.timeline import TempoError, Timeline, default_phases
 
@@ -35,8 +36,9 @@ class TimelineFollower:
         self.bar_length = bar_length
         self.clock = clock
         self._timeline = timeline
-        # Frames are ordered by (term, beat_index): a deposed leader's stale frames are ignored.
-        self._last: tuple[int, int] = (-1, -1)
+        # The one frame-ordering rule: a deposed leader's frames, and a higher term that would
+        # re-open a lower index, are ignored.
+        self._order = FrameOrder()
         self.frames_seen = 0
         self.last_frame_ns: int | None = None
 
@@ -61,8 +63,7 @@ class TimelineFollower:
             return False
         if frame.cluster_id != self.cluster_id:
             return False
-        order = (frame.term, frame.beat_index)
-        if order <= self._last:
+        if not self._order.admits(frame.term, frame.beat_index):
             return False
         previous = self._timeline
         if frame.bar_start_beat is not None:
@@ -89,7 +90,7 @@ class TimelineFollower:
             )
         except (TempoError, ValueError):
             return False
-        self._last = order
+        self._order.accept(frame.term, frame.beat_index)
         self._timeline = timeline
         self.frames_seen += 1
         self.last_frame_ns = self.clock()

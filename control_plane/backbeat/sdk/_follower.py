@@ -20,6 +20,7 @@ import asyncio
 from collections import deque
 from collections.abc import Awaitable, Callable
 
+from backbeat.core.frame_order import FrameOrder
 from backbeat.core.messages import BeatFrame, CodecError
 from backbeat.core.timeline import NS_PER_MIN, Timeline, TimelineChange, default_phases
 from backbeat.sdk._clock import Clock, OffsetEstimate
@@ -66,6 +67,7 @@ class BeatFollower:
         self.status = AgentStatus.CONNECTING
         #: (term, beat_index) of the last accepted frame.
         self.last_accepted: tuple[int, int] | None = None
+        self._order = FrameOrder()
         #: The next beat index to deliver (None until the first frame).
         self.next_beat: int | None = None
         self._segments: list[Timeline] = []  # sorted by anchor_beat
@@ -154,15 +156,15 @@ class BeatFollower:
             return self._drop(FrameDrop.WRONG_CLUSTER)
         if self._verifier is not None and not self._verifier(frame).ok:
             return self._drop(FrameDrop.BAD_SIGNATURE)
-        key = (frame.term, frame.beat_index)
-        last = self.last_accepted
-        if last is not None and key <= last:
-            return self._drop(FrameDrop.STALE_TERM if frame.term < last[0] else FrameDrop.DUPLICATE)
+        if not self._order.admits(frame.term, frame.beat_index):
+            stale = self._order.stale_term(frame.term)
+            return self._drop(FrameDrop.STALE_TERM if stale else FrameDrop.DUPLICATE)
         try:
             scheduled = self._learn(frame)
         except ValueError:  # a tempo or bar the timeline model refuses
             return self._drop(FrameDrop.MALFORMED)
-        self.last_accepted = key
+        self._order.accept(frame.term, frame.beat_index)
+        self.last_accepted = (frame.term, frame.beat_index)
         self.stats.frames_accepted += 1
         if self.next_beat is None or frame.beat_index >= self.next_beat - 1:
             # The frame of the current beat: its lateness is a clock offset sample. Replayed
