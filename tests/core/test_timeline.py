@@ -132,6 +132,16 @@ def test_ramp_steps_are_legal_and_reach_the_target(current: float, target: float
         check_tempo_step(previous, step)
         previous = step
     assert math.isclose(previous, target, rel_tol=1e-12)
-    # each step covers 10 %, so the count is the ratio's log base 1.1, rounded up
+    # each step covers 10 % (less the cut to whole thousandths of a BPM, at most 0.001 of the
+    # lowest tempo, 20 BPM), so the count is the ratio's log in that base, rounded up
     ratio = max(current, target) / min(current, target)
-    assert len(steps) <= math.ceil(math.log(ratio) / math.log(1.1) + 1e-9)
+    step = 1.1 * (1 - 0.001 / 20)
+    assert len(steps) <= math.ceil(math.log(ratio) / math.log(step) + 1e-9)
+    # intermediate steps are whole thousandths of a BPM (people read them)
+    assert all(round(s, 3) == s for s in steps[:-1])
+
+
+def test_a_ramp_step_reads_as_people_write_it() -> None:
+    assert ramp_steps(126, 150) == [138.6, 150]
+    assert repr(ramp_steps(126, 150)[0]) == "138.6"
+    assert ramp_steps(150, 100) == [135.0, 121.5, 109.35, 100]

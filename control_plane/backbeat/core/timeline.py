@@ -101,9 +101,23 @@ def ramp_steps(current_bpm: float, target_bpm: float) -> list[float]:
     tempo = current_bpm
     while not math.isclose(tempo, target_bpm, rel_tol=1e-12):
         low, high = allowed_step(tempo)
-        tempo = min(max(target_bpm, low), high)
+        step = min(max(target_bpm, low), high)
+        if step != target_bpm:
+            step = _whole_milli_bpm(step, low, high)
+        tempo = step
         steps.append(tempo)
     return steps
+
+
+def _whole_milli_bpm(tempo_bpm: float, low: float, high: float) -> float:
+    """``tempo_bpm`` rounded to whole thousandths of a BPM and kept within ``[low, high]`` so
+    that it stays a legal step: people read 138.6, not 138.60000000000002 (126 × 1.1)."""
+    milli = round(tempo_bpm * 1000)
+    if milli / 1000 > high * (1 + _STEP_EPSILON):  # the tolerance check_tempo_step allows
+        milli -= 1
+    elif milli / 1000 < low * (1 - _STEP_EPSILON):
+        milli += 1
+    return milli / 1000
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,7 +11,6 @@ with a pass-through response serialiser (``add_pulse_service``) and yields ``byt
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Mapping
@@ -27,7 +26,7 @@ from backbeat.core.protobuf import (
     timeline_to_pb,
     timestamp_from_ns,
 )
-from backbeat.core.timeline import TempoError, Timeline
+from backbeat.core.timeline import TempoError, Timeline, validate_tempo
 from backbeat.pulse.hub import HistoryGone, HubEvent
 from backbeat.pulse.node import NoQuorumError, NotLeaderError, PulseNode, Role, TempoChange
 from backbeat.pulse.tempo_limit import TempoRateLimited
@@ -63,10 +62,9 @@ class TempoRequestError(ValueError):
 
 
 def check_tempo_request(tempo_bpm: float, request_id: str) -> None:
-    if not math.isfinite(tempo_bpm) or tempo_bpm <= 0:
-        raise TempoRequestError(
-            "TEMPO_OUT_OF_BOUNDS", f"tempo_bpm must be a positive finite number, got {tempo_bpm!r}"
-        )
+    # The one tempo rule (core.timeline): zero, negative and out-of-range values all get the
+    # same reason, message and allowed range.
+    validate_tempo(tempo_bpm)
     if len(request_id) > MAX_REQUEST_ID:
         raise TempoRequestError(
             "INVALID_REQUEST_ID", f"request_id is longer than {MAX_REQUEST_ID} characters"

@@ -55,8 +55,8 @@ async def abort_with_reason(
     raise AssertionError("abort_with_status raises")  # pragma: no cover
 
 
-def error_reason(error: grpc.aio.AioRpcError) -> str | None:
-    """The ErrorInfo reason of a failed call, if it carries one (client side)."""
+def error_info(error: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo | None:
+    """The ErrorInfo detail of a failed call, if it carries one (client side)."""
     status = rpc_status.from_call(error)  # type: ignore[arg-type]
     if status is None:
         return None
@@ -64,8 +64,14 @@ def error_reason(error: grpc.aio.AioRpcError) -> str | None:
         if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
             info = error_details_pb2.ErrorInfo()
             detail.Unpack(info)
-            return str(info.reason)
+            return info
     return None
+
+
+def error_reason(error: grpc.aio.AioRpcError) -> str | None:
+    """The ErrorInfo reason of a failed call, if it carries one (client side)."""
+    info = error_info(error)
+    return None if info is None else str(info.reason)
 
 
 class BearerAuth:
