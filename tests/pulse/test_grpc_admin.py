@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import os
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -21,7 +23,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 from backbeat.embedded import NatsServer, RedisServer
 from backbeat.pulse import PulseSettings, Role
 from backbeat.pulse.server import PulseServer
-from backbeat.service.rpc import error_reason
+from backbeat.service.rpc import error_info, error_reason
 from backbeat.v1 import pulse_service_pb2 as pb
 from backbeat.v1 import pulse_service_pb2_grpc as pb_grpc
 
@@ -153,6 +155,57 @@ async def test_bad_set_tempo_requests_change_nothing(make_server: ServerFactory)
         assert server.node.timelines == before
         ok = await stub.SetTempo(pb.SetTempoRequest(tempo_bpm=250.0), metadata=good)
         assert ok.timeline.tempo_bpm == 250.0
+
+
+async def test_every_tempo_outside_the_bounds_gets_one_answer(make_server: ServerFactory) -> None:
+    """Zero, negative, NaN and too fast: one reason, a message naming the range, and the range
+    in the ErrorInfo metadata, so a client handles them all the same way."""
+    server = await make_server("a")
+    await _leader_of(server)
+    async with grpc.aio.insecure_channel(server.grpc.address) as channel:
+        stub = pb_grpc.PulseServiceStub(channel)
+        for bpm in (0.0, -120.0, math.nan, 1e12):
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await stub.SetTempo(pb.SetTempoRequest(tempo_bpm=bpm))
+            info = error_info(refused.value)
+            assert info is not None, bpm
+            assert info.reason == "TEMPO_OUT_OF_BOUNDS", bpm
+            bounds = {"allowed_min_bpm": "20.0000", "allowed_max_bpm": "300.0000"}
+            assert dict(info.metadata) == bounds, bpm
+            assert "allowed range 20–300 BPM" in (refused.value.details() or ""), bpm
+
+
+async def _backbeat(*words: str) -> tuple[int, str]:
+    """``backbeat WORDS…`` as a user runs it (the server lives in this loop: never block it)."""
+    env = {**os.environ, "BACKBEAT_API_TOKEN": "", "COLUMNS": "80"}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "backbeat.cli", *words, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    out, _ = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode()
+
+
+async def test_backbeat_tempo_says_how_to_pass_the_token_and_the_range(
+    make_server: ServerFactory,
+) -> None:
+    server = await make_server("a", token=TOKEN)
+    await _leader_of(server)
+    pulse = server.grpc.address
+    code, out = await _backbeat("tempo", "126", "--pulse", pulse)
+    assert code == 2, out
+    assert "UNAUTHENTICATED" in out, out
+    assert "--token" in out, out
+    assert "BACKBEAT_API_TOKEN" in out, out
+    # Zero and negative tempos get the server's one rule, range and metadata included.
+    for bpm in ("0", "-5"):
+        code, out = await _backbeat("tempo", bpm, "--pulse", pulse, "--token", TOKEN, "--json")
+        assert code == 2, out
+        error = json.loads(out)["error"]
+        assert error["reason"] == "TEMPO_OUT_OF_BOUNDS", out
+        assert error["metadata"] == {"allowed_min_bpm": "20.0000", "allowed_max_bpm": "300.0000"}
+        assert "20–300 BPM" in error["message"]
 
 
 async def test_stream_beats_resume_and_history(make_server: ServerFactory) -> None:

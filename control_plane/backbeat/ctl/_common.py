@@ -12,11 +12,15 @@ import grpc
 from google.protobuf import json_format
 from google.protobuf.message import Message
 from rich.console import Console
+from rich.markup import escape
 
 from backbeat.ports import PULSE_GRPC_PORTS, REVERB_GRPC_PORT
-from backbeat.service.rpc import error_reason
+from backbeat.service.rpc import error_info
 
-console = Console()
+#: Output for people. Never wraps a printed line (a command or an id must survive a copy and
+#: paste, also when the output goes to a file); user data is printed with ``say`` or
+#: ``rich.markup.escape`` so ``[d0173c5b]`` is not read as markup.
+console = Console(soft_wrap=True, highlight=False)
 
 
 def add_pulse_address(parser: argparse.ArgumentParser) -> None:
@@ -72,22 +76,57 @@ def _int64_as_numbers(value: Any) -> Any:
     return value
 
 
+def say(text: str) -> None:
+    """Print a line of plain text (user data inside): no markup, no highlighting, no wrapping."""
+    console.print(text, markup=False)
+
+
 def print_json(payload: Any) -> None:
+    """One JSON document, indented (a command that prints a single result)."""
     sys.stdout.write(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+    sys.stdout.flush()
+
+
+def print_json_line(payload: Any) -> None:
+    """One JSON object on one line (JSON Lines: what streaming commands print), flushed at once
+    so a reader on a pipe sees each item as it comes."""
+    sys.stdout.write(json.dumps(payload, sort_keys=True, separators=(",", ":")) + "\n")
+    sys.stdout.flush()
+
+
+#: What to do about a refused call, by status code (beyond the server's message).
+_HINTS = {
+    grpc.StatusCode.UNAUTHENTICATED: (
+        "pass the API token with --token TOKEN or set BACKBEAT_API_TOKEN "
+        "(`backbeat up` prints the token of a local stack)"
+    ),
+    grpc.StatusCode.PERMISSION_DENIED: (
+        "the token given with --token or BACKBEAT_API_TOKEN is not the cluster's API token"
+    ),
+}
 
 
 def report_rpc_error(error: grpc.aio.AioRpcError, target: str, as_json: bool) -> int:
     """Print a failed call clearly; return the exit code (2: refused, 3: unreachable)."""
-    reason = error_reason(error) or error.code().name
+    info = error_info(error)
+    reason = info.reason if info is not None and info.reason else error.code().name
+    hint = _HINTS.get(error.code(), "")
     if as_json:
-        print_json(
-            {"error": {"code": error.code().name, "reason": reason, "message": error.details()}}
-        )
+        payload: dict[str, Any] = {
+            "code": error.code().name,
+            "reason": reason,
+            "message": error.details(),
+        }
+        if info is not None and info.metadata:
+            payload["metadata"] = dict(info.metadata)
+        if hint:
+            payload["hint"] = hint
+        print_json({"error": payload})
     elif error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-        console.print(
-            f"[red]cannot reach {target}[/]: {error.details()}\n"
-            "is the service running? check the address (--pulse/--reverb) and `backbeat up`."
-        )
+        console.print(f"[red]cannot reach {escape(target)}[/]: {escape(error.details() or '')}")
+        say("is the service running? check the address (--pulse/--reverb) and `backbeat up`.")
     else:
-        console.print(f"[red]{error.code().name}[/] ({reason}): {error.details()}")
+        console.print(f"[red]{error.code().name}[/] ({reason}): {escape(error.details() or '')}")
+        if hint:
+            say(hint)
     return 3 if error.code() is grpc.StatusCode.UNAVAILABLE else 2

@@ -1,4 +1,4 @@
-"""``backbeat reports [--follow]``: bar reports as they are published."""
+"""``backbeat reports [--follow] [--new]``: bar reports, replayed and as they are published."""
 
 from __future__ import annotations
 
@@ -10,22 +10,30 @@ import grpc
 from backbeat.ctl._common import (
     add_output,
     add_reverb_address,
-    console,
-    print_json,
+    print_json_line,
     report_rpc_error,
+    say,
     to_dict,
 )
 from backbeat.v1 import bar_report_pb2
 from backbeat.v1 import reverb_service_pb2 as reverb_pb
 from backbeat.v1 import reverb_service_pb2_grpc as reverb_grpc
 
+#: StreamBarReportsRequest.start_beat that asks for new reports only (no replay).
+ONLY_NEW = 0
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--from-beat",
         type=int,
-        default=1,
-        help="replay retained reports from the window holding this beat on",
+        default=0,
+        help="replay retained reports from the window holding this beat on (default 0: all)",
+    )
+    parser.add_argument(
+        "--new",
+        action="store_true",
+        help="no replay: only reports published from now on (with --follow)",
     )
     parser.add_argument("--follow", action="store_true", help="keep printing new reports")
     parser.add_argument("--count", type=int, default=0, help="stop after this many reports")
@@ -33,8 +41,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_output(parser)
 
 
+def describe_issues(report: bar_report_pb2.BarReport) -> str:
+    """``late_agent ×3 (warning), failover (info)``: which issues, not only how many."""
+    parts = []
+    for issue in report.issues:
+        count = f" ×{issue.count}" if issue.count > 1 else ""
+        parts.append(f"{issue.code}{count} ({issue.severity})")
+    return ", ".join(parts)
+
+
 def describe(report: bar_report_pb2.BarReport) -> str:
-    issues = f", {len(report.issues)} issue(s)" if report.issues else ""
+    issues = f"; issues: {describe_issues(report)}" if report.issues else ""
     rotations = "ok" if report.secret_rotations_ok else "NOT ok"
     return (
         f"bar {report.from_beat}–{report.to_beat} [{report.window_id[:8]}]: "
@@ -46,22 +63,32 @@ def describe(report: bar_report_pb2.BarReport) -> str:
     )
 
 
+def start_beat(args: argparse.Namespace) -> int:
+    """The request's start beat: the window holding ``--from-beat`` (beat 0 is in the first
+    window, as is beat 1, and 0 on the wire means "only new"), or only new with ``--new``."""
+    if args.new:
+        return ONLY_NEW
+    return max(1, int(args.from_beat))
+
+
 async def _reports(args: argparse.Namespace) -> int:
+    if args.new and not args.follow:
+        say("--new prints only reports published from now on: use it with --follow")
+        return 2
     seen = 0
     async with grpc.aio.insecure_channel(args.reverb) as channel:
         stub = reverb_grpc.ReverbServiceStub(channel)
         stream = stub.StreamBarReports(
-            # start_beat 0 asks for new reports only; beat 1 lies in the first window.
-            reverb_pb.StreamBarReportsRequest(start_beat=max(1, args.from_beat)),
+            reverb_pb.StreamBarReportsRequest(start_beat=start_beat(args)),
             timeout=None if args.follow else args.timeout,
         )
         try:
             async for item in stream:
                 seen += 1
                 if args.json:
-                    print_json(to_dict(item.report))
+                    print_json_line(to_dict(item.report))
                 else:
-                    console.print(describe(item.report))
+                    say(describe(item.report))
                 if args.count and seen >= args.count:
                     break
         except grpc.aio.AioRpcError as error:

@@ -7,6 +7,7 @@ import asyncio
 from typing import Any
 
 import grpc
+from rich.markup import escape
 from rich.table import Table
 
 from backbeat.ctl._common import (
@@ -55,10 +56,11 @@ async def _status(args: argparse.Namespace) -> int:
         print_json(result)
         return 0
     tl = status.timeline
-    table = Table(title=f"pulse {args.pulse}", show_header=False)
-    table.add_row("cluster", status.cluster_id)
-    table.add_row("this node", f"{status.node_id} ({'leader' if status.is_leader else 'follower'})")
-    table.add_row("leader", f"{status.leader_id or '?'} {status.leader_address}")
+    table = Table(title=escape(f"pulse {args.pulse}"), show_header=False)
+    table.add_row("cluster", escape(status.cluster_id))
+    role = "leader" if status.is_leader else "follower"
+    table.add_row("this node", escape(f"{status.node_id} ({role})"))
+    table.add_row("leader", escape(f"{status.leader_id or '?'} {status.leader_address}"))
     table.add_row("term", str(status.term))
     table.add_row("tempo", f"{tl.tempo_bpm:g} BPM, bar of {tl.bar_length} (rev {tl.revision})")
     table.add_row("last beat", str(status.last_beat_index))
@@ -66,9 +68,10 @@ async def _status(args: argparse.Namespace) -> int:
     table.add_row("redis", f"{status.redis_reachable}/{status.redis_total} masters reachable")
     console.print(table)
     if "reverb_error" in result:
-        console.print(f"[yellow]reverb at {args.reverb}[/]: {result['reverb_error']}")
+        problem = escape(result["reverb_error"])
+        console.print(f"[yellow]reverb at {escape(args.reverb)}[/]: {problem}")
     elif windows:
-        wt = Table(title=f"latest windows (reverb {args.reverb})")
+        wt = Table(title=escape(f"latest windows (reverb {args.reverb})"))
         for col in ("window", "beats", "status", "accepted", "dup", "late", "agents"):
             wt.add_column(col)
         for w in windows:

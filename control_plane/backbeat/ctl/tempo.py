@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import math
 import uuid
 
 import grpc
@@ -14,9 +13,9 @@ from backbeat.ctl._common import (
     add_pulse_address,
     add_token,
     auth_metadata,
-    console,
     print_json,
     report_rpc_error,
+    say,
     to_dict,
 )
 from backbeat.v1 import pulse_service_pb2 as pulse_pb
@@ -37,9 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 async def _tempo(args: argparse.Namespace) -> int:
-    if not math.isfinite(args.bpm) or args.bpm <= 0:
-        console.print(f"[red]tempo must be a positive number of BPM, got {args.bpm}[/]")
-        return 2
+    # No check here: the pulse applies the one tempo rule and says what is allowed.
     request = pulse_pb.SetTempoRequest(
         tempo_bpm=args.bpm, ramp=args.ramp, request_id=args.request_id or uuid.uuid4().hex
     )
@@ -53,12 +50,12 @@ async def _tempo(args: argparse.Namespace) -> int:
     if args.json:
         print_json(to_dict(reply))
         return 0
-    console.print(
+    say(
         f"tempo {reply.timeline.tempo_bpm:g} BPM from beat {reply.effective_beat} "
         f"(at {reply.effective_time.ToJsonString()})"
     )
     if reply.remaining_steps:
-        console.print(
+        say(
             f"ramping to {reply.target_tempo_bpm:g} BPM: {reply.remaining_steps} more step(s), "
             "one per bar"
         )

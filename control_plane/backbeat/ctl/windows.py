@@ -1,30 +1,78 @@
-"""``backbeat windows [ID]``: the buffered and reported windows, or one window in detail."""
+"""``backbeat windows [ID]``: the buffered and reported windows, or one window in detail.
+
+Ids are printed whole, whatever the terminal's width, and ``backbeat windows ID`` takes a
+unique prefix of an id, as git takes a prefix of a commit hash.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+from collections.abc import Sequence
 
 import grpc
-from rich.table import Table
 
 from backbeat.ctl._common import (
     add_output,
     add_reverb_address,
-    console,
     print_json,
     report_rpc_error,
+    say,
     to_dict,
 )
 from backbeat.v1 import reverb_service_pb2 as reverb_pb
 from backbeat.v1 import reverb_service_pb2_grpc as reverb_grpc
 
+WINDOW_ID_LENGTH = 32
+#: How many windows a prefix is looked up among (the server's largest page).
+PREFIX_SEARCH_WINDOWS = 1000
+
+
+class PrefixError(ValueError):
+    """A window id prefix that names no window, or more than one."""
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("window_id", nargs="?", help="show this window in detail")
+    parser.add_argument(
+        "window_id", nargs="?", help="show this window in detail (a unique prefix is enough)"
+    )
     parser.add_argument("--limit", type=int, default=20, help="windows to list (default 20)")
     add_reverb_address(parser)
     add_output(parser)
+
+
+def match_prefix(prefix: str, window_ids: Sequence[str]) -> str:
+    """The one id in ``window_ids`` that starts with ``prefix`` (PrefixError otherwise)."""
+    matches = sorted({w for w in window_ids if w.startswith(prefix)})
+    if len(matches) == 1:
+        return matches[0]
+    if not matches:
+        raise PrefixError(f"no buffered window id starts with {prefix!r}")
+    shown = ", ".join(matches[:5]) + (", …" if len(matches) > 5 else "")
+    raise PrefixError(
+        f"window id prefix {prefix!r} is ambiguous ({len(matches)} windows: {shown}); "
+        "give more characters"
+    )
+
+
+async def resolve_window_id(
+    stub: reverb_grpc.ReverbServiceAsyncStub, given: str, call_timeout_s: float
+) -> str:
+    """A full window id from ``given``: itself when complete, else the unique id it begins."""
+    prefix = given.strip().lower()
+    if len(prefix) >= WINDOW_ID_LENGTH:
+        return prefix  # complete (or too long: the server says what is wrong with it)
+    listed = await stub.ListWindows(
+        reverb_pb.ListWindowsRequest(page_size=PREFIX_SEARCH_WINDOWS), timeout=call_timeout_s
+    )
+    return match_prefix(prefix, [w.window_id for w in listed.windows])
+
+
+def format_columns(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    """Left-aligned columns as wide as their widest cell: nothing cut, at any terminal width."""
+    widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
+    return ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+            for row in (header, *rows)]  # fmt: skip
 
 
 async def _windows(args: argparse.Namespace) -> int:
@@ -32,51 +80,63 @@ async def _windows(args: argparse.Namespace) -> int:
         stub = reverb_grpc.ReverbServiceStub(channel)
         try:
             if args.window_id:
+                window_id = await resolve_window_id(stub, args.window_id, args.timeout)
                 detail = await stub.GetWindow(
-                    reverb_pb.GetWindowRequest(window_id=args.window_id), timeout=args.timeout
+                    reverb_pb.GetWindowRequest(window_id=window_id), timeout=args.timeout
                 )
             else:
                 listed = await stub.ListWindows(
                     reverb_pb.ListWindowsRequest(page_size=args.limit), timeout=args.timeout
                 )
+        except PrefixError as exc:
+            if args.json:
+                print_json({"error": {"code": "NOT_FOUND", "reason": "WINDOW_PREFIX",
+                                      "message": str(exc)}})  # fmt: skip
+            else:
+                say(str(exc))
+            return 2
         except grpc.aio.AioRpcError as error:
             return report_rpc_error(error, f"reverb at {args.reverb}", args.json)
     if args.window_id:
         if args.json:
             print_json(to_dict(detail))
-            return 0
-        s = detail.summary
-        console.print(f"[bold]window {s.window_id}[/] beats {s.from_beat}–{s.to_beat}: {s.status}")
-        console.print(
-            f"claims accepted {s.accepted_claims}, duplicate {s.duplicate_claims}, "
-            f"late {s.late_claims}; agents {s.agents_reporting}"
-        )
-        for title, counts in (("by state", detail.claims_by_state),
-                              ("rejected by reason", detail.rejected_by_reason)):  # fmt: skip
-            if counts:
-                console.print(
-                    f"{title}: " + ", ".join(f"{k}={v}" for k, v in sorted(counts.items()))
-                )
-        if detail.HasField("report"):
-            r = detail.report
-            console.print(
-                f"report: agents {r.agents_reporting}, on-time reviews {r.on_time_reviews}, "
-                f"help promises kept {r.help_promises_fulfilled}, drift {r.tempo_drift_ms:g} ms"
-            )
+        else:
+            print_detail(detail)
         return 0
     if args.json:
         print_json([to_dict(w) for w in listed.windows])
         return 0
-    table = Table(title=f"windows (reverb {args.reverb})")
-    for col in ("window_id", "beats", "status", "accepted", "dup", "late", "agents"):
-        table.add_column(col)
-    for w in listed.windows:
-        table.add_row(
-            w.window_id, f"{w.from_beat}–{w.to_beat}", w.status, str(w.accepted_claims),
-            str(w.duplicate_claims), str(w.late_claims), str(w.agents_reporting),
-        )  # fmt: skip
-    console.print(table)
+    say(f"windows (reverb {args.reverb}), newest first:")
+    rows = [
+        [w.window_id, f"{w.from_beat}–{w.to_beat}", w.status, str(w.accepted_claims),
+         str(w.duplicate_claims), str(w.late_claims), str(w.agents_reporting)]
+        for w in listed.windows
+    ]  # fmt: skip
+    header = ["window_id", "beats", "status", "accepted", "dup", "late", "agents"]
+    for line in format_columns(header, rows):
+        say(line)
     return 0
+
+
+def print_detail(detail: reverb_pb.GetWindowResponse) -> None:
+    s = detail.summary
+    say(f"window {s.window_id} beats {s.from_beat}–{s.to_beat}: {s.status}")
+    say(
+        f"claims accepted {s.accepted_claims}, duplicate {s.duplicate_claims}, "
+        f"late {s.late_claims}; agents {s.agents_reporting}"
+    )
+    for title, counts in (("by state", detail.claims_by_state),
+                          ("rejected by reason", detail.rejected_by_reason)):  # fmt: skip
+        if counts:
+            say(f"{title}: " + ", ".join(f"{k}={v}" for k, v in sorted(counts.items())))
+    if detail.HasField("report"):
+        r = detail.report
+        say(
+            f"report: agents {r.agents_reporting}, on-time reviews {r.on_time_reviews}, "
+            f"help promises kept {r.help_promises_fulfilled}, drift {r.tempo_drift_ms:.2f} ms"
+        )
+        for issue in r.issues:
+            say(f"  issue {issue.code} ({issue.severity}, ×{issue.count}): {issue.message}")
 
 
 def run(args: argparse.Namespace) -> int:
