@@ -9,6 +9,7 @@ restarted on the same port, which the fault tests rely on.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import shutil
 import signal
@@ -17,7 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -68,10 +69,41 @@ def nats_binary() -> str:
     )
 
 
+#: prctl(2) option: the signal the kernel sends a process when its parent thread exits.
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that makes the child receive SIGTERM when its parent dies, even by
+    SIGKILL (Linux ``PR_SET_PDEATHSIG``); None where prctl does not exist.
+
+    libc is loaded here, in the parent, so the child only makes the call between fork and exec.
+    The kernel ties the signal to the thread that forks: start such children from a thread
+    that lives as long as the parent (``backbeat up`` starts them from its main thread).
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def preexec() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before the call: nobody will signal us
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return preexec
+
+
 class ServerProcess:
     """One server child process bound to 127.0.0.1:port, restartable on the same port."""
 
     kind = "server"
+    #: The child gets SIGTERM when this process dies, however it dies (``backbeat up`` sets it;
+    #: tests that start servers from worker threads must not).
+    die_with_parent = False
 
     def __init__(self, port: int | None = None, data_dir: Path | None = None) -> None:
         self.port = port or free_port()
@@ -114,6 +146,7 @@ class ServerProcess:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,  # Ctrl-C in a terminal reaches us, not the servers
+                preexec_fn=_die_with_parent() if self.die_with_parent else None,
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

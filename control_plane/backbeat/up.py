@@ -16,6 +16,7 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import socket
 import sys
 import tempfile
@@ -32,6 +33,7 @@ from nats.aio.msg import Msg
 from nats.js.errors import NotFoundError
 from rich.console import Console, Group
 from rich.live import Live
+from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
@@ -39,13 +41,7 @@ from rich.text import Text
 from backbeat.core.messages import BarReport, BeatFrame, CodecError
 from backbeat.core.subjects import bars_wildcard, beat, check_cluster_id
 from backbeat.embedded import NatsServer, RedisServer, ServerError, free_port
-from backbeat.ports import (
-    PULSE_ADMIN_PORTS,
-    PULSE_GRPC_PORTS,
-    REVERB_ADMIN_PORT,
-    REVERB_GRPC_PORT,
-    TRIGGER_ADMIN_PORT,
-)
+from backbeat.ports import PULSE_ADMIN_PORTS, PULSE_GRPC_PORTS
 from backbeat.processes import ComponentProcess
 from backbeat.service.lifecycle import ShutdownSignal
 from backbeat.v1 import pulse_service_pb2 as pulse_pb
@@ -78,6 +74,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--run-dir", type=Path, default=None, help="where logs go (default: a temp directory)"
     )
+    parser.add_argument(
+        "--grpc-port", type=int, default=PULSE_GRPC_PORTS[0], metavar="BASE",
+        help=f"first gRPC port: pulse-1, pulse-2, reverb on BASE, BASE+1, BASE+2 "
+        f"(default {PULSE_GRPC_PORTS[0]})",
+    )  # fmt: skip
+    parser.add_argument(
+        "--admin-port", type=int, default=PULSE_ADMIN_PORTS[0], metavar="BASE",
+        help=f"first admin HTTP port: pulse-1, pulse-2, reverb, trigger on BASE … BASE+3 "
+        f"(default {PULSE_ADMIN_PORTS[0]})",
+    )  # fmt: skip
 
 
 def _port(preferred: int) -> int:
@@ -117,23 +123,25 @@ class LocalStack:
         if not redis_urls:
             for i in range(3):
                 server = RedisServer(data_dir=self.run_dir / f"redis-{i + 1}")
+                server.die_with_parent = True
                 self.servers.append(server)
                 server.start()
                 redis_urls.append(server.url)
         nats_url = args.nats
         if not nats_url:
             nats_server = NatsServer(data_dir=self.run_dir / "nats")
+            nats_server.die_with_parent = True
             self.servers.append(nats_server)
             nats_server.start()
             nats_url = nats_server.url
         ep = Endpoints(
             redis=redis_urls,
             nats=nats_url,
-            pulse_grpc=[_port(p) for p in PULSE_GRPC_PORTS],
-            pulse_admin=[_port(p) for p in PULSE_ADMIN_PORTS],
-            reverb_grpc=_port(REVERB_GRPC_PORT),
-            reverb_admin=_port(REVERB_ADMIN_PORT),
-            trigger_admin=_port(TRIGGER_ADMIN_PORT),
+            pulse_grpc=[_port(args.grpc_port), _port(args.grpc_port + 1)],
+            pulse_admin=[_port(args.admin_port), _port(args.admin_port + 1)],
+            reverb_grpc=_port(args.grpc_port + 2),
+            reverb_admin=_port(args.admin_port + 2),
+            trigger_admin=_port(args.admin_port + 3),
         )
         self.endpoints = ep
         common = ["--cluster", args.cluster]
@@ -175,6 +183,7 @@ class LocalStack:
             process = ComponentProcess(
                 name, argv, admin_port=admin_port, log_dir=self.run_dir, env=env
             )
+            process.die_with_parent = True  # no child outlives `backbeat up`, even a SIGKILLed one
             self.components[name] = process
             console.print(f"  starting {name}…")
             process.start(timeout=30)
@@ -204,6 +213,9 @@ class LiveState:
     reports_seen: int = 0
     started: float = field(default_factory=time.monotonic)
     problems: list[str] = field(default_factory=list)
+    #: (label, value) rows the header always shows: addresses and the token.
+    addresses: list[tuple[str, str]] = field(default_factory=list)
+    run_dir: Path | None = None
 
     def on_beat(self, frame: BeatFrame) -> list[str]:
         lines: list[str] = []
@@ -224,47 +236,78 @@ class LiveState:
         self.degraded_beats += frame.degraded
         return lines
 
-    def render(self) -> Group:
+    def render(self, height: int = 24) -> Group:
+        """The live view, at most ``height`` lines: the addresses and the token stay in the
+        header and the footer, the bar-report table gives up rows first."""
         top = Table.grid(padding=(0, 2))
-        top.add_column(style="bold")
+        top.add_column(style="bold", no_wrap=True)
         top.add_column()
         frame = self.beat
-        top.add_row("cluster", self.cluster)
-        top.add_row("leader", f"{self.leader} (term {self.term})")
+        leader = f"{self.leader} (term {self.term})"
+        top.add_row("cluster", Text(f"{self.cluster}   leader {leader}"))
         if frame is not None:
             marker = "[bold magenta]● downbeat[/]" if frame.downbeat else "○"
-            top.add_row("tempo", f"{frame.tempo_bpm:g} BPM")
-            top.add_row("beat", f"{frame.beat_index}  {marker}  phase [cyan]{frame.phase}[/]")
+            top.add_row(
+                "beat",
+                f"{frame.beat_index}  {marker}  phase [cyan]{escape(frame.phase)}[/]  "
+                f"tempo {frame.tempo_bpm:g} BPM",
+            )
             if frame.degraded:
                 top.add_row("mode", "[red]DEGRADED (no Redis quorum)[/]")
         else:
             top.add_row("beat", "waiting for the first beat…")
         latest = self.reports[-1] if self.reports else None
-        top.add_row("agents reporting", str(latest.agents_reporting) if latest else "–")
-        top.add_row("reports", str(self.reports_seen))
+        agents = str(latest.agents_reporting) if latest else "–"
+        top.add_row("agents", f"{agents} reporting, {self.reports_seen} bar reports")
+        for label, value in self.addresses:
+            top.add_row(label, Text(value))
+        problems = [Text(p, style="red") for p in self.problems[-3:]]
+        # Panel: its rows and 2 border lines; table: title, 3 border lines, header; footer: 1.
+        header_lines = top.row_count + 2
+        room = height - header_lines - len(problems) - 1 - 5
+        parts: list[Any] = [Panel(top, title="BACKBEAT")]
+        if room > 0:
+            parts.append(self._reports_table(room))
+        footer = Text(f"q or Ctrl-C: stop · logs in {self.run_dir}", style="dim")
+        return Group(*parts, *problems, footer)
+
+    def _reports_table(self, rows: int) -> Table:
         table = Table(title="bar reports", expand=True)
-        for col in (
-            "bar",
-            "agents",
-            "claims",
-            "dup",
-            "late",
-            "on-time",
-            "help",
-            "drift ms",
-            "issues",
-        ):
-            table.add_column(col)
-        for r in reversed(self.reports):
+        for col in ("bar", "agents", "claims", "dup", "late", "on-time", "help", "drift ms"):
+            table.add_column(col, no_wrap=True)
+        table.add_column("issues", overflow="ellipsis", no_wrap=True)
+        for r in list(reversed(self.reports))[:rows]:
             table.add_row(
                 f"{r.from_beat}–{r.to_beat}", str(r.agents_reporting), str(r.accepted_claims),
                 str(r.duplicate_claims), str(r.late_claims), str(r.on_time_reviews),
-                str(r.help_promises_fulfilled), f"{r.tempo_drift_ms:.2f}", str(len(r.issues)),
+                str(r.help_promises_fulfilled), f"{r.tempo_drift_ms:.2f}",
+                Text(issue_codes(r) or "–"),
             )  # fmt: skip
-        footer = Text("q or Ctrl-C: stop", style="dim")
-        parts: list[Any] = [Panel(top, title="BACKBEAT"), table]
-        parts += [Text(p, style="red") for p in self.problems[-3:]]
-        return Group(*parts, footer)
+        return table
+
+
+def issue_codes(report: BarReport) -> str:
+    """Which issues a report has: ``late_agent ×3, failover``."""
+    return ", ".join(
+        f"{issue.code} ×{issue.count}" if issue.count > 1 else issue.code for issue in report.issues
+    )
+
+
+def header_rows(ep: Endpoints, token: str) -> list[tuple[str, str]]:
+    """What a user needs at hand while the view runs: where things listen, and the token."""
+    p1, p2 = ep.pulse_grpc
+    return [
+        (
+            "pulse",
+            f"127.0.0.1:{p1} 127.0.0.1:{p2}  admin :{ep.pulse_admin[0]} :{ep.pulse_admin[1]}",
+        ),
+        (
+            "reverb",
+            f"127.0.0.1:{ep.reverb_grpc}  admin :{ep.reverb_admin}  trigger :{ep.trigger_admin}",
+        ),
+        ("nats", ep.nats),
+        ("token", token),
+    ]
 
 
 @contextlib.contextmanager
@@ -282,13 +325,15 @@ def _keypress_mode() -> Iterator[bool]:
         tty.setcbreak(fd)
         yield True
     finally:
-        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+        with contextlib.suppress(termios.error, OSError):  # the terminal may be gone (hang-up)
+            termios.tcsetattr(fd, termios.TCSADRAIN, saved)
 
 
 async def _follow(args: argparse.Namespace, stack: LocalStack, console: Console) -> LiveState:
     ep = stack.endpoints
     assert ep is not None
-    state = LiveState(cluster=args.cluster)
+    state = LiveState(cluster=args.cluster, addresses=header_rows(ep, args.token))
+    state.run_dir = stack.run_dir
     plain = args.no_ui or not console.is_terminal
 
     def say(line: str) -> None:
@@ -325,6 +370,7 @@ async def _follow(args: argparse.Namespace, stack: LocalStack, console: Console)
                 f"report bar {report.from_beat}-{report.to_beat}: "
                 f"{report.agents_reporting} agents, {report.accepted_claims} claims, "
                 f"on-time reviews {report.on_time_reviews}, drift {report.tempo_drift_ms:.2f} ms"
+                + (f", issues: {issue_codes(report)}" if report.issues else "")
             )
 
     await nc.subscribe(beat(args.cluster), cb=on_beat)
@@ -366,7 +412,11 @@ async def _follow(args: argparse.Namespace, stack: LocalStack, console: Console)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + args.duration if args.duration > 0 else None
     try:
-        async with ShutdownSignal() as stop:
+        async with ShutdownSignal((signal.SIGINT,)) as stop:
+            for sig in (signal.SIGTERM, signal.SIGHUP):
+                # Every one of these stops the view, a repeat too (the loop drops the handler
+                # when it closes; `run` then shields the stopping).
+                loop.add_signal_handler(sig, stop.trigger)
             with _keypress_mode() as keys:
                 if keys:
                     loop.add_reader(
@@ -376,7 +426,7 @@ async def _follow(args: argparse.Namespace, stack: LocalStack, console: Console)
                 live = (
                     contextlib.nullcontext()
                     if plain
-                    else Live(state.render(), console=console, refresh_per_second=8)
+                    else Live(state.render(console.height), console=console, refresh_per_second=8)
                 )
                 with live as view:
                     while not stop.is_set():
@@ -388,7 +438,7 @@ async def _follow(args: argparse.Namespace, stack: LocalStack, console: Console)
                                 state.problems.append(problem)
                                 say(problem)
                         if view is not None:
-                            view.update(state.render())
+                            view.update(state.render(console.height))
                         with contextlib.suppress(TimeoutError):
                             await asyncio.wait_for(stop.wait(), 0.125)
                 if keys:
@@ -401,9 +451,91 @@ async def _follow(args: argparse.Namespace, stack: LocalStack, console: Console)
     return state
 
 
+class StopRequested(Exception):
+    """A stop signal arrived outside the live view (while starting, or between steps)."""
+
+
+class StopSignals:
+    """While the stack runs, SIGTERM and SIGHUP raise ``StopRequested`` (SIGINT raises
+    KeyboardInterrupt), so the ``finally`` that stops the stack runs whichever ends the run;
+    ``ignore()`` then shields the stopping itself (a closed terminal may send more than one
+    hang-up). The live view's event loop handles the same signals itself while it runs."""
+
+    _SHIELDED = (signal.SIGTERM, signal.SIGHUP)
+
+    def __enter__(self) -> StopSignals:
+        self._previous = {sig: signal.signal(sig, self._raise) for sig in self._SHIELDED}
+        return self
+
+    @staticmethod
+    def _raise(signum: int, _frame: object) -> None:
+        raise StopRequested(signal.Signals(signum).name)
+
+    def ignore(self) -> None:
+        for sig in self._SHIELDED:
+            signal.signal(sig, signal.SIG_IGN)
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _tell(console: Console, text: str, **kwargs: Any) -> None:
+    """Print, unless the terminal is gone (hang-up): stopping must go on regardless."""
+    with contextlib.suppress(OSError):
+        console.print(text, **kwargs)
+
+
+def backbeat_command() -> str:
+    """How to call ``backbeat`` from the current directory: the bare name when it is on PATH,
+    else the path of the one running now (``.venv/bin/backbeat`` after ``make run``)."""
+    if shutil.which("backbeat"):
+        return "backbeat"
+    here = Path(sys.executable).parent / "backbeat"
+    with contextlib.suppress(ValueError):
+        return os.path.relpath(here)
+    return str(here)
+
+
+def paste_ready_commands(ep: Endpoints, tempo_bpm: float, token: str) -> list[str]:
+    """Commands to copy from the start-up lines, runnable as printed from this directory."""
+    pulse_addr = f"127.0.0.1:{ep.pulse_grpc[0]}"
+    new_tempo = round(tempo_bpm * 1.05, 3)
+    request = json.dumps({"tempo_bpm": new_tempo})
+    return [
+        f"{backbeat_command()} tempo {new_tempo:g} --pulse {pulse_addr} --token {token}",
+        f"grpcurl -plaintext -H 'authorization: Bearer {token}' -d '{request}' "
+        f"{pulse_addr} backbeat.v1.PulseService/SetTempo",
+    ]
+
+
+def _print_endpoints(
+    console: Console, args: argparse.Namespace, ep: Endpoints, run_dir: Path
+) -> None:
+    # Lines a user copies from are printed whole (soft_wrap): rich would otherwise break
+    # them at the terminal's width, or at 80 columns when the output goes to a file.
+    console.print(f"[bold green]up[/] cluster [bold]{escape(args.cluster)}[/], logs in {run_dir}")
+    console.print(f"  redis    {' '.join(ep.redis)}", markup=False)
+    console.print(f"  nats     {ep.nats}", markup=False)
+    for i in range(2):
+        console.print(
+            f"  pulse-{i + 1}  gRPC 127.0.0.1:{ep.pulse_grpc[i]}  "
+            f"admin http://127.0.0.1:{ep.pulse_admin[i]}", markup=False,
+        )  # fmt: skip
+    console.print(
+        f"  reverb   gRPC 127.0.0.1:{ep.reverb_grpc}  admin http://127.0.0.1:{ep.reverb_admin}",
+        markup=False,
+    )
+    console.print(f"  trigger  admin http://127.0.0.1:{ep.trigger_admin}", markup=False)
+    console.print(f"  token    {args.token}", markup=False)
+    console.print("change the tempo (applies at the next downbeat):")
+    for command in paste_ready_commands(ep, args.tempo, args.token):
+        console.print(f"  {command}", markup=False)
+
+
 def run(args: argparse.Namespace) -> int:
     check_cluster_id(args.cluster)
-    console = Console()
+    console = Console(soft_wrap=True, highlight=False)
     args.token = args.token or secrets.token_urlsafe(24)
     own_dir = args.run_dir is None
     run_dir = args.run_dir or Path(tempfile.mkdtemp(prefix="backbeat-up-"))
@@ -411,50 +543,33 @@ def run(args: argparse.Namespace) -> int:
     stack = LocalStack(args, run_dir)
     started = time.monotonic()
     state: LiveState | None = None
-    try:
-        console.print("[bold]starting BACKBEAT…[/]")
-        ep = stack.start(console)
-        pulse_addr = f"127.0.0.1:{ep.pulse_grpc[0]}"
-        console.print(f"[bold green]up[/] cluster [bold]{args.cluster}[/], logs in {run_dir}")
-        console.print(f"  redis    {' '.join(ep.redis)}")
-        console.print(f"  nats     {ep.nats}")
-        for i in range(2):
-            console.print(
-                f"  pulse-{i + 1}  gRPC 127.0.0.1:{ep.pulse_grpc[i]}  "
-                f"admin http://127.0.0.1:{ep.pulse_admin[i]}"
-            )
-        console.print(
-            f"  reverb   gRPC 127.0.0.1:{ep.reverb_grpc}  admin http://127.0.0.1:{ep.reverb_admin}"
-        )
-        console.print(f"  trigger  admin http://127.0.0.1:{ep.trigger_admin}")
-        console.print("change the tempo (applies at the next downbeat):")
-        console.print(
-            f"  backbeat tempo {args.tempo * 1.05:g} --pulse {pulse_addr} --token {args.token}"
-        )
-        request = json.dumps({"tempo_bpm": round(args.tempo * 1.05, 3)})
-        console.print(
-            f"  grpcurl -plaintext -H 'authorization: Bearer {args.token}' -d '{request}' "
-            f"{pulse_addr} backbeat.v1.PulseService/SetTempo",
-            soft_wrap=True,
-        )
-        state = asyncio.run(_follow(args, stack, console))
-    except KeyboardInterrupt:
-        pass  # Ctrl-C before the live view took over: still shut down cleanly below
-    except ServerError as exc:
-        console.print(f"[red]could not start the stack[/]: {exc}")
-        own_dir = False  # keep the logs for a look
-    finally:
-        console.print("stopping…")
-        stack.close()
-        if own_dir and state is not None and not state.problems:
-            shutil.rmtree(run_dir, ignore_errors=True)
+    keep_logs = False
+    with StopSignals() as signals:
+        try:
+            console.print("[bold]starting BACKBEAT…[/]")
+            ep = stack.start(console)
+            _print_endpoints(console, args, ep, run_dir)
+            state = asyncio.run(_follow(args, stack, console))
+        except (KeyboardInterrupt, StopRequested):
+            pass  # stopped before the live view took over: still shut down cleanly below
+        except ServerError as exc:
+            _tell(console, f"[red]could not start the stack[/]: {escape(str(exc))}")
+            keep_logs = True  # for a look
+        finally:
+            signals.ignore()  # a second Ctrl-C still ends us; the kernel then stops the children
+            _tell(console, "stopping…")
+            stack.close()
+            keep_logs = keep_logs or (state is not None and bool(state.problems))
+            if own_dir and not keep_logs:
+                shutil.rmtree(run_dir, ignore_errors=True)
     elapsed = time.monotonic() - started
     if state is not None:
-        console.print(
+        _tell(
+            console,
             f"[bold]stopped[/] after {elapsed:.0f} s: {state.beats_seen} beats, "
             f"{state.reports_seen} bar reports, {len(state.tempo_changes)} tempo change(s), "
-            f"{state.degraded_beats} degraded beats; every process has exited"
+            f"{state.degraded_beats} degraded beats; every process has exited",
         )
         for problem in state.problems:
-            console.print(f"[red]{problem}[/]")
+            _tell(console, problem, style="red", markup=False)
     return 1 if state is None or state.problems else 0
