@@ -24,6 +24,7 @@ from backbeat.sdk._types import (
     Beat,
     BeatSource,
     ClaimBufferFull,
+    ClaimsRefused,
     FrameDrop,
     TempoChange,
 )
@@ -38,6 +39,7 @@ __all__ = [
     "BeatSource",
     "BeatStream",
     "ClaimBufferFull",
+    "ClaimsRefused",
     "Clock",
     "FrameDrop",
     "FrameVerifier",

@@ -18,6 +18,7 @@ from backbeat.core.protobuf import (
     timeline_from_pb,
 )
 from backbeat.sdk._follower import BeatFollower
+from backbeat.sdk._types import ClaimsRefused
 from backbeat.service.tracing import context_from_traceparent, inject_headers
 from backbeat.v1 import (
     pulse_service_pb2,
@@ -27,6 +28,14 @@ from backbeat.v1 import (
 )
 
 log = logging.getLogger("backbeat.sdk")
+
+#: Refusals no retry can cure, and what to do about each.
+_REFUSED = {
+    grpc.StatusCode.UNAUTHENTICATED: (
+        "give the API token: AgentSettings(token=...) or BACKBEAT_API_TOKEN for from_env"
+    ),
+    grpc.StatusCode.PERMISSION_DENIED: "the API token given is not the cluster's",
+}
 
 _RESULTS = {
     reverb_service_pb2.CLAIM_RESULT_ACCEPTED: "accepted",
@@ -169,7 +178,22 @@ class GrpcClaimSink:
         self, claims: Sequence[StatusClaim], traceparents: Sequence[str] = ()
     ) -> Sequence[str] | None:
         """``traceparents``: per claim, the context it was reported in ("" for none); when
-        none is given, the current span's context (if any) goes with the whole batch."""
+        none is given, the current span's context (if any) goes with the whole batch.
+        ClaimsRefused when the reverb refuses the credentials (retrying cannot help)."""
+        try:
+            return await self._send(claims, traceparents)
+        except grpc.aio.AioRpcError as error:
+            if error.code() not in _REFUSED:
+                raise
+            advice = _REFUSED[error.code()]
+            raise ClaimsRefused(
+                f"the reverb at {self._target} refuses claims ({error.code().name}: "
+                f"{error.details()}): {advice}"
+            ) from error
+
+    async def _send(
+        self, claims: Sequence[StatusClaim], traceparents: Sequence[str]
+    ) -> Sequence[str] | None:
         if not any(traceparents):
             carrier = _trace_carrier()
             if carrier:

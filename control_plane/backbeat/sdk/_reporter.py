@@ -18,7 +18,7 @@ from typing import Protocol
 from opentelemetry import trace
 
 from backbeat.core.messages import StatusClaim
-from backbeat.sdk._types import AgentStats, ClaimBufferFull
+from backbeat.sdk._types import AgentStats, ClaimBufferFull, ClaimsRefused
 from backbeat.service.tracing import traceparent
 
 log = logging.getLogger("backbeat.sdk")
@@ -68,13 +68,20 @@ class ClaimReporter:
         self._in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        #: Set once the sink refused the credentials: every later claim is refused at once.
+        self.refused: ClaimsRefused | None = None
 
     @property
     def pending(self) -> int:
         """Claims buffered or in flight."""
         return self._queue.qsize() + self._in_flight
 
+    def _check_deliverable(self) -> None:
+        if self.refused is not None:
+            raise ClaimsRefused(str(self.refused))
+
     def put_nowait(self, claim: StatusClaim) -> None:
+        self._check_deliverable()
         try:
             self._queue.put_nowait((claim, _reporting_traceparent()))
         except asyncio.QueueFull:
@@ -85,6 +92,7 @@ class ClaimReporter:
         self.stats.claims_queued += 1
 
     async def put(self, claim: StatusClaim) -> None:
+        self._check_deliverable()
         await self._queue.put((claim, _reporting_traceparent()))
         self._idle.clear()
         self.stats.claims_queued += 1
@@ -121,6 +129,9 @@ class ClaimReporter:
                 outcomes = await self._sink.send(batch, traceparents)
             except asyncio.CancelledError:
                 raise
+            except ClaimsRefused as exc:
+                self._refuse(exc, len(batch))
+                return
             except Exception as exc:
                 if self._max_attempts and attempt >= self._max_attempts:
                     self.stats.claims_failed += len(batch)
@@ -140,6 +151,16 @@ class ClaimReporter:
                 self._count(outcomes)
             return
 
+    def _refuse(self, refusal: ClaimsRefused, in_flight: int) -> None:
+        """Say it loudly, once; the batch and everything buffered can never be delivered."""
+        self.refused = refusal
+        dropped = in_flight
+        while not self._queue.empty():
+            self._queue.get_nowait()
+            dropped += 1
+        self.stats.claims_failed += dropped
+        log.error("claims cannot be delivered, %d dropped: %s", dropped, refusal)
+
     def _count(self, outcomes: Sequence[str]) -> None:
         for outcome in outcomes:
             if outcome == "accepted":
@@ -152,10 +173,11 @@ class ClaimReporter:
                 self.stats.claims_rejected += 1
 
     async def flush(self, wait_s: float) -> bool:
-        """Wait until everything buffered has been sent (True) or ``wait_s`` passed (False)."""
+        """Wait until everything buffered has been sent (True) or ``wait_s`` passed (False);
+        False at once when the sink refused the claims."""
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._idle.wait(), wait_s)
-            return True
+            return self.refused is None
         return False
 
     def abandon(self) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -9,6 +10,8 @@ from dataclasses import dataclass
 from backbeat.core.messages import BeatFrame
 from backbeat.core.signing import Keyring, Verification
 from backbeat.core.subjects import DEFAULT_CLUSTER_ID, check_cluster_id
+
+log = logging.getLogger("backbeat.sdk")
 
 #: Decides whether a received frame is genuine (``backbeat.core.signing.frame_verifier``).
 FrameVerifier = Callable[[BeatFrame], Verification]
@@ -79,7 +82,8 @@ class AgentSettings:
         cls, agent_id: str, *, env: Mapping[str, str] | None = None, **overrides: object
     ) -> AgentSettings:
         """From ``BACKBEAT_CLUSTER``, ``NATS_URL``, ``BACKBEAT_PULSE_TARGETS`` (comma separated),
-        ``BACKBEAT_REVERB_TARGET`` and ``BACKBEAT_API_TOKEN``; keyword arguments win."""
+        ``BACKBEAT_REVERB_TARGET`` and ``BACKBEAT_API_TOKEN`` (``BACKBEAT_TOKEN``, an older
+        name, is still read, with a warning); keyword arguments win."""
         env = os.environ if env is None else env
         values: dict[str, object] = {
             "cluster_id": env.get("BACKBEAT_CLUSTER") or DEFAULT_CLUSTER_ID,
@@ -89,7 +93,7 @@ class AgentSettings:
                 t.strip() for t in env.get("BACKBEAT_PULSE_TARGETS", "").split(",") if t.strip()
             ),
             "reverb_target": env.get("BACKBEAT_REVERB_TARGET") or None,
-            "token": env.get("BACKBEAT_API_TOKEN") or None,
+            "token": _token_from(env),
         }
         values.update(overrides)
         return cls(**values)  # type: ignore[arg-type]
@@ -101,3 +105,16 @@ class AgentSettings:
             f"reverb_target={self.reverb_target!r}, token={'***' if self.token else None}, "
             f"verify_frames={self.frame_verifier is not None})"
         )
+
+
+def _token_from(env: Mapping[str, str]) -> str | None:
+    """``BACKBEAT_API_TOKEN``, the name every BACKBEAT command reads; ``BACKBEAT_TOKEN`` (the
+    name older docs gave) still works but says so, so that claims are not lost to a typo."""
+    token = env.get("BACKBEAT_API_TOKEN")
+    legacy = env.get("BACKBEAT_TOKEN")
+    if legacy and not token:
+        log.warning("BACKBEAT_TOKEN is read for now; name it BACKBEAT_API_TOKEN")
+        return legacy
+    if legacy and legacy != token:
+        log.warning("BACKBEAT_TOKEN is ignored: BACKBEAT_API_TOKEN is set and wins")
+    return token or None
