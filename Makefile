@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 NODE_STAMP := node_modules/.installed
 PYTEST_ARGS ?=
 
-.PHONY: help run test test-fast lint typecheck proto proto-check buf-lint buf-breaking bench infra-check lambda-package clean
+.PHONY: help run status tempo windows reports test test-fast lint typecheck proto proto-check buf-lint buf-breaking bench infra-check lambda-package clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -23,6 +23,21 @@ $(NODE_STAMP): package.json package-lock.json
 
 run: $(STAMP)  ## run the whole system locally (embedded Redis x3 + NATS, pulse x2, reverb, agents)
 	$(BIN)/backbeat up $(ARGS)
+
+# Operator commands against a running `make run`, without activating the virtualenv. Other
+# addresses: BACKBEAT_PULSE_ADDR / BACKBEAT_REVERB_ADDR, or ARGS="--pulse HOST:PORT".
+status: $(STAMP)  ## leader, term, tempo, last beat; latest windows
+	@$(BIN)/backbeat status $(ARGS)
+
+tempo: $(STAMP)  ## change the tempo: make tempo BPM=126 TOKEN=<token> (or BACKBEAT_API_TOKEN)
+	@test -n "$(BPM)" || { echo 'usage: make tempo BPM=126 TOKEN=<the token make run printed>' >&2; exit 2; }
+	@$(BIN)/backbeat tempo $(BPM) $(if $(TOKEN),--token '$(TOKEN)') $(ARGS)
+
+windows: $(STAMP)  ## list windows, or one: make windows ID=<id or unique prefix>
+	@$(BIN)/backbeat windows $(ID) $(ARGS)
+
+reports: $(STAMP)  ## follow bar reports (ARGS="--new": only new ones); Ctrl-C stops
+	@$(BIN)/backbeat reports --follow $(ARGS)
 
 test: lint  ## lint, type-check, the whole test suite, then the Terraform checks
 	$(BIN)/pytest $(PYTEST_ARGS)

@@ -5,11 +5,9 @@ token in sight on an 80×24 terminal; the commands it prints are whole lines."""
 from __future__ import annotations
 
 import os
-import random
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,31 +15,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.local_stack import free_bases, port_free
 from tests.test_up import Output, _alive, _children
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
 TOKEN = "lifecycle-token-0123456789abcdefghij"
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", port))
-            sock.listen()
-        except OSError:
-            return False
-    return True
-
-
-def _free_bases() -> tuple[int, int]:
-    """A gRPC base with 3 and an admin base with 4 free ports in a row (away from the
-    defaults, which another `backbeat up` on this machine may hold)."""
-    while True:
-        base = random.randrange(20_000, 60_000, 10)
-        if all(_port_free(p) for p in range(base, base + 10)):
-            return base, base + 5
 
 
 def _wait(condition: object, timeout: float, what: str) -> None:
@@ -78,13 +57,13 @@ def _up_argv(grpc_base: int, admin_base: int, *extra: str) -> list[str]:
 
 def _assert_all_gone(children: set[int], ports: set[int], tmp: Path) -> None:
     _wait(lambda: not [p for p in children if _alive(p)], 30, "every child exited")
-    _wait(lambda: all(_port_free(p) for p in ports), 30, f"ports {sorted(ports)} free")
+    _wait(lambda: all(port_free(p) for p in ports), 30, f"ports {sorted(ports)} free")
     assert list(tmp.iterdir()) == [], "the run directory is left behind"
 
 
 @pytest.mark.parametrize("stop", [signal.SIGHUP, signal.SIGKILL], ids=["hangup", "killed"])
 def test_no_child_outlives_up(up_env: dict[str, str], stop: signal.Signals) -> None:
-    grpc_base, admin_base = _free_bases()
+    grpc_base, admin_base = free_bases()
     proc = subprocess.Popen(
         _up_argv(grpc_base, admin_base, "--no-ui"), stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT, text=True, env={**up_env, "COLUMNS": "80"},
@@ -103,7 +82,7 @@ def test_no_child_outlives_up(up_env: dict[str, str], stop: signal.Signals) -> N
         if stop is signal.SIGKILL:
             # Nothing could clean up after a SIGKILL: the children stop by themselves.
             _wait(lambda: not [p for p in children if _alive(p)], 30, "every child exited")
-            _wait(lambda: all(_port_free(p) for p in ports), 30, "ports free")
+            _wait(lambda: all(port_free(p) for p in ports), 30, "ports free")
         else:
             _assert_all_gone(children, ports, tmp)
     finally:
@@ -117,7 +96,7 @@ def test_printed_commands_are_whole_lines_when_output_goes_to_a_file(
     up_env: dict[str, str], tmp_path: Path
 ) -> None:
     """What `make run` prints can be pasted: the tempo change is one line that runs as is."""
-    grpc_base, admin_base = _free_bases()
+    grpc_base, admin_base = free_bases()
     log = tmp_path / "up.log"
     with log.open("w") as sink:
         proc = subprocess.Popen(
@@ -150,7 +129,7 @@ def test_printed_commands_are_whole_lines_when_output_goes_to_a_file(
 def test_live_view_keeps_addresses_and_token_in_sight_then_a_closed_pane_stops_all(
     up_env: dict[str, str], tmp_path: Path
 ) -> None:
-    grpc_base, admin_base = _free_bases()
+    grpc_base, admin_base = free_bases()
     socket_path = str(tmp_path / "tmux.sock")
 
     def tmux(*words: str) -> str:

@@ -528,6 +528,12 @@ def _print_endpoints(
     )
     console.print(f"  trigger  admin http://127.0.0.1:{ep.trigger_admin}", markup=False)
     console.print(f"  token    {args.token}", markup=False)
+    console.print("for agents and operator commands (docs/sdk.md):")
+    console.print(
+        f"  export NATS_URL={ep.nats} BACKBEAT_CLUSTER={args.cluster} "
+        f"BACKBEAT_API_TOKEN={args.token}",
+        markup=False,
+    )
     console.print("change the tempo (applies at the next downbeat):")
     for command in paste_ready_commands(ep, args.tempo, args.token):
         console.print(f"  {command}", markup=False)

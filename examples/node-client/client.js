@@ -1,10 +1,10 @@
 // BACKBEAT from Node.js: stream beats, change the tempo (and see the pending change on the
 // stream), submit a claim, print a bar report.
 //
-//   PULSE_ADDR=127.0.0.1:50051 REVERB_ADDR=127.0.0.1:50061 BACKBEAT_API_TOKEN=... node client.js
+//   PULSE_ADDR=127.0.0.1:7070 REVERB_ADDR=127.0.0.1:7072 BACKBEAT_API_TOKEN=<token> node client.js
 //
 // Environment: PULSE_ADDR (required), REVERB_ADDR (claims and the bar report; skipped when
-// unset), BACKBEAT_API_TOKEN (bearer token for SetTempo), BEATS (beats to stream, default 8),
+// unset), BACKBEAT_API_TOKEN (bearer token for SetTempo and SubmitClaims), BEATS (beats to stream, default 8),
 // TEMPO_STEP (relative tempo change, default 0.05 = +5 %; 0 skips it), REPORT_TIMEOUT_MS.
 "use strict";
 
@@ -126,7 +126,7 @@ async function changeTempo(step) {
 // 3. Submit one claim over the bidirectional SubmitClaims stream; resolves with its outcome.
 function submitClaim(beat) {
   return new Promise((resolve, reject) => {
-    const call = reverb.SubmitClaims();
+    const call = reverb.SubmitClaims(authMetadata()); // the reverb needs the token too
     call.on("data", (res) => {
       resolve(res.outcomes[0]);
       call.end();
