@@ -49,6 +49,7 @@ from backbeat.pulse.fencing import (
 from backbeat.pulse.hub import BeatHub
 from backbeat.pulse.metrics import PulseMetrics
 from backbeat.pulse.publisher import BeatPublisher
+from backbeat.pulse.reachability import ReachabilityWindow
 from backbeat.pulse.redis_masters import RedisMasters
 from backbeat.pulse.redlock import (
     Busy,
@@ -199,7 +200,7 @@ class PulseNode:
         self.timelines: TimelineRecord | None = None
         self.leader_id = ""
         self.leader_address = ""
-        self.redis_reachable = 0
+        self._reachability = ReachabilityWindow()  # see the redis_reachable property
         self._lease: Lease | None = None
         self._renew_outcome = ExtendOutcome.EXTENDED
         self._reserved_beat = -1
@@ -285,6 +286,16 @@ class PulseNode:
             redis_reachable=self.redis_reachable,
             redis_total=self.masters.total,
         )
+
+    @property
+    def redis_reachable(self) -> int:
+        """Redis masters reachable, decided over a window (docs/metrics.md): not lowered by a
+        write that one master answered too slowly, as happens under load alone."""
+        return self._reachability.value
+
+    @redis_reachable.setter
+    def redis_reachable(self, answered: int) -> None:
+        self._reachability.observe(answered)
 
     # -- election loop --------------------------------------------------------------------
 
@@ -550,7 +561,7 @@ class PulseNode:
                         emitted=previous,
                     )
                     self.redis_reachable = result.answered
-                    self.metrics.redis_reachable.set(result.answered)
+                    self.metrics.redis_reachable.set(self.redis_reachable)
                     previous = None
                     if result.outcome is WriteOutcome.FENCED:
                         self.metrics.fenced_writes.inc()
@@ -617,7 +628,7 @@ class PulseNode:
         result = task.result()
         answered = result.answered
         self.redis_reachable = answered
-        self.metrics.redis_reachable.set(answered)
+        self.metrics.redis_reachable.set(self.redis_reachable)
         if result.outcome is WriteOutcome.FENCED:
             self.metrics.fenced_writes.inc()
             return _StopLeading.LOST
