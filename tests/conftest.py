@@ -6,12 +6,14 @@ fixtures, which stop whatever they started when the test ends.
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable, Iterator
 
 import pytest
 from hypothesis import HealthCheck, settings
 
 from backbeat.embedded import NatsServer, RedisServer
+from backbeat.service.nats_permissions import ANY_CLUSTER, NatsRole, NatsUser, role_users
 
 # Property tests check behaviour, not speed: no per-example deadline (a loaded CI machine or
 # tracemalloc would otherwise fail them); a failing example is printed for reproduction.
@@ -39,9 +41,23 @@ def redis_server(redis_servers: list[RedisServer]) -> RedisServer:
     return redis_servers[0]
 
 
+#: The user of the shared NATS server that may do everything: tests use it to set the scene
+#: (and to play an attacker); components under test use their role's user
+#: (``nats_server.url_as(NatsRole.AGENT)``).
+HARNESS_USER = "harness"
+
+
+def role_test_users(cluster_id: str | None = ANY_CLUSTER) -> list[NatsUser]:
+    """The shipped per-role users with fresh passwords, plus the all-powerful harness user."""
+    passwords = {role: secrets.token_urlsafe(18) for role in NatsRole}
+    harness = NatsUser(HARNESS_USER, secrets.token_urlsafe(18), None)
+    return [harness, *role_users(passwords, cluster_id)]
+
+
 @pytest.fixture(scope="session")
 def nats_server() -> Iterator[NatsServer]:
-    with NatsServer() as server:
+    """NATS with JetStream and the per-role users of every cluster; ``url`` is the harness's."""
+    with NatsServer(users=role_test_users()) as server:
         yield server  # type: ignore[misc]
 
 

@@ -18,9 +18,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
+from urllib.parse import quote
+
+from backbeat.service.nats_permissions import NatsUser, render_authorization
 
 
 class ServerError(RuntimeError):
@@ -279,7 +282,12 @@ class RedisServer(ServerProcess):
 
 
 class NatsServer(ServerProcess):
-    """A NATS server with JetStream, its store in ``data_dir`` (kept across restarts)."""
+    """A NATS server with JetStream, its store in ``data_dir`` (kept across restarts).
+
+    ``users`` (see ``backbeat.service.nats_permissions``) puts an ``authorization`` block with
+    those users and their permissions in the server's configuration file; ``url`` is then the
+    URL of the first of them and ``url_as(name)`` the URL of any.
+    """
 
     kind = "nats"
 
@@ -290,12 +298,22 @@ class NatsServer(ServerProcess):
         *,
         user: str | None = None,
         password: str | None = None,
+        users: Sequence[NatsUser] = (),
+        config_file: Path | None = None,
+        environment: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(port, data_dir)
+        #: A configuration file of one's own (e.g. a shipped one), read by the server as it
+        #: is; ``environment`` is added to the server's (``$VARIABLE`` references in it).
+        self.config_file = config_file
+        self.environment = dict(environment or {})
         self.binary = nats_binary()
         #: With both set, clients must authenticate (``--user``/``--pass``).
         self.user = user
         self.password = password
+        self.users = list(users)
+        if self.users:
+            self.user, self.password = self.users[0].name, self.users[0].password
 
     def argv(self) -> Sequence[str]:
         args = [
@@ -305,13 +323,31 @@ class NatsServer(ServerProcess):
             "-js",
             "-sd", str(self.data_dir / "jetstream"),
         ]  # fmt: skip
-        if self.user and self.password:
+        if self.config_file is not None:
+            args += ["-c", str(self.config_file)]
+        elif self.users:
+            config = self.data_dir / "nats-server.conf"
+            config.write_text(render_authorization(self.users), encoding="utf-8")
+            config.chmod(0o600)  # it holds the passwords
+            args += ["-c", str(config)]
+        elif self.user and self.password:
             args += ["--user", self.user, "--pass", self.password]
         return args
 
     def _ready(self) -> bool:
         with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
             return sock.recv(16).startswith(b"INFO")
+
+    def _environment(self) -> dict[str, str] | None:
+        return {**os.environ, **self.environment} if self.environment else None
+
+    def url_as(self, name: str) -> str:
+        """The URL with the credentials of user ``name`` (one of ``users``)."""
+        for user in self.users:
+            if user.name == name:
+                auth = f"{quote(user.name, safe='')}:{quote(user.password, safe='')}"
+                return f"nats://{auth}@127.0.0.1:{self.port}"
+        raise KeyError(f"nats server on port {self.port} has no user {name!r}")
 
     @property
     def url(self) -> str:

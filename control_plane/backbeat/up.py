@@ -43,9 +43,20 @@ from backbeat.core.subjects import bars_wildcard, beat, check_cluster_id
 from backbeat.embedded import NatsServer, RedisServer, ServerError, free_port
 from backbeat.ports import PULSE_ADMIN_PORTS, PULSE_GRPC_PORTS
 from backbeat.processes import ComponentProcess
+from backbeat.secrets import SecretName, env_var
 from backbeat.service.lifecycle import ShutdownSignal
+from backbeat.service.nats_permissions import NatsRole, role_credentials, role_users
 from backbeat.v1 import pulse_service_pb2 as pulse_pb
 from backbeat.v1 import pulse_service_pb2_grpc as pulse_grpc
+
+#: The NATS user each component runs as.
+COMPONENT_NATS_ROLES = {
+    "pulse": NatsRole.PULSE,
+    "reverb": NatsRole.INGEST,
+    "reverb-trigger": NatsRole.ROLLUP,
+    "agent-sim": NatsRole.AGENT,
+}
+NATS_CREDENTIALS_ENV = env_var(SecretName.NATS_CREDENTIALS)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -116,6 +127,8 @@ class LocalStack:
     servers: list[RedisServer | NatsServer] = field(default_factory=list)
     components: dict[str, ComponentProcess] = field(default_factory=dict)
     endpoints: Endpoints | None = None
+    #: The live view's NATS URL (the operator user's when NATS is embedded).
+    view_nats_url: str = ""
 
     def start(self, console: Console) -> Endpoints:
         args = self.args
@@ -128,12 +141,21 @@ class LocalStack:
                 server.start()
                 redis_urls.append(server.url)
         nats_url = args.nats
+        # Embedded NATS runs the shipped per-role permissions: each component connects as its
+        # role (docs/security.md), its password in its environment, never on a command line.
+        nats_passwords = {role: secrets.token_urlsafe(24) for role in NatsRole}
         if not nats_url:
-            nats_server = NatsServer(data_dir=self.run_dir / "nats")
+            nats_server = NatsServer(
+                data_dir=self.run_dir / "nats", users=role_users(nats_passwords, args.cluster)
+            )
             nats_server.die_with_parent = True
             self.servers.append(nats_server)
             nats_server.start()
-            nats_url = nats_server.url
+            nats_url = nats_server.bare_url
+            self.view_nats_url = nats_server.url_as(NatsRole.OPERATOR)
+        else:
+            nats_passwords = {}
+            self.view_nats_url = nats_url
         ep = Endpoints(
             redis=redis_urls,
             nats=nats_url,
@@ -180,8 +202,14 @@ class LocalStack:
             if argv[0] not in COMMANDS:  # a component this installation does not have
                 console.print(f"  [yellow]skipping {name}: no `backbeat {argv[0]}` command[/]")
                 continue
+            role = COMPONENT_NATS_ROLES[argv[0]]
+            credentials = (
+                {NATS_CREDENTIALS_ENV: role_credentials(role, nats_passwords[role])}
+                if nats_passwords
+                else {}
+            )
             process = ComponentProcess(
-                name, argv, admin_port=admin_port, log_dir=self.run_dir, env=env
+                name, argv, admin_port=admin_port, log_dir=self.run_dir, env={**env, **credentials}
             )
             process.die_with_parent = True  # no child outlives `backbeat up`, even a SIGKILLed one
             self.components[name] = process
@@ -343,7 +371,7 @@ async def _follow(args: argparse.Namespace, stack: LocalStack, console: Console)
         else:
             console.log(line)
 
-    nc = await nats.connect(ep.nats, name="backbeat-up", max_reconnect_attempts=-1)
+    nc = await nats.connect(stack.view_nats_url, name="backbeat-up", max_reconnect_attempts=-1)
 
     async def on_beat(msg: Msg) -> None:
         try:

@@ -11,6 +11,7 @@ import pytest
 from backbeat.agentsim import Behaviour, SimSettings, Simulation
 from backbeat.embedded import NatsServer, RedisServer, free_port
 from backbeat.processes import ComponentProcess
+from backbeat.service.nats_permissions import NatsRole
 from tests.pulse.cluster import PulseProcess, wait_for_leader
 
 pytestmark = [pytest.mark.integration]
@@ -21,18 +22,39 @@ def stack(
     redis_servers: list[RedisServer], nats_server: NatsServer, cluster_id: str, tmp_path: Path
 ) -> Iterator[PulseProcess]:
     redis = [s.url for s in redis_servers]
-    pulse = PulseProcess(cluster_id, "p0", redis, nats_server.url, log_dir=tmp_path)
-    common = ["--cluster", cluster_id, "--nats", nats_server.url, "--redis", redis[0]]
+    # Each component connects as its own NATS role, with the shipped permissions.
+    pulse = PulseProcess(
+        cluster_id, "p0", redis, nats_server.url_as(NatsRole.PULSE), log_dir=tmp_path
+    )
+    common = ["--cluster", cluster_id, "--redis", redis[0]]
     reverb_admin, trigger_admin = free_port(), free_port()
     reverb = ComponentProcess(
         "reverb",
-        ["reverb", *common, "--node", "r1", "--grpc-port", "-1", "--admin-port", str(reverb_admin)],
+        [
+            "reverb",
+            *common,
+            "--nats",
+            nats_server.url_as(NatsRole.INGEST),
+            "--node",
+            "r1",
+            "--grpc-port",
+            "-1",
+            "--admin-port",
+            str(reverb_admin),
+        ],
         admin_port=reverb_admin,
         log_dir=tmp_path,
     )
     trigger = ComponentProcess(
         "reverb-trigger",
-        ["reverb-trigger", *common, "--admin-port", str(trigger_admin)],
+        [
+            "reverb-trigger",
+            *common,
+            "--nats",
+            nats_server.url_as(NatsRole.ROLLUP),
+            "--admin-port",
+            str(trigger_admin),
+        ],
         admin_port=trigger_admin,
         log_dir=tmp_path,
     )
@@ -53,7 +75,7 @@ async def test_reports_account_for_every_claim(
     await wait_for_leader([stack])
     settings = SimSettings(
         cluster_id=cluster_id,
-        nats_url=nats_server.url,
+        nats_url=nats_server.url_as(NatsRole.AGENT),
         agents=1000,
         duration_s=30.0,
         late_rate=0.01,

@@ -17,6 +17,7 @@ from rich.table import Table
 from backbeat.agentsim.model import Behaviour
 from backbeat.agentsim.simulator import SimResult, SimSettings, Simulation
 from backbeat.core.subjects import default_cluster_id
+from backbeat.secrets import SecretError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -119,7 +120,26 @@ def render(result: SimResult, *, title: str) -> Table:
     return table
 
 
+async def _nats_url(url: str) -> str:
+    """``url`` with the agents' NATS credentials (secret ``nats_credentials``) when set."""
+    from backbeat.secrets import (
+        SecretName,
+        SecretNotFound,
+        SecretsSettings,
+        open_secret_source,
+        with_nats_credentials,
+    )
+
+    async with open_secret_source(SecretsSettings.from_env()) as source:
+        try:
+            credentials = (await source.get(SecretName.NATS_CREDENTIALS)).value
+        except SecretNotFound:
+            return url
+    return with_nats_credentials(url, credentials)
+
+
 async def _run(args: argparse.Namespace) -> int:
+    args.nats = await _nats_url(args.nats)
     sim = Simulation(_settings(args))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -148,6 +168,6 @@ async def _run(args: argparse.Namespace) -> int:
 def run(args: argparse.Namespace) -> int:
     try:
         return asyncio.run(_run(args))
-    except ValueError as exc:
+    except (ValueError, SecretError) as exc:
         print(f"agent-sim: {exc}", file=sys.stderr)
         return 2
