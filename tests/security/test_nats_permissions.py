@@ -19,6 +19,7 @@ from urllib.parse import quote
 
 import nats
 import pytest
+import yaml
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.api import StreamConfig
@@ -31,6 +32,7 @@ from backbeat.service.nats_permissions import (
     render_authorization,
     role_users,
 )
+from backbeat.up import COMPONENT_NATS_ROLES
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -273,3 +275,33 @@ async def test_no_role_but_the_rollup_can_delete_or_reshape_the_streams(
     with pytest.raises((nats.errors.TimeoutError, nats.errors.NoRespondersError)):
         await js.add_stream(StreamConfig(name="CAPTURE", subjects=[CLAIMS]))
     assert await rollup.nc.jetstream(timeout=5).stream_info(subjects.downbeat_stream(CLUSTER))
+
+
+def test_compose_runs_the_shipped_users_and_each_service_its_role() -> None:
+    compose = yaml.safe_load((REPO / "infra" / "docker-compose.yml").read_text(encoding="utf-8"))
+    services = compose["services"]
+    assert "./nats/local.conf:/etc/nats/local.conf:ro" in services["nats"]["volumes"]
+    assert "/etc/nats/local.conf" in services["nats"]["command"]
+    for role in NatsRole:
+        assert role.password_env in services["nats"]["environment"]
+    for name, service in services.items():
+        target = service.get("build", {}).get("target")
+        if target not in COMPONENT_NATS_ROLES:
+            continue
+        credentials = service["environment"]["BACKBEAT_SECRET_NATS_CREDENTIALS"]
+        role = COMPONENT_NATS_ROLES[target]
+        assert credentials.startswith(f"{role.value}:${{{role.password_env}:-"), name
+
+
+def test_k8s_components_read_their_role_and_every_secret_from_files_only() -> None:
+    deployments = {"pulse": PULSE, "reverb": INGEST, "reverb-trigger": ROLLUP}
+    for name, role in deployments.items():
+        documents = yaml.safe_load_all((REPO / "infra" / "k8s" / f"{name}.yaml").read_text())
+        (deployment,) = [d for d in documents if d["kind"] == "Deployment"]
+        (container,) = deployment["spec"]["template"]["spec"]["containers"]
+        env = {e["name"]: e for e in container["env"]}
+        # A variable would win over the file, and rotating the mounted Secret would change
+        # nothing: secrets come from files only.
+        assert "BACKBEAT_API_TOKEN" not in env, name
+        assert not [v for v in env if v.startswith("BACKBEAT_SECRET_") and not v.endswith("_FILE")]
+        assert env["BACKBEAT_SECRET_NATS_CREDENTIALS_FILE"]["value"].endswith(f"/nats-{role}")
