@@ -16,6 +16,7 @@ from reverb_rollup.handler import (
     RollupHooks,
     RollupResult,
     RollupSettings,
+    WindowNotClosed,
     WrongClusterError,
 )
 from reverb_rollup.inprocess import InProcessRollup, build_rollup
@@ -32,6 +33,7 @@ __all__ = [
     "RollupHooks",
     "RollupResult",
     "RollupSettings",
+    "WindowNotClosed",
     "WindowSource",
     "WrongClusterError",
     "build_rollup",

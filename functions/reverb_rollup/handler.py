@@ -41,9 +41,25 @@ class WrongClusterError(RollupError):
     """The event names a cluster this function does not serve (not retryable)."""
 
 
+class WindowNotClosed(RollupError):
+    """The window's closing downbeat has not come yet on this function's clock: rolling it up
+    now would seal it early and turn its honest claims late. Retry after the downbeat."""
+
+
 class Outcome(StrEnum):
     PUBLISHED = "published"  # this invocation stored the report on JetStream
     ALREADY_PUBLISHED = "already_published"  # the window had its report already
+
+
+def refuse_open_window(event: RollupEvent, now_ns: int) -> None:
+    """Raise ``WindowNotClosed`` when the event's closing downbeat is still ahead of ``now_ns``
+    (an event without a time span is not judged here; the deployed runtimes require one)."""
+    if event.time_span_known and now_ns < event.window_end_ns:
+        ahead_ms = (event.window_end_ns - now_ns) / 1e6
+        raise WindowNotClosed(
+            f"window {event.window_id} (beats {event.from_beat}-{event.to_beat}) closes at its "
+            f"downbeat {ahead_ms:.0f} ms from now on this function's clock; retry after it"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +160,7 @@ class Rollup:
             raise WrongClusterError(
                 f"event for cluster {event.cluster_id!r}; this function serves {self.cluster_id!r}"
             )
+        refuse_open_window(event, time.time_ns())
         started = time.perf_counter()
         owner = os.urandom(8).hex()  # a random attempt id
         deadline = time.monotonic() + self.settings.wait_timeout_s

@@ -4,6 +4,11 @@ Both runtimes call the function synchronously, possibly from several threads. On
 runs in a daemon thread for the life of the process and owns the Redis and NATS connections,
 created on the first invocation and reused while the process stays warm. Nothing else lives
 between invocations: every window's state is in Redis and JetStream.
+
+Every invocation must be signed with the invocation key (``invocation_auth``; the secret
+``rollup_invoke_key``, re-read while the process runs so it rotates without a restart) and
+must not name a window whose closing downbeat is still ahead on this function's clock. Without a
+configured key every invocation is refused: these runtimes listen on a network.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections.abc import Coroutine, Mapping
 from dataclasses import replace
 from typing import Any, TypeVar
@@ -18,11 +24,13 @@ from typing import Any, TypeVar
 import nats
 from redis.asyncio import Redis
 
+from backbeat.secrets import ComponentSecrets, RotatingSecret, SecretName
 from backbeat.service.logs import configure_logging
 from backbeat.service.tracing import configure_tracing, force_flush
 from reverb_rollup.event import RollupEvent
-from reverb_rollup.handler import Rollup, RollupSettings
+from reverb_rollup.handler import Rollup, RollupSettings, refuse_open_window
 from reverb_rollup.inprocess import build_rollup
+from reverb_rollup.invocation_auth import InvocationRefused, verify_invocation
 from reverb_rollup.settings import FunctionSettings
 
 log = logging.getLogger("reverb_rollup")
@@ -43,26 +51,44 @@ class ProcessRuntime:
         self._rollup: Rollup | None = None
         self._connections: list[Any] = []
         self._connect_lock = asyncio.Lock()
+        self._secrets: ComponentSecrets | None = None
+        self._invoke_key: RotatingSecret | None = None
 
     def _run(self, coro: Coroutine[Any, Any, _T]) -> _T:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(INVOKE_TIMEOUT_S)
+
+    async def _open_secrets(self) -> RotatingSecret:
+        """The secret source stays open (and refreshing) for the life of the process."""
+        if self._invoke_key is None:
+            # In production an unsafe configuration is refused here, before any connection.
+            from backbeat.secrets import open_component_secrets
+
+            self._secrets = await open_component_secrets("reverb-rollup")
+            key = RotatingSecret(self._secrets.source, SecretName.ROLLUP_INVOKE_KEY)
+            await key.start()
+            self._invoke_key = key
+        return self._invoke_key
+
+    async def _authenticate(self, body: bytes, signature: str | None) -> None:
+        """Raise InvocationRefused unless ``signature`` signs ``body`` (see the module doc)."""
+        async with self._connect_lock:
+            key = await self._open_secrets()
+        try:
+            verify_invocation(key.accepted(), body, signature, time.time())
+        except InvocationRefused:
+            # The caller may hold a key rotated in since our last refresh: look once more.
+            if not await key.refresh():
+                raise
+            verify_invocation(key.accepted(), body, signature, time.time())
 
     async def _get_rollup(self) -> Rollup:
         async with self._connect_lock:
             if self._rollup is None:
                 s = self.settings
-                # Credentials (env or Vault) are read once per process; in production an unsafe
-                # configuration is refused here, before any connection is made.
-                from backbeat.secrets import open_component_secrets
-
-                secrets = await open_component_secrets("reverb-rollup")
-                try:
-                    redis_url, nats_url = (
-                        secrets.redis_url(s.redis_url),
-                        secrets.nats_url(s.nats_url),
-                    )
-                finally:
-                    await secrets.close()
+                await self._open_secrets()
+                secrets = self._secrets
+                assert secrets is not None
+                redis_url, nats_url = secrets.redis_url(s.redis_url), secrets.nats_url(s.nats_url)
                 redis = Redis.from_url(redis_url)
                 nc = await nats.connect(nats_url, name=f"reverb-rollup-{s.cluster_id}")
                 self._connections += [nc, redis]
@@ -84,13 +110,26 @@ class ProcessRuntime:
         return (await rollup(event)).to_json_dict()
 
     def invoke(
-        self, data: bytes | str | Mapping[str, Any], *, traceparent: str = "", via: str = ""
+        self,
+        body: bytes,
+        *,
+        signature: str | None,
+        data: bytes | str | Mapping[str, Any] | None = None,
+        traceparent: str = "",
+        via: str = "",
     ) -> dict[str, Any]:
-        """Roll up the window named by ``data`` (the event's JSON form); return the result.
+        """Roll up the window named by the request ``body`` (the event's JSON form, or
+        ``data`` when the runtime unwrapped it, e.g. from a CloudEvent); return the result.
 
-        ``via`` names the runtime (``cloudevents``, ``lambda``) on the ``reverb.rollup`` span.
+        ``signature`` is the request's ``X-Backbeat-Signature`` over ``body``; ``via`` names the
+        runtime (``cloudevents``, ``lambda``) on the ``reverb.rollup`` span. Raises
+        ``InvocationRefused`` (not signed with the invocation key), ``CodecError`` (not an
+        event) and ``WindowNotClosed`` before anything is read.
         """
-        event = RollupEvent.decode(data, traceparent=traceparent)
+        self._run(self._authenticate(body, signature))
+        event = RollupEvent.decode(body if data is None else data, traceparent=traceparent)
+        # Events of the trigger's catch-up carry no time span (their windows are long closed).
+        refuse_open_window(event, time.time_ns())
         try:
             return self._run(self._invoke(event, via))
         finally:
@@ -105,6 +144,9 @@ class ProcessRuntime:
                 await (conn.close() if hasattr(conn, "is_connected") else conn.aclose())
             self._connections.clear()
             self._rollup = None
+            if self._secrets is not None:
+                await self._secrets.close()
+            self._secrets, self._invoke_key = None, None
 
         self._run(close_all())
         self._loop.call_soon_threadsafe(self._loop.stop)

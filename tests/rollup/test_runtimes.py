@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import signal
@@ -23,8 +24,10 @@ from redis.asyncio import Redis
 from backbeat.core.timeline import Timeline
 from backbeat.embedded import NatsServer, RedisServer, free_port
 from backbeat.reverb.store import WindowStore
+from backbeat.service.nats_permissions import NatsRole
 from backbeat.trigger import HttpInvoker, InvokeError
 from reverb_rollup import InProcessRollup, Outcome, RollupEvent, RollupSettings, aws_lambda, process
+from reverb_rollup.invocation_auth import sign_invocation
 from reverb_rollup.record import RecordState, RollupRecords
 from tests.rollup.conftest import eventually
 from tests.rollup.test_exactly_once import stored_reports
@@ -35,13 +38,42 @@ pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
 
 
+#: The invocation key the deployed function runtimes of these tests hold.
+INVOKE_KEY = "k" * 8 + os.urandom(24).hex()
+
+
 def function_env(cluster_id: str, redis: RedisServer, nats_server: NatsServer) -> dict[str, str]:
     return os.environ | {
         "BACKBEAT_CLUSTER": cluster_id,
         "REDIS_URL": redis.url,
-        "NATS_URL": nats_server.url,
+        "NATS_URL": nats_server.url_as(NatsRole.ROLLUP),
         "BACKBEAT_ENV": "development",
         "LOG_LEVEL": "warn",
+        "BACKBEAT_SECRET_ROLLUP_INVOKE_KEY": INVOKE_KEY,
+    }
+
+
+def closed_window(cluster_id: str, from_beat: int, to_beat: int, **kwargs: str) -> RollupEvent:
+    """The event the trigger sends for a window whose closing downbeat was a second ago."""
+    end_ns = time.time_ns() - 1_000_000_000
+    event = RollupEvent.for_window(cluster_id, from_beat, to_beat, **kwargs)
+    return dataclasses.replace(event, window_start_ns=end_ns - 2_000_000_000, window_end_ns=end_ns)
+
+
+def signed_request(event: RollupEvent, key: str = INVOKE_KEY) -> dict[str, object]:
+    """A Lambda function URL request carrying ``event``, signed with ``key``."""
+    body = json.dumps(event.to_json_dict())
+    return {
+        "version": "2.0",
+        "routeKey": "$default",
+        "rawPath": "/",
+        "headers": {
+            "content-type": "application/json",
+            "x-backbeat-signature": sign_invocation(key, body.encode(), time.time()),
+        },
+        "requestContext": {"http": {"method": "POST", "path": "/"}},
+        "body": body,
+        "isBase64Encoded": False,
     }
 
 
@@ -91,16 +123,16 @@ async def test_http_cloudevents_runtime(
     tl = Timeline.start(cluster_id, 120, time.time_ns())
     store = WindowStore(redis, cluster_id)
     await append(store, tl, 3, [claim("a1", "t1", 1), claim("a2", "t2", 2, "review", 0)])
-    event = RollupEvent.for_window(
+    event = closed_window(
         cluster_id, 0, 3, traceparent="00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
     )
     with functions_framework_server(function_env(cluster_id, redis_server, nats_server)) as url:
-        invoker = HttpInvoker(url)
+        invoker = HttpInvoker(url, invoke_key=lambda: INVOKE_KEY)
         try:
             for _ in range(3):  # duplicate triggers: still one report
                 await invoker.invoke(event)
-            with pytest.raises(InvokeError, match="HTTP 500"):
-                await invoker.invoke(RollupEvent.for_window("other-cluster", 0, 3))
+            with pytest.raises(InvokeError, match="HTTP 400"):
+                await invoker.invoke(closed_window("other-cluster", 0, 3))
         finally:
             await invoker.close()
     report = await wait_report(nc, cluster_id, event.window_id)
@@ -139,21 +171,13 @@ async def test_aws_lambda_handler(
     tl = Timeline.start(cluster_id, 120, time.time_ns())
     store = WindowStore(redis, cluster_id)
     await append(store, tl, 7, [claim("a1", "t1", 4), claim("a1", "t1", 5), claim("a2", "t", 6)])
-    event = RollupEvent.for_window(cluster_id, 4, 7)
-    # A direct Invoke carries the event object; a function URL wraps it in an HTTP request.
-    direct = event.to_json_dict()
-    function_url = {
-        "version": "2.0",
-        "routeKey": "$default",
-        "rawPath": "/",
-        "headers": {
-            "content-type": "application/json",
-            "traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-        },
-        "requestContext": {"http": {"method": "POST", "path": "/"}},
-        "body": json.dumps(event.to_json_dict()),
-        "isBase64Encoded": False,
-    }
+    event = closed_window(cluster_id, 4, 7)
+    # A direct Invoke (the trigger's LambdaInvoker) and a function URL carry the same shape.
+    direct = signed_request(event)
+    function_url = signed_request(event)
+    function_url["headers"]["traceparent"] = (  # type: ignore[index]
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    )
     # The handler is synchronous (as Lambda calls it): run it off the event loop.
     first = await asyncio.to_thread(aws_lambda.handler, direct, None)
     second = await asyncio.to_thread(aws_lambda.handler, function_url, None)

@@ -20,6 +20,7 @@ from backbeat.secrets._component import (
 )
 from backbeat.secrets._env import ENV_PREFIX, EnvSecretSource, env_var
 from backbeat.secrets._production import production_check, production_problems
+from backbeat.secrets._rotating import RotatingSecret
 from backbeat.secrets._rotation import (
     KeyRotator,
     RotationEvent,
@@ -62,6 +63,7 @@ __all__ = [
     "ComponentSecrets",
     "EnvSecretSource",
     "KeyRotator",
+    "RotatingSecret",
     "RotationEvent",
     "RotationSettings",
     "Secret",

@@ -23,6 +23,7 @@ class SecretName(StrEnum):
     REDIS_PASSWORD = "redis_password"
     BEAT_SIGNING_KEYS = "beat_signing_keys"  # keyring document (or one raw key, >= 32 bytes)
     API_TOKEN = "api_token"  # bearer token of mutating API calls
+    ROLLUP_INVOKE_KEY = "rollup_invoke_key"  # HMAC key of trigger -> rollup function calls
 
 
 class SecretError(Exception):

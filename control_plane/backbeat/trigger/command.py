@@ -12,14 +12,21 @@ from aiohttp import web
 
 from backbeat.core.subjects import check_cluster_id
 from backbeat.ports import TRIGGER_ADMIN_PORT
-from backbeat.secrets import SecretError, UnsafeConfiguration, open_component_secrets
+from backbeat.secrets import (
+    RotatingSecret,
+    SecretError,
+    SecretName,
+    UnsafeConfiguration,
+    env_var,
+    open_component_secrets,
+)
 from backbeat.service import AdminServer, ShutdownSignal, configure_logging, get_logger, masked
 from backbeat.service.admin import json_response
 from backbeat.service.cli import add_common_arguments
 from backbeat.service.nats_connect import NatsUnreachable, check_connect_timeout, report_unreachable
 from backbeat.service.tls import TlsSettings, add_tls_arguments
 from backbeat.service.tracing import configure_tracing
-from backbeat.trigger.invokers import HttpInvoker, Invoker, LambdaInvoker
+from backbeat.trigger.invokers import HttpInvoker, InvokeKey, Invoker, LambdaInvoker
 from backbeat.trigger.service import DEFAULT_DURABLE, ReverbTrigger, TriggerSettings
 
 
@@ -112,15 +119,24 @@ def settings_from(args: argparse.Namespace) -> TriggerSettings:
     )
 
 
-def build_invoker(args: argparse.Namespace) -> Invoker | None:
-    if args.invoker == "http":
+def build_invoker(args: argparse.Namespace, invoke_key: InvokeKey | None = None) -> Invoker | None:
+    """The invoker ``--invoker`` names; a remote one signs its calls with ``invoke_key``
+    (the ``rollup_invoke_key`` secret), which must then be configured."""
+    if args.invoker in ("http", "lambda") and (invoke_key is None or not invoke_key()):
+        variable = env_var(SecretName.ROLLUP_INVOKE_KEY)
+        raise SecretError(
+            SecretName.ROLLUP_INVOKE_KEY,
+            f"--invoker {args.invoker} signs every call: set {variable} (or {variable}_FILE, "
+            "or the Vault secret) to the key the function holds",
+        )
+    if args.invoker == "http" and invoke_key is not None:
         if not args.function_url:
             raise SystemExit("--invoker http needs --function-url")
-        return HttpInvoker(args.function_url)
-    if args.invoker == "lambda":
+        return HttpInvoker(args.function_url, invoke_key=invoke_key)
+    if args.invoker == "lambda" and invoke_key is not None:
         if not args.lambda_function:
             raise SystemExit("--invoker lambda needs --lambda-function")
-        return LambdaInvoker(args.lambda_function)
+        return LambdaInvoker(args.lambda_function, invoke_key=invoke_key)
     return None  # in-process, built by the trigger on its own connections
 
 
@@ -154,9 +170,11 @@ async def _main(args: argparse.Namespace) -> int:
         if settings.grace_ms <= 0:
             log.warning("grace period is 0: claims still in flight at the downbeat will be late")
         log.info("starting", invoker=args.invoker, tls=tls.enabled, **masked(settings))
+        invoke_key = RotatingSecret(secrets.source, SecretName.ROLLUP_INVOKE_KEY)
+        await invoke_key.start()
         async with (
             ShutdownSignal() as stop,
-            ReverbTrigger(settings, invoker=build_invoker(args)) as trigger,
+            ReverbTrigger(settings, invoker=build_invoker(args, invoke_key.current)) as trigger,
         ):
             admin = AdminServer(
                 host=args.admin_host,

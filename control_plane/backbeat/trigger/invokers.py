@@ -7,6 +7,8 @@ import asyncio
 import importlib
 import json
 import os
+import time
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import aiohttp
@@ -14,6 +16,10 @@ import nats.aio.client
 from redis.asyncio import Redis
 
 from reverb_rollup import CLOUDEVENT_TYPE, InProcessRollup, RollupEvent, RollupSettings
+from reverb_rollup.invocation_auth import SIGNATURE_HEADER, sign_invocation
+
+#: The current invocation key (the ``rollup_invoke_key`` secret, rotated without a restart).
+InvokeKey = Callable[[], str]
 
 
 class InvokeError(RuntimeError):
@@ -56,12 +62,16 @@ class InProcessInvoker:
 
 
 class HttpInvoker:
-    """POSTs a binary-mode CloudEvent to a functions-framework / Cloud Run / Knative URL."""
+    """POSTs a binary-mode CloudEvent to a functions-framework / Cloud Run / Knative URL,
+    signed with the invocation key (``X-Backbeat-Signature``)."""
 
     name = "http"
 
-    def __init__(self, url: str, *, timeout_s: float = 10.0, source: str = "") -> None:
+    def __init__(
+        self, url: str, *, invoke_key: InvokeKey, timeout_s: float = 10.0, source: str = ""
+    ) -> None:
         self.url = url
+        self._invoke_key = invoke_key
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._source = source or "//backbeat/reverb-trigger"
         self._session: aiohttp.ClientSession | None = None
@@ -81,6 +91,7 @@ class HttpInvoker:
         if event.traceparent:
             headers["ce-traceparent"] = event.traceparent
         body = json.dumps(event.to_json_dict()).encode()
+        headers[SIGNATURE_HEADER] = sign_invocation(self._invoke_key(), body, time.time())
         try:
             async with self._session.post(self.url, data=body, headers=headers) as response:
                 if response.status // 100 != 2:
@@ -104,7 +115,10 @@ class LambdaInvoker:
 
     name = "lambda"
 
-    def __init__(self, function_name: str, *, region: str | None = None) -> None:
+    def __init__(
+        self, function_name: str, *, invoke_key: InvokeKey, region: str | None = None
+    ) -> None:
+        self._invoke_key = invoke_key
         try:
             boto3: Any = importlib.import_module("boto3")
         except ImportError as exc:
@@ -123,7 +137,10 @@ class LambdaInvoker:
             raise InvokeError(f"lambda {self.function_name}: {response['FunctionError']}: {detail}")
 
     async def invoke(self, event: RollupEvent) -> None:
-        payload = json.dumps(event.to_json_dict()).encode()
+        # The shape of a function URL request, so the handler finds body and signature alike.
+        body = json.dumps(event.to_json_dict())
+        signature = sign_invocation(self._invoke_key(), body.encode(), time.time())
+        payload = json.dumps({"headers": {SIGNATURE_HEADER: signature}, "body": body}).encode()
         try:
             await asyncio.to_thread(self._invoke_sync, payload)
         except InvokeError:

@@ -253,7 +253,7 @@ variable "secret_arns" {
   description = <<-EOT
     Secrets Manager secrets the function may read, by secret name. Passed to the function as the JSON
     object BACKBEAT_SECRET_ARNS; at cold start the function reads each one and exports it as
-    BACKBEAT_SECRET_<NAME> (redis_password, nats_credentials, api_token, beat_signing_keys), or as
+    BACKBEAT_SECRET_<NAME> (redis_password, nats_credentials, rollup_invoke_key, beat_signing_keys), or as
     VAULT_SECRET_ID / VAULT_TOKEN for the Vault credentials vault_secret_id / vault_token.
   EOT
   type        = map(string)
