@@ -63,7 +63,16 @@ class ProcessRuntime:
             # In production an unsafe configuration is refused here, before any connection.
             from backbeat.secrets import open_component_secrets
 
-            self._secrets = await open_component_secrets("reverb-rollup")
+            s = self.settings
+            self._secrets = await open_component_secrets(
+                "reverb-rollup",
+                urls=[s.nats_url, s.redis_url],
+                required=(
+                    SecretName.REDIS_PASSWORD,
+                    SecretName.NATS_CREDENTIALS,
+                    SecretName.ROLLUP_INVOKE_KEY,
+                ),
+            )
             key = RotatingSecret(self._secrets.source, SecretName.ROLLUP_INVOKE_KEY)
             await key.start()
             self._invoke_key = key

@@ -42,4 +42,16 @@ def test_check_fails_in_production_with_problems(
     assert report["secrets"]["api_token"] == {"loaded": True, "version": 1}
     assert "changeme" not in json.dumps(report)
     monkeypatch.setenv("BACKBEAT_SECRET_API_TOKEN", "Zq8v1kq3Yb0c7n2WmL5pR9tX4sH6jD1eFgA")
+    assert main(["secrets", "check"]) == 1  # no Redis, NATS or signing secrets, no TLS
+    assert "no Redis password" in capsys.readouterr().out
+    for name, value in {
+        "REDIS_PASSWORD": "vR7k2Qm9xL4pT8wZ",
+        "NATS_CREDENTIALS": "pulse:Hn3bW8qY1sK6dF0j",
+        "BEAT_SIGNING_KEYS": "Gk4mP9sW2xV7bN1qL6tR3yH8dF5jC0zA",
+    }.items():
+        monkeypatch.setenv(f"BACKBEAT_SECRET_{name}", value)
+    for name in ("NATS_URL", "REDIS_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("BACKBEAT_TLS_CERT", "/etc/backbeat/tls.crt")
+    monkeypatch.setenv("BACKBEAT_TLS_KEY", "/etc/backbeat/tls.key")
     assert main(["secrets", "check"]) == 0

@@ -129,8 +129,14 @@ async def serve(settings: PulseSettings, args: argparse.Namespace | None = None)
 
     configure_tracing("pulse", cluster_id=settings.cluster_id, node_id=settings.node_id)
     log = get_logger(component="pulse", cluster=settings.cluster_id, node=settings.node_id)
-    secrets = await open_component_secrets("pulse", signing=True, static_token=settings.token)
     tls = TlsSettings.from_args(args) if args is not None else TlsSettings()
+    secrets = await open_component_secrets(
+        "pulse",
+        signing=True,
+        static_token=settings.token,
+        urls=[settings.nats_url, *settings.redis_urls],
+        tls_enabled=tls.enabled,
+    )
     settings = replace(
         settings,
         nats_url=secrets.nats_url(settings.nats_url),

@@ -9,6 +9,7 @@ from typing import Any
 from backbeat.core.subjects import check_cluster_id, default_cluster_id
 from backbeat.core.timeline import validate_tempo
 from backbeat.service.nats_connect import DEFAULT_CONNECT_TIMEOUT_S, check_connect_timeout
+from backbeat.service.settings import mask_url
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,10 +87,6 @@ class PulseSettings:
 
 
 def _mask_url(url: str) -> str:
-    """``redis://:secret@host`` -> ``redis://:***@host``."""
-    scheme, sep, rest = url.partition("://")
-    if not sep or "@" not in rest:
-        return url
-    creds, _, host = rest.rpartition("@")
-    user, colon, _ = creds.partition(":")
-    return f"{scheme}://{user}{':***' if colon else ''}@{host}"
+    """``redis://:secret@host`` -> ``redis://:***@host``, ``nats://token@host`` ->
+    ``nats://***@host`` (one masking rule for every component)."""
+    return mask_url(url)

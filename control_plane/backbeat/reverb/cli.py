@@ -101,13 +101,19 @@ async def serve(settings: ReverbSettings, args: argparse.Namespace | None = None
     configure_tracing("reverb", cluster_id=settings.cluster_id, node_id=settings.node_id)
     log = get_logger(component="reverb", cluster=settings.cluster_id, node=settings.node_id)
     static_token = getattr(args, "token", "") or ""
-    secrets = await open_component_secrets("reverb", signing=True, static_token=static_token)
+    tls = TlsSettings.from_args(args) if args is not None else TlsSettings()
+    secrets = await open_component_secrets(
+        "reverb",
+        signing=True,
+        static_token=static_token,
+        urls=[settings.nats_url, settings.redis_url],
+        tls_enabled=tls.enabled,
+    )
     settings = replace(
         settings,
         nats_url=secrets.nats_url(settings.nats_url),
         redis_url=secrets.redis_url(settings.redis_url),
     )
-    tls = TlsSettings.from_args(args) if args is not None else TlsSettings()
     require_signed = bool(getattr(args, "require_signed_claims", False))
     log.info(
         "starting",

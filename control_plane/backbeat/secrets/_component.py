@@ -7,16 +7,26 @@ asked, the beat-signing keyring, and refuses to start in production when somethi
 
 NATS and Redis credentials are put into the connection URLs when the URL carries none; they
 are read at start (a new password takes a restart), while the API token and the signing keys
-rotate without one.
+rotate without one. In production every value read later (a rotation) goes through the same
+checks as at start; a value that fails them is not used and the last good one stays.
+
+Precedence of the API token: a static token (``--token`` / ``BACKBEAT_API_TOKEN``) wins over
+the ``api_token`` secret, and cannot rotate; production refuses to have both.
 """
 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from urllib.parse import quote, urlsplit, urlunsplit
 
-from backbeat.secrets._production import production_check
+from backbeat.secrets._production import (
+    REQUIRED_SECRETS,
+    production_check,
+    production_value_check,
+    transport_problems,
+)
 from backbeat.secrets._settings import SecretsSettings
 from backbeat.secrets._signing_keys import ApiToken, SigningKeys
 from backbeat.secrets._source import CachingSecretSource, SecretError, SecretName, SecretNotFound
@@ -101,9 +111,15 @@ async def open_component_secrets(
     signing: bool = False,
     static_token: str = "",
     extra_problems: list[str] | None = None,
+    urls: Sequence[str] = (),
+    tls_enabled: bool | None = None,
+    required: Sequence[SecretName] = REQUIRED_SECRETS,
 ) -> ComponentSecrets:
     """Open the secret source and load what ``component`` needs; see the module docstring.
 
+    In production, ``required`` secrets (plus the beat-signing keys when ``signing``) must be
+    configured, ``urls`` (as configured, before credentials are added) must carry none, and a
+    component that serves gRPC and the admin API says whether it has TLS (``tls_enabled``).
     Raises ``UnsafeConfiguration`` in production when anything is unsafe, ``SecretError`` when
     a configured secret cannot be loaded, ``ValueError`` for invalid settings.
     """
@@ -119,7 +135,11 @@ async def open_component_secrets(
             source,
             signing=signing,
             static_token=static_token,
-            problems=list(extra_problems or []),
+            problems=[
+                *(extra_problems or []),
+                *transport_problems(urls=urls, tls_enabled=tls_enabled),
+            ],
+            required=[*required, *([SecretName.BEAT_SIGNING_KEYS] if signing else [])],
         )
     except BaseException:
         await source.close()
@@ -134,6 +154,7 @@ async def _load(
     signing: bool,
     static_token: str,
     problems: list[str],
+    required: Sequence[SecretName],
 ) -> ComponentSecrets:
     api_token = ApiToken(source)
     await api_token.start()
@@ -147,10 +168,18 @@ async def _load(
             except SecretError as exc:  # the backend failed: unsafe to guess
                 problems.append(str(exc))
         if static_token:
+            if SecretName.API_TOKEN in loaded:
+                problems.append(
+                    "both a static API token (--token / BACKBEAT_API_TOKEN) and the api_token "
+                    "secret are set: the static one would win and rotating the secret would "
+                    "change nothing; set only the secret"
+                )
             loaded[SecretName.API_TOKEN] = static_token  # a flag replaces the secret
-        problems += production_check(settings, loaded)
+        problems += production_check(settings, loaded, required=required)
         if problems:
             raise UnsafeConfiguration(component, problems)
+        # From now on every value read (a rotation) must pass the same checks.
+        source.value_check = production_value_check
     keys: SigningKeys | None = None
     if signing:
         with contextlib.suppress(SecretNotFound):

@@ -43,6 +43,11 @@ class SecretUnavailable(SecretError):
     """The backend is unreachable, sealed, refused access or timed out."""
 
 
+class SecretRejected(SecretError):
+    """The backend answered with a value that fails the checks (``value_check``): it is not
+    used, and the last good value stays in use."""
+
+
 @dataclass(frozen=True, slots=True)
 class Secret:
     """One version of a secret. ``repr`` never shows the value."""
@@ -57,6 +62,8 @@ class Secret:
 
 #: Called with the new Secret whenever a refresh observes a new version.
 ChangeCallback = Callable[[Secret], None]
+#: Judges a fetched value before it replaces the one in use: None, or why it is refused.
+ValueCheck = Callable[[str, str], str | None]
 
 
 @runtime_checkable
@@ -151,6 +158,9 @@ class CachingSecretSource:
         self.refresh_interval_s = refresh_interval_s
         self.timeout_s = timeout_s
         self._entries: dict[str, _Entry] = {}
+        #: Run on every value read (start and rotations); production sets the production
+        #: checks here. Whatever it says, a secret that had a value never rotates to empty.
+        self.value_check: ValueCheck | None = None
         self._task: asyncio.Task[None] | None = None
         self._closed = False
         self._log = get_logger(component="secrets", backend=self.backend)
@@ -237,6 +247,14 @@ class CachingSecretSource:
                 self._log.warning("secret backend maintenance failed", error=str(exc))
             await self.refresh()
 
+    def _judge(self, name: str, value: str, previous: Secret | None) -> None:
+        """Raise SecretRejected when ``value`` must not replace ``previous``."""
+        if previous is not None and previous.value and not value.strip():
+            raise SecretRejected(name, "the new value is empty; keeping the last good one")
+        problem = self.value_check(name, value) if self.value_check is not None else None
+        if problem:
+            raise SecretRejected(name, f"{problem}; not used")
+
     async def _load(self, name: str) -> Secret:
         entry = self._entries.setdefault(name, _Entry())
         labels = (self.backend, name)
@@ -244,6 +262,7 @@ class CachingSecretSource:
             value, backend_version = await asyncio.wait_for(
                 self._fetch(name), self._fetch_timeout_s
             )
+            self._judge(name, value, entry.secret)
         except (SecretError, TimeoutError) as exc:
             error = (
                 exc

@@ -69,7 +69,7 @@ async def _check(settings: SecretsSettings) -> dict[str, object]:
                 loaded[name] = {"loaded": False, "error": str(exc)}
             else:
                 loaded[name] = {"loaded": True, "version": secret.version}
-        problems = await production_problems(settings, source)
+        problems = await production_problems(settings, source, os.environ)
     return {"settings": settings.describe(), "secrets": loaded, "production_problems": problems}
 
 

@@ -11,7 +11,14 @@ from typing import Any
 #: Field names that hold secrets: printed masked. Identifiers (``key_id``, ``role_id``,
 #: ``node_id``) are not secrets, but an AppRole ``secret_id`` is a credential.
 _SECRET_NAME = re.compile(r"(token|password|secret|key)(?!_id)|(^|_)secret_id$", re.IGNORECASE)
-_URL_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@]*):(?P<pw>[^@/]+)@")
+#: The userinfo of a URL (``user:password@``, ``token@``), wherever URLs appear in a text.
+_URL_USERINFO = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<info>[^/@\s]+)@", re.IGNORECASE)
+#: Query parameters that carry credentials (``?password=…``, ``&token=…``).
+_URL_SECRET_PARAM = re.compile(
+    r"(?P<name>[?&;](?:[a-z0-9_.-]*(?:password|passwd|pwd|token|secret|auth|key)[a-z0-9_.-]*)=)"
+    r"(?P<value>[^&#\s]*)",
+    re.IGNORECASE,
+)
 
 
 class Environment(StrEnum):
@@ -39,9 +46,23 @@ def env_list(name: str, default: list[str]) -> list[str]:
     return [item.strip() for item in raw.split(",") if item.strip()] or list(default)
 
 
-def mask_url(url: str) -> str:
-    """``redis://user:pw@host`` -> ``redis://user:***@host``."""
-    return _URL_PASSWORD.sub(lambda m: f"{m['scheme']}{m['user']}:***@", url)
+def _mask_userinfo(match: re.Match[str]) -> str:
+    user, colon, _ = match["info"].partition(":")
+    # user:password keeps the user name (not a secret); a lone token is all secret.
+    return f"{match['scheme']}{user}:***@" if colon else f"{match['scheme']}***@"
+
+
+def mask_url(text: str) -> str:
+    """Every credential in the URLs of ``text`` masked: ``redis://user:pw@host`` ->
+    ``redis://user:***@host``, ``nats://token@host`` -> ``nats://***@host``,
+    ``?password=x`` -> ``?password=***``. Safe on any text (log lines, error messages)."""
+    text = _URL_USERINFO.sub(_mask_userinfo, text)
+    return _URL_SECRET_PARAM.sub(lambda m: f"{m['name']}***", text)
+
+
+def url_has_credentials(url: str) -> bool:
+    """Whether ``url`` carries a user, password or token (userinfo or query parameter)."""
+    return mask_url(url) != url
 
 
 def masked(settings: Any) -> dict[str, Any]:

@@ -160,7 +160,11 @@ async def _main(args: argparse.Namespace) -> int:
     tls = TlsSettings.from_args(args)
     configure_tracing("reverb-trigger", cluster_id=settings.cluster_id)
     log = get_logger(component="reverb-trigger", cluster=settings.cluster_id)
-    secrets = await open_component_secrets("reverb-trigger")
+    secrets = await open_component_secrets(
+        "reverb-trigger",
+        urls=[settings.nats_url, settings.redis_url, args.function_url or ""],
+        tls_enabled=tls.enabled,
+    )
     try:
         settings = replace(
             settings,
