@@ -11,9 +11,11 @@ with a pass-through response serialiser (``add_pulse_service``) and yields ``byt
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import hmac
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import grpc
@@ -37,6 +39,11 @@ from backbeat.v1 import pulse_service_pb2_grpc as pb_grpc
 SERVICE_NAME = "backbeat.v1.PulseService"
 #: Set on a forwarded SetTempo so that a confused replica never forwards in a loop.
 FORWARDED_HEADER = "x-backbeat-forwarded"
+#: The replica credential of a forwarded SetTempo (``t=<unix s>,v1=<hex>``, see
+#: ``replica_credential``); the caller's own token is never forwarded.
+REPLICA_AUTH_HEADER = "x-backbeat-replica-auth"
+#: How far a replica credential's time may be from the leader's clock (seconds).
+REPLICA_AUTH_MAX_AGE_S = 30
 MAX_REQUEST_ID = 128
 DEFAULT_PROGRESS_MS = 5000
 
@@ -71,17 +78,64 @@ def check_tempo_request(tempo_bpm: float, request_id: str) -> None:
         )
 
 
-class TempoForwarder:
-    """Sends a follower's SetTempo on to the leader, keeping the caller's credentials."""
+def _replica_mac(token: str, timestamp: int, leader_address: str, body: bytes) -> str:
+    message = f"backbeat-replica-forward\n{timestamp}\n{leader_address}\n".encode() + body
+    return hmac.new(token.encode(), message, hashlib.sha256).hexdigest()
 
-    def __init__(self, credentials: grpc.ChannelCredentials | None = None) -> None:
+
+def replica_credential(
+    token: str, leader_address: str, request: pb.SetTempoRequest, now_s: float
+) -> str:
+    """What a follower that checked its caller's token sends with the forwarded request: an
+    HMAC under the API token over the request and the leader's address. It proves the
+    follower holds the token without revealing it, and is worth nothing at any other address
+    (a forged leader record in Redis collects no token) or for any other request."""
+    timestamp = int(now_s)
+    body = request.SerializeToString(deterministic=True)
+    return f"t={timestamp},v1={_replica_mac(token, timestamp, leader_address, body)}"
+
+
+def replica_credential_valid(
+    token: str, own_address: str, request: pb.SetTempoRequest, credential: str, now_s: float
+) -> bool:
+    """Whether ``credential`` was made by a holder of ``token`` for this leader and request,
+    within ``REPLICA_AUTH_MAX_AGE_S`` of ``now_s``."""
+    fields = dict(part.partition("=")[::2] for part in credential.split(","))
+    stamp, mac = fields.get("t", ""), fields.get("v1", "")
+    if not token or not own_address or not stamp.isdigit() or len(stamp) > 12 or not mac:
+        return False
+    if abs(now_s - int(stamp)) > REPLICA_AUTH_MAX_AGE_S:
+        return False
+    body = request.SerializeToString(deterministic=True)
+    expected = _replica_mac(token, int(stamp), own_address, body)
+    return hmac.compare_digest(expected, mac)
+
+
+class TempoForwarder:
+    """Sends a follower's SetTempo on to the leader with a replica credential
+    (``replica_credential``), never with the caller's token: the leader's address comes from
+    Redis, and whoever can write Redis must not collect the API token."""
+
+    def __init__(
+        self,
+        credentials: grpc.ChannelCredentials | None = None,
+        token: Callable[[], str] | None = None,
+    ) -> None:
         self._channels: dict[str, grpc.aio.Channel] = {}
         #: TLS towards the leader when the replicas serve TLS (None: plain text).
         self.credentials = credentials
+        #: The API token the replica credential is made with ("" or None: auth is off).
+        self.token = token
 
     async def forward(
-        self, address: str, request: pb.SetTempoRequest, authorization: str, timeout_s: float
+        self,
+        address: str,
+        request: pb.SetTempoRequest,
+        caller_authorization: str = "",
+        timeout_s: float = 5.0,
     ) -> pb.SetTempoResponse:
+        """Forward ``request`` to the leader at ``address``. The caller must have checked the
+        caller's token; ``caller_authorization`` is not sent (kept for existing callers)."""
         channel = self._channels.get(address)
         if channel is None:
             # Instrumented: the forwarded call continues the caller's trace.
@@ -92,8 +146,10 @@ class TempoForwarder:
                 else grpc.aio.insecure_channel(address, interceptors=interceptors)
             )
         metadata = [(FORWARDED_HEADER, "1")]
-        if authorization:
-            metadata.append(("authorization", authorization))
+        token = self.token() if self.token is not None else ""
+        if token:
+            credential = replica_credential(token, address, request, time.time())
+            metadata.append((REPLICA_AUTH_HEADER, credential))
         stub = pb_grpc.PulseServiceStub(channel)
         response: pb.SetTempoResponse = await stub.SetTempo(
             request, metadata=metadata, timeout=timeout_s
@@ -141,7 +197,7 @@ class PulseServicer:
     def __init__(self, node: PulseNode, auth: BearerAuth) -> None:
         self.node = node
         self.auth = auth
-        self.forwarder = TempoForwarder()
+        self.forwarder = TempoForwarder(token=auth.current_token)
         self.encoded = EncodedEvents()
 
     async def StreamBeats(
@@ -203,9 +259,28 @@ class PulseServicer:
             hub.unsubscribe(sub)
             metrics.stream_subscribers.dec()
 
+    async def _require_caller_or_replica(
+        self, request: pb.SetTempoRequest, context: Context, metadata: Mapping[str, Any]
+    ) -> None:
+        """A forwarded call carries a replica credential instead of the caller's token."""
+        credential = metadata.get(REPLICA_AUTH_HEADER)
+        if not (metadata.get(FORWARDED_HEADER) and credential):
+            await self.auth.require(context)
+            return
+        if isinstance(credential, bytes):
+            credential = credential.decode(errors="replace")
+        token = self.auth.current_token()
+        if token and not replica_credential_valid(
+            token, self.node.advertise_address, request, str(credential), time.time()
+        ):
+            await abort_with_reason(
+                context, grpc.StatusCode.PERMISSION_DENIED, "PERMISSION_DENIED",
+                "the forwarded call's replica credential is not valid for this replica",
+            )  # fmt: skip
+
     async def SetTempo(self, request: pb.SetTempoRequest, context: Context) -> pb.SetTempoResponse:
-        await self.auth.require(context)
         metadata: Mapping[str, Any] = dict(context.invocation_metadata() or ())
+        await self._require_caller_or_replica(request, context, metadata)
         try:
             change = await apply_tempo(
                 self.node, request.tempo_bpm, request.request_id, request.ramp
@@ -240,12 +315,10 @@ class PulseServicer:
                 and address != self.node.advertise_address
                 and not metadata.get(FORWARDED_HEADER)
             ):
-                auth = metadata.get("authorization", "")
                 try:
                     return await self.forwarder.forward(
                         address,
                         request,
-                        auth.decode() if isinstance(auth, bytes) else str(auth),
                         timeout_s=max(0.5, (context.time_remaining() or 5.0) - 0.1),
                     )
                 except grpc.aio.AioRpcError as error:

@@ -84,6 +84,10 @@ class BearerAuth:
     def enabled(self) -> bool:
         return bool(self._token())
 
+    def current_token(self) -> str:
+        """The token calls must carry now ("" when none is configured)."""
+        return self._token() or ""
+
     async def require(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         """Abort with UNAUTHENTICATED / PERMISSION_DENIED unless the call carries the token."""
         expected = self._token()
