@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 NODE_STAMP := node_modules/.installed
 PYTEST_ARGS ?=
 
-.PHONY: help run status tempo windows reports test test-fast lint typecheck proto proto-check buf-lint buf-breaking bench infra-check lambda-package clean
+.PHONY: help run status tempo windows reports test test-fast chaos lint typecheck proto proto-check buf-lint buf-breaking bench infra-check lambda-package clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -45,6 +45,17 @@ test: lint  ## lint, type-check, the whole test suite, then the Terraform checks
 
 test-fast: $(STAMP)  ## only the fast unit tests
 	$(BIN)/pytest -m "not integration and not fault" $(PYTEST_ARGS)
+
+# Random nemesis schedules against the real system (tests/nemesis/chaos.py): DURATION seconds,
+# seeds from SEED (default: the time); failing runs' histories go to OUT/seed-<seed>/.
+# REPLAY=<seed> runs that one seed again; SCENARIO=<name> runs a scripted schedule instead.
+DURATION ?= 600
+FAULTS   ?= 6
+OUT      ?= chaos-runs
+chaos: $(STAMP)  ## random fault schedules for DURATION s (SEED=, REPLAY=, SCENARIO=, FAULTS=, OUT=)
+	$(BIN)/python -m tests.nemesis.chaos --duration $(DURATION) --faults $(FAULTS) --out $(OUT) \
+		$(if $(SEED),--seed $(SEED)) $(if $(REPLAY),--replay $(REPLAY)) \
+		$(if $(SCENARIO),--scenario $(SCENARIO))
 
 lint: $(STAMP) $(NODE_STAMP) proto-check buf-lint buf-breaking  ## ruff, mypy --strict, buf lint + breaking, generated code fresh
 	$(BIN)/ruff check .

@@ -1,0 +1,56 @@
+"""The deterministic nemesis schedules: each runs the real system (three ``backbeat pulse``
+replicas behind per-link proxies, three Redis masters, NATS with JetStream, the ingest and the
+trigger), injects its faults with a fixed seed, and checks the whole recorded history.
+
+A schedule that finds a violation the pulse does not handle yet is marked
+``xfail(strict=True)`` with the violation it finds: when the fix lands, the unexpected pass
+fails the suite until the marker is removed. The history of every run is kept in the test's
+temporary directory (``history.jsonl``) and its path printed on failure.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.nemesis.nemesis import run
+from tests.nemesis.scenarios import SCENARIOS
+
+pytestmark = [pytest.mark.integration, pytest.mark.fault, pytest.mark.timeout(300)]
+
+SEED = 12
+
+
+def _xfail(reason: str) -> pytest.MarkDecorator:
+    return pytest.mark.xfail(strict=True, reason=reason)
+
+
+# scenario name → marks (the known violations each one finds today)
+SCHEDULES: dict[str, list[pytest.MarkDecorator]] = {
+    "all_masters_empty_with_leader_kill": [],
+    "two_masters_empty_third_slow": [],
+    "leader_killed_mid_ramp": [],
+    "refused_change_comes_back": [],
+    "quorum_lost_during_ramp": [],
+    "majority_empty_then_handoff": [],
+    "cut_off_leader_keeps_beating": [],
+    "nats_down_past_catch_up_horizon": [],
+    "term_on_two_masters_one_restarts_empty": [],
+    "paused_leader_and_paused_master": [],
+    "clock_jumps_and_slow_links": [],
+}
+
+
+@pytest.mark.parametrize(
+    "name", [pytest.param(name, marks=marks, id=name) for name, marks in SCHEDULES.items()]
+)
+async def test_schedule(name: str, tmp_path: Path) -> None:
+    outcome = await run(SCENARIOS[name], SEED, tmp_path)
+    if outcome.skipped:
+        pytest.skip(f"{name} needs libfaketime: {outcome.skipped}")
+    assert sum(outcome.faults.values()) > 0, "the schedule injected no fault"
+    assert outcome.result.checked["frames"] > 0
+    assert outcome.result.ok, (
+        f"{name} (seed {SEED}): history in {outcome.history_path}\n{outcome.result.summary()}"
+    )
