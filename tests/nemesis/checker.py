@@ -29,7 +29,8 @@
   for windows old enough at the end), exactly one (``report_duplicated``); a ``window_id``
   never names two different bars, i.e. downbeats at two different times
   (``window_id_reused``).
-* **Liveness** after healing: every consumer receives frames again (``consumer_stalled``).
+* **Liveness** after healing: every raw and filtering consumer receives frames again
+  (``consumer_stalled``).
 
 What cannot be decided from the history (a change whose beat was never observed, a ramp
 without enough healthy time after it) is counted as *unverified*, never as passed or failed.
@@ -445,22 +446,37 @@ def _check_tempo_step(prev: Beat, cur: Beat, downbeats: Sequence[int], result: C
 
 
 def _elapsed_bounds(prev: Beat, cur: Beat, downbeats: Sequence[int]) -> tuple[float, float]:
-    """Least and most time from ``prev`` to ``cur`` any legal tempo path allows."""
+    """Least and most time from ``prev`` to ``cur`` any legal tempo path allows.
+
+    With downbeats d1 < … < dk between them, the beats before d1 run at ``prev``'s tempo and
+    those from dk on at ``cur``'s; the bar from d_m to d_m+1 runs at a tempo that is m legal
+    steps from ``prev``'s and k − m steps from ``cur``'s (each step ±10 %, within the bounds).
+    """
     steps = cur.index - prev.index
     if not downbeats or (prev.revision == cur.revision and _same_tempo(prev.tempo, cur.tempo)):
         exact = steps * NS_PER_MIN / prev.tempo
         return exact, exact
-    first, last = downbeats[0], downbeats[-1]
-    head = (first - prev.index) * NS_PER_MIN / prev.tempo  # before the first change: prev's tempo
-    tail = (cur.index - last) * NS_PER_MIN / cur.tempo  # after the last change: cur's tempo
-    middle_beats = last - first
     k = len(downbeats)
-    fastest = min(TEMPO_BOUNDS[1], max(prev.tempo, cur.tempo) * (1 + MAX_STEP) ** k)
-    slowest = max(TEMPO_BOUNDS[0], min(prev.tempo, cur.tempo) * (1 - MAX_STEP) ** k)
-    return (
-        head + tail + middle_beats * NS_PER_MIN / fastest,
-        head + tail + middle_beats * NS_PER_MIN / slowest,
-    )
+    fixed = (downbeats[0] - prev.index) * NS_PER_MIN / prev.tempo
+    fixed += (cur.index - downbeats[-1]) * NS_PER_MIN / cur.tempo
+    low = high = fixed
+    for m in range(1, k):
+        beats = downbeats[m] - downbeats[m - 1]
+        slowest = max(
+            TEMPO_BOUNDS[0],
+            prev.tempo * (1 - MAX_STEP) ** m,
+            cur.tempo / (1 + MAX_STEP) ** (k - m),
+        )
+        fastest = min(
+            TEMPO_BOUNDS[1],
+            prev.tempo * (1 + MAX_STEP) ** m,
+            cur.tempo / (1 - MAX_STEP) ** (k - m),
+        )
+        if slowest > fastest * (1 + STEP_EPSILON):
+            return math.inf, -math.inf  # no legal path at all (the tempo check says why)
+        low += beats * NS_PER_MIN / fastest
+        high += beats * NS_PER_MIN / slowest
+    return low, high
 
 
 def announced_timelines(history: Iterable[Event]) -> list[Announced]:
@@ -782,7 +798,9 @@ def check_liveness(
     if healed is None or end is None or end - healed < 2 * window_ns:
         result.unverified["liveness_without_healthy_tail"] += 1
         return
-    for name in consumers:
+    for name, kind in consumers.items():
+        if kind == SDK:
+            continue  # an agent delivers beats from its own timeline whether frames come or not
         recent = [
             f
             for f in by_consumer.get(name, ())

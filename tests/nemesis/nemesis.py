@@ -175,10 +175,11 @@ class Nemesis:
         self.record("link_delay", f"L{i + 1}-M{j + 1}", seconds=seconds)
         self.cluster.links[i][j].delay(seconds)
 
-    def restore_links(self) -> None:
+    def restore_links(self, *, reset: bool = False) -> None:
+        """Heal every link; ``reset`` drops the connections (and bytes) the cut held."""
         for row in self.cluster.links:
             for link in row:
-                link.restore()
+                link.restore(reset=reset)
 
     # -- NATS and clocks --------------------------------------------------------------------
 

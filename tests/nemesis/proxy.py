@@ -2,8 +2,9 @@
 
 ``cut()`` partitions the link the way a network partition does: nothing is refused or reset,
 bytes simply stop flowing in both directions (new connections are accepted and then hang), so
-the clients' own timeouts decide what happens. ``restore()`` lets the held bytes through again;
-connections whose client gave up meanwhile are closed on both sides. ``delay(s)`` holds every
+the clients' own timeouts decide what happens. ``restore()`` lets the held bytes through again
+(a short partition: TCP delivers them late, even those a client sent before giving up);
+``restore(reset=True)`` closes the held connections instead (TCP gave up). ``delay(s)`` holds every
 chunk for ``s`` seconds in each direction, keeping its order.
 """
 
@@ -47,8 +48,13 @@ class LinkProxy:
     def cut(self) -> None:
         self._open.clear()
 
-    def restore(self) -> None:
+    def restore(self, *, reset: bool = False) -> None:
+        """Let bytes flow again. With ``reset`` the connections that lived through the cut are
+        closed first and what they held is dropped — a partition long enough for TCP to give
+        up; without it the held bytes are delivered late, as after a short partition."""
         self.delay_s = 0.0
+        if reset and self.is_cut:
+            self.drop_connections()
         self._open.set()
 
     def delay(self, seconds: float) -> None:

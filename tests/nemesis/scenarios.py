@@ -94,18 +94,23 @@ async def refused_change_comes_back(n: Nemesis) -> None:
 @scenario(tempo_traffic=False, settle_s=10.0)
 async def quorum_lost_during_ramp(n: Nemesis) -> None:
     """A ramp 240 → 300 BPM (three steps) is under way when every replica loses two of the
-    three masters for 4 s; when they return, the degraded leader is paused and another
-    replica takes over."""
+    three masters for 4 s; when they return M1 goes, and while the degraded leader is paused
+    another replica takes over on M2 + M3."""
     await n.sleep(2)
     leader = await n.leader_or_any()
     await n.set_tempo(leader, 300.0, ramp=True)
     await n.sleep(1.2)
     n.partition(n.cluster.replicas, [0])
     await n.sleep(4)
-    # The quorum returns while the degraded leader is paused: another replica wins it.
-    n.restore_links()
+    # M2 and M3 return (M1, the one master the degraded leader still wrote to, goes) while
+    # the degraded leader is paused: another replica wins on the majority it never reached
+    # (the connections that held its writes to M2 and M3 were reset).
+    n.restore_links(reset=True)
+    n.partition(n.cluster.replicas, [1, 2])
     await n.pause(leader, PAUSE_PAST_LEASE)
-    await n.sleep(3)
+    await n.sleep(2)
+    n.restore_links()
+    await n.sleep(2)
 
 
 @scenario()
@@ -134,20 +139,25 @@ async def cut_off_leader_keeps_beating(n: Nemesis) -> None:
 @scenario(catch_up_beats=8)
 async def nats_down_past_catch_up_horizon(n: Nemesis) -> None:
     """NATS is down for 6 s (24 beats, 3× the trigger's 8-beat catch-up horizon) while the
-    leader is killed; claims keep arriving over gRPC."""
+    leader and then its successor are killed; claims keep arriving over gRPC."""
     await n.sleep(3)
     leader = await n.leader_or_any()
     await n.nats_stop()
     await n.kill(leader)
-    await n.sleep(6)
+    await n.sleep(3)
+    # Its successor dies too before NATS returns: the downbeats both buffered are gone.
+    await n.kill(await n.leader_or_any())
+    await n.sleep(3)
     await n.nats_start()
     await n.sleep(2)
 
 
-@scenario(faked_clocks=(2,), clock_offset="-3s")
+@scenario(faked_clocks=(2,), clock_offset="-10s", tempo_traffic=False)
 async def term_on_two_masters_one_restarts_empty(n: Nemesis) -> None:
-    """A term reaches exactly two masters (M1 cut off), one of them restarts empty, and the
-    next leader (pulse-3, its clock 3 s behind) reads the other majority."""
+    """A term and an acknowledged tempo change reach exactly two masters (M1 cut off), one of
+    them (M2) restarts empty, and the next leader — pulse-3, whose clock is 10 s behind so the
+    wall-clock floor of the term cannot help — is elected on {M1, M2}: both must still be on a
+    majority."""
     await n.sleep(3)
     slow = n.cluster.replicas[2]
     leader = await n.leader_or_any()
@@ -159,15 +169,23 @@ async def term_on_two_masters_one_restarts_empty(n: Nemesis) -> None:
     slow.pause()
     n.cluster.paused.add(slow.index)
     await n.kill(leader)
-    await n.sleep(2.5)  # the third replica wins on M2 + M3
+    await n.sleep(2.5)  # the remaining fast replica wins on M2 + M3
+    second = await n.leader_or_any()
     slow.resume()
     n.cluster.paused.discard(slow.index)
+    await n.set_tempo(second, 252.0, ramp=False)  # acknowledged: stored on M2 + M3 only
     await n.masters_restart_empty([1])
-    second = await n.leader_or_any()
     n.restore_links()
+    n.cut_links([(i, 2) for i in range(3)])
     if second is not slow:
         await n.kill(second)
     await n.sleep(5)
+    n.restore_links()
+    await n.sleep(2)
+    # Its beats come 10 s late: hand over to a replica with a true clock before the end.
+    if await n.leader(5.0) is slow:
+        await n.restart_dead()
+        await n.sigterm(slow)
 
 
 @scenario()
@@ -257,7 +275,7 @@ async def _partition(n: Nemesis) -> None:
     masters = n.rng.sample(range(3), n.rng.choice((1, 2)))
     n.partition(replicas, masters)
     await n.sleep(n.rng.uniform(2.0, 5.0))
-    n.restore_links()
+    n.restore_links(reset=n.rng.random() < 0.5)
 
 
 async def _slow_link(n: Nemesis) -> None:

@@ -238,7 +238,7 @@ def test_a_clean_history_passes() -> None:
     assert result.checked["acknowledged_calls"] == 2
     assert result.checked["ramps_completed"] == 1
     assert result.checked["windows_with_claims"] > 10
-    assert result.checked["consumers_live"] == 3
+    assert result.checked["consumers_live"] == 2
 
 
 def test_missed_beats_around_tempo_changes_raise_no_false_alarm() -> None:

@@ -28,14 +28,41 @@ def _xfail(reason: str) -> pytest.MarkDecorator:
 
 # scenario name → marks (the known violations each one finds today)
 SCHEDULES: dict[str, list[pytest.MarkDecorator]] = {
-    "all_masters_empty_with_leader_kill": [],
-    "two_masters_empty_third_slow": [],
-    "leader_killed_mid_ramp": [],
-    "refused_change_comes_back": [],
-    "quorum_lost_during_ramp": [],
-    "majority_empty_then_handoff": [],
+    "all_masters_empty_with_leader_kill": [
+        _xfail(
+            "beat_regressed, grid_conflict, window_id_reused: the next leader starts a new grid "
+            "at beat 0 under a higher term (issue scenarios 1 and 5)"
+        )
+    ],
+    "two_masters_empty_third_slow": [
+        _xfail(
+            "beat_regressed, grid_conflict, window_id_reused: two masters back empty and the "
+            "third paused — the next leader starts a new grid at beat 0"
+        )
+    ],
+    "leader_killed_mid_ramp": [
+        _xfail("ramp_stalled: the new leader never schedules the ramp's next step (290.4 of 300)")
+    ],
+    "refused_change_comes_back": [
+        _xfail(
+            "refused_tempo_applied, grid_gap_wrong: a SetTempo refused with NO_QUORUM (stored on "
+            "M1 only) is adopted by a later leader elected on {M1, M2}"
+        )
+    ],
+    "quorum_lost_during_ramp": [
+        _xfail(
+            "grid_gap_wrong, tempo_change_unexplained, ramp_stalled: the winner continues from "
+            "the last committed ramp step (264), not the degraded leader's (300), so the grid "
+            "jumps, the tempo drops and the ramp stops"
+        )
+    ],
     "cut_off_leader_keeps_beating": [],
-    "nats_down_past_catch_up_horizon": [],
+    "nats_down_past_catch_up_horizon": [
+        _xfail(
+            "window_unreported: windows with accepted claims older than the 8-beat catch-up "
+            "horizon are never reported"
+        )
+    ],
     "term_on_two_masters_one_restarts_empty": [],
     "paused_leader_and_paused_master": [],
     "clock_jumps_and_slow_links": [],
