@@ -15,6 +15,9 @@ from hypothesis import HealthCheck, settings
 from backbeat.embedded import NatsServer, RedisServer
 from backbeat.service.nats_permissions import ANY_CLUSTER, NatsRole, NatsUser, role_users
 
+# A test that runs into its timeout first prints every thread's and every asyncio task's stack.
+pytest_plugins = ["tests.hang_report"]
+
 # Property tests check behaviour, not speed: no per-example deadline (a loaded CI machine or
 # tracemalloc would otherwise fail them); a failing example is printed for reproduction.
 settings.register_profile(
