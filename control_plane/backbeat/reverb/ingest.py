@@ -58,6 +58,7 @@ from backbeat.reverb.store import (
     valid_traceparent,
 )
 from backbeat.reverb.timeline_follower import TimelineFollower
+from backbeat.service.lifecycle import stop_task
 from backbeat.service.logs import get_logger
 from backbeat.service.nats_connect import DEFAULT_CONNECT_TIMEOUT_S, connect_nats
 from backbeat.service.slo import ROLLUP
@@ -281,13 +282,8 @@ class ClaimIngest:
                 lost = self.buffered
                 self._log.error("buffer not drained at shutdown: Redis unreachable", lost=lost)
                 self.metrics.dropped.labels("shutdown").inc(lost)
-                self._flusher.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self._flusher
-        if self._gauges is not None:
-            self._gauges.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._gauges
+                await stop_task(self._flusher)
+        await stop_task(self._gauges)
         stranded = [item for sent in self._in_flight for item in sent.items]
         for item in [*stranded, *self._buffer]:
             future = item[4]

@@ -142,3 +142,40 @@ def report_unreachable(exc: NatsUnreachable, component: str) -> int:
         f"{exc}; exiting", url=exc.url, connect_timeout_s=exc.timeout_s
     )
     return EXIT_UNREACHABLE
+
+
+#: A JetStream fetch still unanswered this long after its own timeout is given up.
+FETCH_GRACE_S: Final = 5.0
+
+
+async def fetch(sub: Any, batch: int, timeout_s: float) -> list[Any]:
+    """``sub.fetch(batch, timeout=timeout_s)`` on a JetStream pull subscription, made safe to
+    cancel and bounded in time.
+
+    nats-py waits for each message in a task of its own (``Subscription.next_msg``), through
+    ``asyncio.wait_for``. On CPython 3.11, ``wait_for`` drops a cancellation that arrives in
+    the same event-loop iteration as the message and returns the message; as cancelling a task
+    that awaits another task only cancels that other task, the caller's cancellation is lost
+    and a loop that stops by being cancelled fetches on for ever. Here the fetch runs in a task
+    of its own that the caller does not await directly: the caller's cancellation reaches the
+    caller at once and the fetch is cancelled. A message the cancelled fetch had already taken
+    is not acknowledged, so JetStream delivers it again after the consumer's ack wait.
+    A fetch that has not answered ``FETCH_GRACE_S`` after its own timeout raises
+    :class:`TimeoutError`.
+    """
+    fetching = asyncio.ensure_future(sub.fetch(batch, timeout=timeout_s))
+    try:
+        done, _ = await asyncio.wait({fetching}, timeout=timeout_s + FETCH_GRACE_S)
+    except asyncio.CancelledError:
+        _abandon(fetching)
+        raise
+    if not done:
+        _abandon(fetching)
+        raise TimeoutError(f"JetStream fetch unanswered after {timeout_s + FETCH_GRACE_S:g} s")
+    return list(fetching.result())
+
+
+def _abandon(fetching: asyncio.Future[Any]) -> None:
+    fetching.cancel()
+    # Its outcome no longer matters, but is read so that a failure is not reported as lost.
+    fetching.add_done_callback(lambda done: done.cancelled() or done.exception())

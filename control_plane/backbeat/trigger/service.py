@@ -32,8 +32,9 @@ from backbeat.core.kpi import FailedWindow
 from backbeat.core.messages import BeatFrame, CodecError, load_object
 from backbeat.core.timeline import NS_PER_MIN
 from backbeat.reverb.store import WindowStore
+from backbeat.service.lifecycle import stop_task
 from backbeat.service.logs import get_logger
-from backbeat.service.nats_connect import DEFAULT_CONNECT_TIMEOUT_S, connect_nats
+from backbeat.service.nats_connect import DEFAULT_CONNECT_TIMEOUT_S, connect_nats, fetch
 from backbeat.service.slo import ROLLUP, SloTracker
 from backbeat.service.tracing import extract_context, inject_headers, tracer
 from backbeat.trigger.invokers import InProcessInvoker, InvokeError, Invoker
@@ -209,10 +210,7 @@ class ReverbTrigger:
             return
         self.status = TriggerStatus.STOPPING
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await stop_task(task)
         if self._invoker is not None:
             await self._invoker.close()
         if self._own_nats and self._nc is not None:
@@ -238,7 +236,7 @@ class ReverbTrigger:
     async def _run(self, sub: Any) -> None:
         while True:
             try:
-                msgs = await sub.fetch(1, timeout=1.0)
+                msgs = await fetch(sub, 1, 1.0)
             except (FetchTimeoutError, TimeoutError):
                 continue
             except nats.errors.ConnectionClosedError:
