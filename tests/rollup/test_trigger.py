@@ -160,12 +160,12 @@ class FlakyInvoker(InProcessInvoker):
         self.failures = failures
         self.calls: dict[str, int] = {}
 
-    async def invoke(self, event: RollupEvent) -> None:
+    async def invoke(self, event: RollupEvent) -> bool:
         self.calls[event.window_id] = self.calls.get(event.window_id, 0) + 1
         if self.failures.get(event.window_id, 0) > 0:
             self.failures[event.window_id] -= 1
             raise InvokeError("function unavailable (injected)")
-        await super().invoke(event)
+        return await super().invoke(event)
 
 
 async def test_failing_invocations_are_retried_then_dead_lettered_into_the_next_report(

@@ -165,6 +165,27 @@ class _Sent:
 _YIELD_EVERY: Final = 256
 
 
+#: Windows whose report the ingest remembers having counted (a republish comes soon after).
+_REPORTED_WINDOWS_KEPT: Final = 4096
+
+
+class RecentIds:
+    """The last ``capacity`` distinct ids seen, oldest forgotten first."""
+
+    def __init__(self, capacity: int) -> None:
+        self._capacity = capacity
+        self._ids: dict[str, None] = {}
+
+    def add(self, item: str) -> bool:
+        """Remember ``item``: whether it is new."""
+        if item in self._ids:
+            return False
+        self._ids[item] = None
+        if len(self._ids) > self._capacity:
+            del self._ids[next(iter(self._ids))]
+        return True
+
+
 class NotReadyError(RuntimeError):
     """The ingest cannot take claims yet (no timeline) or any more (closing)."""
 
@@ -219,6 +240,7 @@ class ClaimIngest:
         # a plain int, the counter catches up before each batch (so received >= processed).
         self._nats_arrivals = 0
         self._since_yield = 0
+        self._reported_windows = RecentIds(_REPORTED_WINDOWS_KEPT)
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -362,10 +384,14 @@ class ClaimIngest:
         except (CodecError, ValueError):
             return
         m = self.metrics
-        m.windows_completed.inc()
         m.on_time_reviews.set(report.on_time_reviews)
         m.report_agents.set(report.agents_reporting)
         m.secret_rotations_ok.set(1 if report.secret_rotations_ok else 0)
+        # A report published again (a function retry JetStream de-duplicates still reaches
+        # core subscribers) is the same window: counted and timed once.
+        if not self._reported_windows.add(report.window_id):
+            return
+        m.windows_completed.inc()
         timeline = self.follower.timeline
         if timeline is not None and report.published_ns is not None:
             downbeat_ns = timeline.beat_time_ns(report.to_beat + 1)

@@ -15,7 +15,7 @@ import aiohttp
 import nats.aio.client
 from redis.asyncio import Redis
 
-from reverb_rollup import CLOUDEVENT_TYPE, InProcessRollup, RollupEvent, RollupSettings
+from reverb_rollup import CLOUDEVENT_TYPE, InProcessRollup, Outcome, RollupEvent, RollupSettings
 from reverb_rollup.invocation_auth import SIGNATURE_HEADER, sign_invocation
 
 #: The current invocation key (the ``rollup_invoke_key`` secret, rotated without a restart).
@@ -29,7 +29,10 @@ class InvokeError(RuntimeError):
 class Invoker(Protocol):
     name: str
 
-    async def invoke(self, event: RollupEvent) -> None: ...
+    async def invoke(self, event: RollupEvent) -> bool | None:
+        """Have the window reported: True when this call published its report, False when
+        the window had its report already, None when the function does not say."""
+        ...
 
     async def close(self) -> None: ...
 
@@ -51,11 +54,12 @@ class InProcessInvoker:
             cluster_id, redis=redis, nats_client=nats_client, settings=settings
         )
 
-    async def invoke(self, event: RollupEvent) -> None:
+    async def invoke(self, event: RollupEvent) -> bool:
         try:
-            await self._fn.invoke(event)
+            result = await self._fn.invoke(event)
         except Exception as exc:  # any failure is retried by the trigger
             raise InvokeError(f"{type(exc).__name__}: {exc}") from exc
+        return result.outcome is Outcome.PUBLISHED
 
     async def close(self) -> None:
         await self._fn.close()

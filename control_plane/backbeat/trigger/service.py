@@ -78,6 +78,14 @@ class TriggerSettings:
         return min(delay_ms, self.backoff_max_ms) / 1000.0
 
 
+class Attempt(StrEnum):
+    """What one invocation of the function did for a window."""
+
+    REPORTED = "reported"  # it published the window's report
+    ALREADY_REPORTED = "already_reported"  # the window had its report already
+    FAILED = "failed"
+
+
 class TriggerStatus(StrEnum):
     NEW = "new"
     RUNNING = "running"
@@ -310,11 +318,15 @@ class ReverbTrigger:
         wait_s = (downbeat_ns + s.grace_ms * 1e6 - time.time_ns()) / 1e9
         if wait_s > 0:
             await asyncio.sleep(wait_s)
-        if await self._roll_up(event):
-            latency_s = max(time.time_ns() - downbeat_ns, 0) / 1e9
-            self.metrics.processing.observe(latency_s)
-            self.metrics.slo.observe(ROLLUP.slo, latency_s * 1e9 / beat_ns)
-            log.debug("window reported", latency_ms=round(latency_s * 1e3, 3))
+        attempt = await self._roll_up(event)
+        if attempt is not Attempt.FAILED:
+            # A window reported before (a duplicate downbeat, another replica) is not timed
+            # again: the histogram, like the counter, has one sample per window.
+            if attempt is Attempt.REPORTED:
+                latency_s = max(time.time_ns() - downbeat_ns, 0) / 1e9
+                self.metrics.processing.observe(latency_s)
+                self.metrics.slo.observe(ROLLUP.slo, latency_s * 1e9 / beat_ns)
+                log.debug("window reported", latency_ms=round(latency_s * 1e3, 3))
             await msg.ack()
         else:
             assert self._records is not None
@@ -327,7 +339,7 @@ class ReverbTrigger:
                 return
         await self._catch_up(event.from_beat)
 
-    async def _roll_up(self, event: RollupEvent) -> bool:
+    async def _roll_up(self, event: RollupEvent) -> Attempt:
         # The invocation is a client span; the event carries its context to the function, so
         # the rollup (any runtime) is its child.
         with _tracer.start_as_current_span(
@@ -346,15 +358,17 @@ class ReverbTrigger:
                     tracestate=context.get("tracestate", ""),
                 )
             try:
-                await self.invoker.invoke(event)
+                published = await self.invoker.invoke(event)
             except InvokeError as exc:
                 span.set_status(trace.Status(trace.StatusCode.ERROR, str(exc)[:200]))
                 self.metrics.failures.inc()
                 self._last_error = str(exc)
                 self._log.warning("rollup failed", window_id=event.window_id, error=str(exc))
-                return False
+                return Attempt.FAILED
+        if published is False:
+            return Attempt.ALREADY_REPORTED
         self.metrics.completed.inc()
-        return True
+        return Attempt.REPORTED
 
     async def _dead_letter(self, event: RollupEvent, attempts: int) -> None:
         assert self._records is not None
@@ -382,9 +396,11 @@ class ReverbTrigger:
             if await self._records.is_dead_lettered(window_id):
                 continue
             event = RollupEvent(s.cluster_id, window_id, from_beat, to_beat, to_beat + 1)
-            if await self._roll_up(event):
+            attempt = await self._roll_up(event)
+            if attempt is Attempt.REPORTED:
                 self.metrics.caught_up.inc()
                 self._log.info("missed window rolled up", window_id=window_id)
+            if attempt is not Attempt.FAILED:
                 continue
             attempts = await self._records.count_failure(window_id)
             if attempts >= s.max_attempts:
