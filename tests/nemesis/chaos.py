@@ -122,9 +122,13 @@ async def one_run(args: argparse.Namespace, seed: int, totals: Totals) -> RunOut
     workdir = Path(tempfile.mkdtemp(prefix=f"backbeat-chaos-{seed}-"))
     try:
         outcome = await run(scenario, seed, workdir)
-    except SetupError as exc:
+    except (SetupError, OSError, RuntimeError, TimeoutError) as exc:
+        # The cluster did not come up or the harness broke: no verdict on the system; the
+        # logs stay for a look and the next seed runs.
         totals.setup_failures += 1
-        print(f"seed {seed}: setup failed ({exc}); logs in {workdir}", flush=True)
+        print(
+            f"seed {seed}: no verdict ({type(exc).__name__}: {exc}); logs in {workdir}", flush=True
+        )
         return None
     try:
         if outcome.skipped:

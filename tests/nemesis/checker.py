@@ -29,6 +29,10 @@
   for windows old enough at the end), exactly one (``report_duplicated``); a ``window_id``
   never names two different bars, i.e. downbeats at two different times
   (``window_id_reused``).
+* **The ingest follows the same rule.** A claim for the current beat — one at most 2 beats
+  past the newest frame a raw subscriber had accepted under the rule before the claim was
+  sent — is not rejected ``in_future``, nor ``too_old`` when within 60 beats of it: the
+  ingest's idea of the current beat is the documented rule's (``claim_misjudged``).
 * **Liveness** after healing: every raw and filtering consumer receives frames again
   (``consumer_stalled``).
 
@@ -38,6 +42,7 @@ without enough healthy time after it) is counted as *unverified*, never as passe
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import math
 from collections import Counter, defaultdict
@@ -78,6 +83,7 @@ WINDOW_UNREPORTED: Final = "window_unreported"
 REPORT_DUPLICATED: Final = "report_duplicated"
 WINDOW_ID_REUSED: Final = "window_id_reused"
 CONSUMER_STALLED: Final = "consumer_stalled"
+CLAIM_MISJUDGED: Final = "claim_misjudged"
 
 ALL_KINDS: Final = (
     BEAT_REGRESSED,
@@ -218,6 +224,9 @@ def check_history(events: Iterable[Event]) -> CheckResult:
     check_acknowledged(beats, bar_length, calls, result)
     check_ramps(beats, bar_length, calls, _healed_ns(history), result)
     check_reports(history, meta, result)
+    raw = [name for name, kind in consumers.items() if kind == RAW]
+    if raw:
+        check_claim_judgement(history, by_consumer.get(raw[0], ()), result)
     check_liveness(history, by_consumer, consumers, meta, result)
     return result
 
@@ -779,6 +788,52 @@ def check_window_id_frames(frames: Iterable[Event], result: CheckResult) -> None
                 window_id=frame["window_id"],
                 first=dict(known),
                 second=dict(frame),
+            )
+
+
+# -- the ingest's idea of the current beat ----------------------------------------------------
+
+#: Frames a raw subscriber accepted this long before a claim was sent are known to the ingest.
+INGEST_LAG_NS: Final = 100_000_000
+IN_FUTURE_BEATS: Final = 2
+TOO_OLD_MARGIN_BEATS: Final = 60
+
+
+def accepted_frames(frames: Sequence[Event]) -> list[Event]:
+    """What the documented rule keeps of a raw subscriber's frames, in arrival order."""
+    accepted: list[Event] = []
+    for frame in frames:
+        if not accepted or (
+            frame["term"] >= accepted[-1]["term"] and frame["beat"] > accepted[-1]["beat"]
+        ):
+            accepted.append(frame)
+    return accepted
+
+
+def check_claim_judgement(
+    history: Sequence[Event], raw_frames: Sequence[Event], result: CheckResult
+) -> None:
+    accepted = accepted_frames(raw_frames)
+    times = [f["wall_ns"] for f in accepted]
+    for claim in history:
+        if claim["type"] != "claim" or claim.get("reason") not in ("in_future", "too_old"):
+            continue
+        sent = int(claim.get("sent_ns", claim["wall_ns"])) - INGEST_LAG_NS
+        known = bisect.bisect_right(times, sent)
+        if known == 0:
+            continue
+        newest = accepted[known - 1]["beat"]
+        result.checked["claims_judged"] += 1
+        wrong = (claim["reason"] == "in_future" and claim["beat"] <= newest + IN_FUTURE_BEATS) or (
+            claim["reason"] == "too_old" and claim["beat"] >= newest - TOO_OLD_MARGIN_BEATS
+        )
+        if wrong:
+            result.add(
+                CLAIM_MISJUDGED,
+                f"a claim for beat {claim['beat']} was rejected {claim['reason']}; beat {newest} "
+                "had been accepted under the ordering rule before it was sent",
+                claim=dict(claim),
+                newest_accepted=dict(accepted[known - 1]),
             )
 
 

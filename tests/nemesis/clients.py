@@ -424,7 +424,12 @@ class ClaimClient(Loop):
             hlc=str(self.hlc.now()),
             cluster_id=self.cluster_id,
         )
-        fields: dict[str, Any] = {"agent": claim.agent_id, "task": claim.task_id, "beat": beat}
+        fields: dict[str, Any] = {
+            "agent": claim.agent_id,
+            "task": claim.task_id,
+            "beat": beat,
+            "sent_ns": time.time_ns(),
+        }
         try:
             response = await asyncio.wait_for(self._submit(stub, claim), CALL_TIMEOUT_S)
             outcome = response.outcomes[0]

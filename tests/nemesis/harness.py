@@ -106,7 +106,10 @@ class PulseReplica(ComponentProcess):
             args += ["--redis", url]
         env = {"BACKBEAT_API_TOKEN": "", "LOG_LEVEL": settings.log_level}
         self.clock_file: Path | None = None
+        #: The current FAKETIME offset in seconds (what the clock file says).
+        self.clock_offset_s = 0.0
         if index in settings.faked_clocks:
+            self.clock_offset_s = float(settings.clock_offset.rstrip("s"))
             self.clock_file = log_dir / f"clock-{self.node_id}"
             self.clock_file.write_text(settings.clock_offset + "\n")
             env.update(
@@ -138,6 +141,7 @@ class PulseReplica(ComponentProcess):
         if self.clock_file is None:
             raise RuntimeError(f"{self.node_id} does not run under libfaketime")
         self.clock_file.write_text(offset + "\n")
+        self.clock_offset_s = float(offset.rstrip("s"))
 
 
 @dataclass

@@ -346,6 +346,27 @@ def test_a_jump_across_a_failover_at_a_ramp_is_caught() -> None:
     assert checker.GRID_GAP_WRONG in result.kinds(), result.summary()
 
 
+def test_a_grid_jump_that_only_a_double_step_could_explain_is_caught() -> None:
+    # After the ramp (290 BPM from beat 36) beats 41–47 are lost and the grid comes back late:
+    # 40 → 48 spans the downbeats 44 and 48. Each step is ±10 %, so the bar 44–47 runs at
+    # 261–319 BPM (capped at 300): a gap of ≥ 0.98 s here means two illegal steps.
+    events = history(missing=lambda beat: 41 <= beat <= 47)
+    result = check_history(_shifted(events, 48, 180_000_000))
+    assert checker.GRID_GAP_WRONG in result.kinds(), result.summary()
+
+
+def test_a_gap_a_legal_tempo_path_explains_passes() -> None:
+    # The same gap with a legal detour (one bar at 270 BPM, then back to 290) is fine.
+    changes = (*CLEAN_CHANGES, (44, 270.0), (48, 290.0))
+    calls = [
+        *history_calls(CLEAN_CHANGES),
+        _call("a", "step", 270.0, "unknown", at_beat=42),
+        _call("b", "step", 290.0, "unknown", at_beat=46),
+    ]
+    result = check_history(history(changes, calls, missing=lambda beat: 41 <= beat <= 47))
+    assert result.ok, result.summary()
+
+
 def test_a_frame_off_its_announced_timeline_is_caught() -> None:
     result = check_history(_shifted(history(), 40, 50_000_000))
     assert checker.FRAME_OFF_TIMELINE in result.kinds(), result.summary()
@@ -458,6 +479,25 @@ def test_a_stream_that_starves_is_caught() -> None:
     ]
     result = check_history(events)
     assert result.kinds() == {checker.CONSUMER_STALLED}, result.summary()
+
+
+def test_a_claim_for_the_current_beat_rejected_in_future_is_caught() -> None:
+    # The ingest followed a regressed grid (it ordered frames another way): the claim for
+    # beat 60, sent right after frame 60, was "in the future" for it.
+    events = history()
+    claim = next(e for e in events if e["type"] == "claim" and e["beat"] == 60)
+    misjudged = {**claim, "outcome": "rejected", "reason": "in_future", "window_id": "",
+                 "sent_ns": claim["wall_ns"] + 150_000_000}  # fmt: skip
+    result = check_history([misjudged if e is claim else e for e in events])
+    assert result.kinds() == {checker.CLAIM_MISJUDGED}, result.summary()
+
+
+def test_a_claim_far_ahead_of_the_frames_may_be_rejected_in_future() -> None:
+    events = history()
+    claim = next(e for e in events if e["type"] == "claim" and e["beat"] == 60)
+    ahead = {**claim, "beat": 70, "outcome": "rejected", "reason": "in_future", "window_id": ""}
+    result = check_history([ahead if e is claim else e for e in events])
+    assert result.ok, result.summary()
 
 
 @pytest.mark.parametrize("kind", checker.ALL_KINDS)

@@ -6,6 +6,10 @@ A schedule that finds a violation the pulse does not handle yet is marked
 ``xfail(strict=True)`` with the violation it finds: when the fix lands, the unexpected pass
 fails the suite until the marker is removed. The history of every run is kept in the test's
 temporary directory (``history.jsonl``) and its path printed on failure.
+
+``term_on_two_masters_one_restarts_empty`` is not here: whether its next leader takes a lower
+term depends on whether it saw its predecessor's term on NATS while it was paused, so it runs
+with ``make chaos SCENARIO=…`` only.
 """
 
 from __future__ import annotations
@@ -63,7 +67,6 @@ SCHEDULES: dict[str, list[pytest.MarkDecorator]] = {
             "horizon are never reported"
         )
     ],
-    "term_on_two_masters_one_restarts_empty": [],
     "paused_leader_and_paused_master": [],
     "clock_jumps_and_slow_links": [],
 }
