@@ -549,15 +549,17 @@ def check_announced(
 
 
 def ramp_next(tempo: float, target: float) -> float:
-    """The step a ramp towards ``target`` takes from ``tempo`` (as ``core.ramp_steps``)."""
+    """The step a ramp towards ``target`` takes from ``tempo`` (as ``core.ramp_steps``, which
+    also rounds it to whole thousandths: compare with ``_close``)."""
     low = max(TEMPO_BOUNDS[0], tempo * (1 - MAX_STEP))
     high = min(TEMPO_BOUNDS[1], tempo * (1 + MAX_STEP))
     return min(max(target, low), high)
 
 
 def _close(a: float, b: float) -> bool:
-    # Requested tempos are given with a few decimals; what the pulse stores is that float.
-    return math.isclose(a, b, rel_tol=1e-6)
+    # Requested tempos have three decimals and are stored as given; a ramp's intermediate
+    # steps are rounded to whole thousandths of a BPM (within the ±10 % bound).
+    return math.isclose(a, b, rel_tol=1e-9, abs_tol=0.0015)
 
 
 def explains(call: Event, previous_tempo: float, tempo: float) -> bool:

@@ -335,9 +335,10 @@ class TempoClient:
         self._count = 0
 
     def unique(self, tempo: float) -> float:
+        # Distinct by more than the checker's tolerance (0.0015 BPM).
         tempo = round(min(max(tempo, self.low), self.high), 3)
-        while tempo in self._used:
-            tempo = round(tempo + (0.001 if tempo < self.high else -0.001), 3)
+        while any(abs(tempo - used) < 0.005 for used in self._used):
+            tempo = round(tempo + (0.01 if tempo < self.high else -0.01), 3)
         self._used.add(tempo)
         return tempo
 

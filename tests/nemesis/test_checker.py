@@ -442,6 +442,22 @@ def test_a_ramp_that_stops_halfway_is_caught() -> None:
     assert result.kinds() == {checker.RAMP_STALLED}, result.summary()
 
 
+def test_ramp_steps_rounded_to_thousandths_are_explained() -> None:
+    # A ramp's intermediate steps are whole thousandths within the ±10 % bound:
+    # 247.258 × 1.1 = 271.9838 is stored as 271.983.
+    changes = ((16, 247.258), (20, 271.983), (24, 281.631))
+    timelines = timelines_for(changes)
+    calls = [
+        _call("s", "step", 247.258, "ok", at_beat=10, effective=16, effective_tempo=247.258,
+              timelines=timelines),
+        _call("r", "ramp", 281.631, "ok", at_beat=17, effective=20, effective_tempo=271.983,
+              timelines=timelines),
+    ]  # fmt: skip
+    result = check_history(history(changes, calls))
+    assert result.ok, result.summary()
+    assert result.checked["ramps_completed"] == 1
+
+
 def test_a_ramp_replaced_by_a_later_change_may_stop() -> None:
     changes = (*CLEAN_CHANGES[:2], (40, 260.0))
     calls = [*history_calls(CLEAN_CHANGES), _call("s", "step", 260.0, "unknown", at_beat=36)]
