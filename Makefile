@@ -87,7 +87,7 @@ bench: $(STAMP)  ## run every benchmark in bench/ and write bench/results/
 clean:
 	rm -rf $(VENV) node_modules .pytest_cache .mypy_cache .ruff_cache bench/results
 
-infra-check:  ## fmt, validate, terraform test and checkov for infra/terraform (AWS Lambda)
+infra-check:  ## fmt, validate, terraform test, checkov, then apply + destroy against a local AWS emulator
 	bash infra/terraform/check.sh
 
 lambda-package:  ## build build/reverb-rollup-lambda.zip, the rollup's AWS Lambda package

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Static checks of infra/terraform: formatting, validation of the module and the example, the
-# module's `terraform test` suite (mocked AWS provider, no credentials, no network), then checkov.
+# Checks of infra/terraform: formatting, validation of the module and the example, the module's
+# `terraform test` suite (mocked AWS provider, no credentials, no network), checkov, then an
+# apply, inspection and destroy of the module against moto_server, a local AWS API emulator.
 #
 # Terraform never downloads providers here: it installs hashicorp/aws from a local plugin folder
 # (the folder that contains registry.terraform.io/), given as BACKBEAT_TF_PLUGIN_DIR or found on
@@ -11,12 +12,14 @@
 set -euo pipefail
 
 CHECKOV_VERSION="3.3.30"
+MOTO_VERSION="5.2.5"
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 TF_ROOT="infra/terraform"
 MODULE="modules/reverb-rollup-lambda"
 EXAMPLE="examples/complete"
 CHECKOV_VENV="$ROOT/.venv-checkov"
+MOTO_VENV="$ROOT/.venv-moto"
 
 cd "$ROOT"
 
@@ -84,8 +87,9 @@ compgen -G "$TF_PLUGIN_DIR/registry.terraform.io/hashicorp/aws/*/*/terraform-pro
 echo "provider folder: $TF_PLUGIN_DIR"
 terraform version | sed -n 1p  # sed reads to the end: no SIGPIPE under pipefail
 
-step "terraform fmt -check -recursive $TF_ROOT"
+step "terraform fmt -check -recursive $TF_ROOT infra/emulator"
 terraform fmt -check -recursive -diff "$TF_ROOT"
+terraform fmt -check -recursive -diff infra/emulator
 
 # Init, validate and test a pristine copy, so neither a developer's .terraform folders and lock
 # files nor leftovers of an earlier run can change the result.
@@ -121,5 +125,26 @@ HCL_PARSE_TIMEOUT_SEC=0 "$CHECKOV_VENV/bin/checkov" -d "$TF_ROOT" --quiet --comp
 cat "$work/checkov.log"
 [[ $checkov_status -eq 0 ]] || fail "checkov reported failed checks"
 ! grep -q 'Parsing errors: [1-9]' "$work/checkov.log" || fail "checkov could not parse every file"
+
+# Apply, inspect and destroy the module against moto_server, a local AWS API emulator: a module
+# change that validates but cannot deploy fails here. The emulator runs on a loopback port and
+# the provider talks to nothing else (infra/emulator/main.tf).
+step "terraform apply + inspect + destroy against moto_server $MOTO_VERSION (local AWS API emulator)"
+# The Lambda runtime is Python 3.11: the handler is imported from the zip with that version.
+TOOL_PYTHON="$(command -v python3.11 || command -v python3)"
+if [[ "$("$MOTO_VENV/bin/python" -c 'import moto; print(moto.__version__)' 2>/dev/null || true)" != "$MOTO_VERSION" ]]; then
+  echo "installing moto[server]==$MOTO_VERSION into ${MOTO_VENV#"$ROOT/"} (one-time)"
+  [[ -x "$MOTO_VENV/bin/python" ]] || "$TOOL_PYTHON" -m venv "$MOTO_VENV"
+  "$MOTO_VENV/bin/pip" install --quiet --disable-pip-version-check "moto[server]==$MOTO_VERSION" \
+    >"$work/pip-moto.log" 2>&1 || { cat "$work/pip-moto.log" >&2; fail "could not install moto[server]==$MOTO_VERSION"; }
+fi
+package="$work/reverb-rollup-lambda.zip"
+"$TOOL_PYTHON" infra/terraform/package_lambda.py --output "$package" >"$work/package.log" 2>&1 ||
+  { cat "$work/package.log" >&2; fail "could not build the Lambda package"; }
+tail -n 1 "$work/package.log"
+mkdir -p "$work/apply"
+"$MOTO_VENV/bin/python" infra/emulator/apply_check.py \
+  --plugin-dir "$TF_PLUGIN_DIR" --package "$package" --work "$work/apply" ||
+  fail "the module did not apply, inspect and destroy cleanly against the emulator"
 
 printf '\ninfra/terraform: all checks passed in %ss\n' "$((SECONDS - started))"
