@@ -83,7 +83,7 @@ def local_up(token: str, cluster: str = "docs", agents: int = 10) -> Iterator[Lo
     )
     out = Output(proc)
     try:
-        out.wait_for(r"report bar \d+-\d+", timeout=120, count=2)
+        out.wait_for(r"report bar \d+-\d+", timeout=240, count=2)
         yield LocalUp(proc, out, grpc_base, admin_base, token)
     finally:
         if proc.poll() is None:
