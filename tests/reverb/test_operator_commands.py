@@ -183,3 +183,16 @@ def test_an_ambiguous_prefix_is_refused_with_the_candidates() -> None:
     assert match_prefix("ab1", ids) == ids[1]
     with pytest.raises(PrefixError, match=r"ambiguous \(2 windows"):
         match_prefix("ab", ids)
+
+
+async def test_reports_from_beat_zero_replays_from_the_first_window(
+    server: ReverbServer, nats_server: NatsServer, cluster_id: str
+) -> None:
+    await _publish_reports(nats_server.url, cluster_id, [0, 4, 8])
+    reverb = _address(server)
+    code, out, err = await backbeat("reports", "--reverb", reverb, "--from-beat", "0", "--json")
+    assert code == 0, out + err
+    assert [json.loads(line)["from_beat"] for line in out.splitlines()] == [0, 4, 8]
+    code, out, err = await backbeat("reports", "--reverb", reverb, "--from-beat", "5", "--json")
+    assert code == 0, out + err
+    assert [json.loads(line)["from_beat"] for line in out.splitlines()] == [4, 8]
