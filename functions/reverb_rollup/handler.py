@@ -19,13 +19,15 @@ from enum import StrEnum
 from opentelemetry import trace
 
 from backbeat.core import subjects
+from backbeat.core.claim_log import encode_promises
 from backbeat.core.kpi import compute_report
 from backbeat.core.messages import BarReport
 from backbeat.core.timeline import window_id as compute_window_id
+from backbeat.core.window import WindowAggregate
 from backbeat.service.tracing import context_from_traceparent, inject_headers, tracer
 from reverb_rollup.event import RollupEvent
 from reverb_rollup.publisher import BarPublisher
-from reverb_rollup.record import RecordState, RecordView, RollupRecords
+from reverb_rollup.record import RecordState, RecordView, RollupInputs, RollupRecords
 from reverb_rollup.rotations import RotationSource
 from reverb_rollup.source import WindowSource
 
@@ -111,6 +113,28 @@ def current_trace_context(event: RollupEvent) -> Mapping[str, str]:
     return pass_trace_context(event)
 
 
+def report_from(
+    aggregate: WindowAggregate,
+    inputs: RollupInputs,
+    previous_agents: frozenset[str] | None,
+    *,
+    rollup_ms: float | None,
+    published_ns: int | None,
+) -> BarReport:
+    """A window's report from its aggregate and the recorded inputs: the one computation the
+    rollup and a replay share."""
+    if inputs.rotations is not None:
+        due, failed = inputs.rotations
+        aggregate = replace(aggregate, rotations_due=due, rotations_failed=failed)
+    return compute_report(
+        aggregate,
+        previous_agent_ids=previous_agents if inputs.previous_agents_known else None,
+        failed_windows=inputs.failed,
+        rollup_ms=rollup_ms,
+        published_ns=published_ns,
+    )
+
+
 @dataclass(slots=True)
 class RollupHooks:
     """Fault-injection points for tests (an awaited no-op in production)."""
@@ -184,22 +208,30 @@ class Rollup:
         """Seal, read and compute under the lease; commit the report bytes to the record."""
         heartbeat = asyncio.create_task(self._keep_lease(event.window_id, owner))
         try:
-            aggregate = await self.source.seal_and_read(
-                event.window_id, event.from_beat, event.to_beat
-            )
-            if self.rotations is not None and event.time_span_known:
-                due = await self.rotations.in_span(event.window_start_ns, event.window_end_ns)
-                aggregate = replace(aggregate, rotations_due=due.due, rotations_failed=due.failed)
-            if self.hooks.after_seal is not None:
-                await self.hooks.after_seal(event)
             bar_length = event.to_beat - event.from_beat + 1
             previous = compute_window_id(self.cluster_id, event.from_beat - bar_length)
+            promises = await self.records.open_promises(previous)
+            aggregate = await self.source.seal_and_read(
+                event.window_id, event.from_beat, event.to_beat, promises or {}
+            )
+            rotations = None
+            if self.rotations is not None and event.time_span_known:
+                due = await self.rotations.in_span(event.window_start_ns, event.window_end_ns)
+                rotations = (due.due, due.failed)
+            if self.hooks.after_seal is not None:
+                await self.hooks.after_seal(event)
             previous_agents = await self.records.agent_ids(previous)
             failed = await self.records.pending_failures(before_beat=event.from_beat)
-            report = compute_report(
+            inputs = RollupInputs(
+                previous_agents_known=previous_agents is not None,
+                previous_promises_known=promises is not None,
+                rotations=rotations,
+                failed=tuple(failed),
+            )
+            report = report_from(
                 aggregate,
-                previous_agent_ids=previous_agents,
-                failed_windows=failed,
+                inputs,
+                previous_agents,
                 rollup_ms=(time.perf_counter() - started) * 1000.0,
                 published_ns=time.time_ns(),
             ).encode()
@@ -209,6 +241,8 @@ class Rollup:
                 report,
                 agent_ids=sorted(aggregate.agent_ids),
                 announced=[f.window_id for f in failed],
+                open_promises=encode_promises(aggregate.open_promises),
+                inputs=inputs,
             )
         finally:
             heartbeat.cancel()

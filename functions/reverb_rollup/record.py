@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from enum import StrEnum
 from typing import Any, Final
 
 from redis.asyncio import Redis
 
 from backbeat.core import keys
+from backbeat.core.claim_log import Promise, decode_promises
 from backbeat.core.kpi import FailedWindow
 
 #: How long a computed/published record is kept: as long as the bar stream keeps reports.
@@ -53,8 +54,9 @@ end
 return 0
 """
 
-# KEYS[1] record, KEYS[2] this window's agents, KEYS[3] unannounced dead letters;
-# ARGV owner, report, record_ms, agents, agents_ms, announced window ids...
+# KEYS[1] record, KEYS[2] this window's agents, KEYS[3] unannounced dead letters,
+# KEYS[4] this window's open help promises;
+# ARGV owner, report, record_ms, agents, agents_ms, promises, inputs, announced window ids...
 # -> {1} committed, or {0, state, report} when the lease was lost (another attempt owns it).
 _COMMIT = """
 if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1]
@@ -62,11 +64,12 @@ if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1]
   local cur = redis.call('HMGET', KEYS[1], 'state', 'report')
   return {0, cur[1] or '', cur[2] or ''}
 end
-redis.call('HSET', KEYS[1], 'state', 'computed', 'report', ARGV[2])
+redis.call('HSET', KEYS[1], 'state', 'computed', 'report', ARGV[2], 'inputs', ARGV[7])
 redis.call('HDEL', KEYS[1], 'owner')
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 redis.call('SET', KEYS[2], ARGV[4], 'PX', ARGV[5])
-for i = 6, #ARGV do
+redis.call('SET', KEYS[4], ARGV[6], 'PX', ARGV[5])
+for i = 8, #ARGV do
   redis.call('SREM', KEYS[3], ARGV[i])
 end
 return {1}
@@ -80,6 +83,43 @@ redis.call('HDEL', KEYS[1], 'owner')
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return 1
 """
+
+
+@dataclass(frozen=True, slots=True)
+class RollupInputs:
+    """What a report was computed from besides the window's claim log and beat stats, kept
+    in the record so that a replay computes from exactly the same inputs."""
+
+    #: Whether the previous window's agents and open promises were known at the time.
+    previous_agents_known: bool = False
+    previous_promises_known: bool = False
+    #: Signing-key rotations due and failed in the window; None when not counted.
+    rotations: tuple[int, int] | None = None
+    #: Dead-lettered windows the report announced.
+    failed: tuple[FailedWindow, ...] = ()
+
+    def encode(self) -> bytes:
+        return json.dumps(
+            {
+                "previous_agents_known": self.previous_agents_known,
+                "previous_promises_known": self.previous_promises_known,
+                "rotations": None if self.rotations is None else list(self.rotations),
+                "failed": [asdict(f) for f in self.failed],
+            },
+            separators=(",", ":"),
+            sort_keys=True,
+        ).encode()
+
+    @classmethod
+    def decode(cls, raw: bytes | str) -> RollupInputs:
+        obj = json.loads(raw)
+        rotations = obj.get("rotations")
+        return cls(
+            previous_agents_known=bool(obj.get("previous_agents_known")),
+            previous_promises_known=bool(obj.get("previous_promises_known")),
+            rotations=None if rotations is None else (int(rotations[0]), int(rotations[1])),
+            failed=tuple(FailedWindow(**f) for f in obj.get("failed", [])),
+        )
 
 
 class RecordState(StrEnum):
@@ -136,6 +176,8 @@ class RollupRecords:
         *,
         agent_ids: Sequence[str],
         announced: Sequence[str],
+        open_promises: bytes = b"{}",
+        inputs: RollupInputs | None = None,
     ) -> RecordView | None:
         """Store the computed report if we still hold the lease (then None), else the record
         as the attempt that took over left it."""
@@ -144,6 +186,7 @@ class RollupRecords:
                 self._key(window_id),
                 keys.rollup_agents(self._cluster, window_id),
                 keys.rollup_unannounced(self._cluster),
+                keys.rollup_promises(self._cluster, window_id),
             ],
             args=[
                 owner,
@@ -151,6 +194,8 @@ class RollupRecords:
                 RECORD_RETENTION_MS,
                 "\n".join(sorted(agent_ids)),
                 AGENTS_RETENTION_MS,
+                open_promises,
+                (inputs or RollupInputs()).encode(),
                 *announced,
             ],
         )
@@ -171,6 +216,17 @@ class RollupRecords:
             return None
         text = _text(raw)
         return frozenset(text.split("\n")) if text else frozenset()
+
+    async def open_promises(self, window_id: str) -> dict[str, Promise] | None:
+        """The help promises a window's committed rollup left open; None when unknown."""
+        raw = await self._redis.get(keys.rollup_promises(self._cluster, window_id))
+        return None if raw is None else decode_promises(raw)
+
+    async def inputs(self, window_id: str) -> RollupInputs | None:
+        """What a window's report was computed from besides its claim log (for replays);
+        None when the record has none."""
+        raw = await self._redis.hget(self._key(window_id), "inputs")
+        return None if raw is None else RollupInputs.decode(raw)
 
     async def pending_failures(self, before_beat: int) -> list[FailedWindow]:
         """Dead-lettered windows before ``before_beat`` that no report has named yet."""

@@ -12,10 +12,11 @@ from collections.abc import AsyncIterator
 import nats
 import pytest
 
-from backbeat.core import subjects
+from backbeat.core import keys, subjects
 from backbeat.core.messages import BarReport, ReportIssue
 from backbeat.embedded import NatsServer, RedisServer
 from backbeat.reverb.server import ReverbServer, ReverbSettings
+from reverb_rollup import InProcessRollup, RollupEvent
 from tests.reverb.claim_samples import make_claim
 from tests.reverb.ingest_harness import ingest_for
 
@@ -196,3 +197,43 @@ async def test_reports_from_beat_zero_replays_from_the_first_window(
     code, out, err = await backbeat("reports", "--reverb", reverb, "--from-beat", "5", "--json")
     assert code == 0, out + err
     assert [json.loads(line)["from_beat"] for line in out.splitlines()] == [4, 8]
+
+
+async def test_windows_recompute_replays_a_report_byte_for_byte(
+    server: ReverbServer, redis_server: RedisServer, nats_server: NatsServer, cluster_id: str
+) -> None:
+    timeline = server.ingest.follower.timeline
+    assert timeline is not None
+    old = timeline.window_id(CURRENT - 4)
+    await server.ingest.submit(
+        [make_claim("a1", "t1", CURRENT - 4, "review", 1), make_claim("a2", "t2", CURRENT - 3)]
+    )
+    where = ["--reverb", _address(server), "--redis", redis_server.url]
+    code, out, err = await backbeat("windows", old[:8], "--recompute", *where)
+    assert code == 2, out + err
+    assert "no published report yet" in out
+
+    nc = await nats.connect(nats_server.url)
+    try:
+        async with InProcessRollup(cluster_id, redis=server.ingest.redis, nats_client=nc) as fn:
+            start = timeline.bar_start(CURRENT - 4)
+            event = RollupEvent(cluster_id, old, start, start + 3, start + 4)
+            published = (await fn.invoke(event)).report
+    finally:
+        await nc.close()
+    code, out, err = await backbeat("windows", old[:8], "--recompute", *where)
+    assert code == 0, out + err
+    assert f"window {old}: the report recomputed from the stored claims is identical" in out
+    code, out, err = await backbeat("windows", old[:8], "--recompute", "--json", *where)
+    assert code == 0, out + err
+    replayed = json.loads(out)
+    assert replayed["identical"] is True
+    assert replayed["recomputed"].encode() == published
+
+    # A claim slipped into the log afterwards: the replay shows the difference.
+    await server.ingest.redis.xadd(
+        keys.window_claims(cluster_id, old), {"m": '["a9","t9",1229,"done",0,null]'}
+    )
+    code, out, err = await backbeat("windows", old[:8], "--recompute", *where)
+    assert code == 1, out + err
+    assert "DIFFERS" in out

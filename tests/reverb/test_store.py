@@ -83,11 +83,8 @@ async def test_key_names_match_the_core_key_module(
     for name in (
         keys.window_aggregate(cluster_id, wid),
         keys.window_claims(cluster_id, wid),
+        keys.window_payloads(cluster_id, wid),
         keys.window_dedupe(cluster_id, wid),
-        keys.window_agents(cluster_id, wid),
-        keys.window_on_time(cluster_id, wid),
-        keys.window_helped(cluster_id, wid),
-        keys.window_key_ids(cluster_id, wid),
         keys.windows_index(cluster_id),
         keys.windows_pending(cluster_id),
         keys.ingest_totals(cluster_id),
@@ -166,11 +163,15 @@ async def test_help_promises(redis_client: aioredis.Redis, cluster_id: str) -> N
     ]
     assert await _append(store, tl, 6, claims) == "a" * len(claims)
     first = await store.seal_and_read(tl.window_id(0), 0, 3)
-    second = await store.seal_and_read(tl.window_id(4), 4, 7)
+    # "broken" can no longer be kept (deadline 3): only "kept" is handed on.
+    assert first.open_promises == {"kept": (2, 6)}
+    second = await store.seal_and_read(tl.window_id(4), 4, 7, first.open_promises)
     assert first.help_promises_fulfilled == 0
     assert second.help_promises_fulfilled == 1  # counted in the window of the fulfilling claim
     assert second.on_time_review_tasks == 2  # "broken" (review, 1 left) and "kept" (done, 0)
-    assert await redis_client.hgetall(keys.waiting_promises(cluster_id)) == {}
+    assert second.open_promises == {}
+    # Without the previous window's open promises nothing could be fulfilled.
+    assert (await store.seal_and_read(tl.window_id(4), 4, 7)).help_promises_fulfilled == 0
 
 
 async def test_rejects_go_to_dead_letters_and_count_by_reason(
@@ -232,7 +233,7 @@ async def test_mark_reported_keeps_report_and_starts_retention(
     assert detail.status == "reported"
     assert detail.report_json == b'{"report": 1}'
     assert detail.agent_ids == ("a",)
-    for suffix in ("agg", "claims", "dedupe", "agents"):
+    for suffix in keys.WINDOW_KEY_SUFFIXES:
         ttl = await redis_client.pttl(f"{keys.window_prefix(cluster_id, tl.window_id(0))}:{suffix}")
         assert 0 < ttl <= 600_000, suffix
     listed = await store.list_windows(current_beat=9)
@@ -252,13 +253,12 @@ async def test_help_promise_kept_across_batches(
     store = WindowStore(redis_client, cluster_id)
     tl = _timeline(cluster_id)
     assert await _append(store, tl, 70, [make_claim("a1", "t1", 70, "waiting", 3)]) == "a"
-    assert await redis_client.hget(keys.waiting_promises(cluster_id), "t1") == b"70:73"
     # A second waiting claim keeps the earlier start and the earlier deadline.
     assert await _append(store, tl, 71, [make_claim("a1", "t1", 71, "waiting", 5)]) == "a"
-    assert await redis_client.hget(keys.waiting_promises(cluster_id), "t1") == b"70:73"
     assert await _append(store, tl, 72, [make_claim("a2", "t1", 72, "executing", 1)]) == "a"
-    assert await redis_client.hget(keys.waiting_promises(cluster_id), "t1") is None
-    agg = await store.seal_and_read(tl.window_id(72), 72, 75)
+    before = await store.seal_and_read(tl.window_id(68), 68, 71)
+    assert before.open_promises == {"t1": (70, 73)}
+    agg = await store.seal_and_read(tl.window_id(72), 72, 75, before.open_promises)
     assert agg.help_promises_fulfilled == 1
 
 
@@ -273,10 +273,8 @@ async def test_batches_larger_than_one_redis_call(
     result = await _append(store, tl, 80, claims)
     assert result == "a" * 1200 + "d" * 1300
     assert await _append(store, tl, 81, claims[:1100]) == "d" * 1100
-    assert await redis_client.hlen(keys.waiting_promises(cluster_id)) == 1200
     done = [make_claim(f"a{i}", f"t{i}", 81, "done", 0) for i in range(1200)]
     assert await _append(store, tl, 81, done) == "a" * 1200
-    assert await redis_client.hlen(keys.waiting_promises(cluster_id)) == 0
     agg = await store.seal_and_read(tl.window_id(80), 80, 83)
     assert (agg.accepted_claims, agg.duplicate_claims) == (2400, 2400)
     assert len(agg.agent_ids) == 1200

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 
 import nats
 import nats.aio.client
@@ -45,7 +45,13 @@ class CannedWindows:
         self.aggregates[agg.window_id] = agg
         return agg
 
-    async def seal_and_read(self, window_id: str, from_beat: int, to_beat: int) -> WindowAggregate:
+    async def seal_and_read(
+        self,
+        window_id: str,
+        from_beat: int,
+        to_beat: int,
+        open_promises: Mapping[str, tuple[int, int]] | None = None,
+    ) -> WindowAggregate:
         self.sealed[window_id] = self.sealed.get(window_id, 0) + 1
         if self.read_delay:
             await asyncio.sleep(self.read_delay)

@@ -52,44 +52,33 @@ def dead_letters(cluster_id: str) -> str:
 
 # Per-window keys (``window_prefix`` + suffix). The ingest's Lua builds the same names from
 # the prefix; tests check that the two agree.
-WINDOW_KEY_SUFFIXES = ("agg", "claims", "dedupe", "agents", "ontime", "helped", "keyids")
+WINDOW_KEY_SUFFIXES = ("agg", "claims", "payloads", "dedupe")
 
 
 def window_aggregate(cluster_id: str, window_id: str) -> str:
-    """Hash: a window's counters (accepted, duplicate, late, state:<s>, rejected:<reason>,
-    signed), bounds (from_beat, to_beat), seal (sealed, sealed_ns, beat-stats snapshot
-    ``beats.<field>``) and report (reported, reported_ns, report)."""
+    """Hash: a window's outcome counters for operators (accepted, duplicate, late,
+    rejected:<reason>), bounds (from_beat, to_beat), seal (sealed, sealed_ns, beat-stats
+    snapshot ``beats.<field>``) and report (reported, reported_ns, report). The report's
+    claim figures come from the claims stream, not from these counters."""
     return f"{window_prefix(cluster_id, window_id)}:agg"
 
 
 def window_claims(cluster_id: str, window_id: str) -> str:
-    """Stream of a window's accepted claims: ``c`` (INT-B JSON), ``tp`` (traceparent, if any)."""
+    """Stream: the window's claim log, one entry per ingest batch (layout in
+    ``backbeat.core.claim_log``); the source of every claim figure of its report."""
     return f"{window_prefix(cluster_id, window_id)}:claims"
+
+
+def window_payloads(cluster_id: str, window_id: str) -> str:
+    """Stream: the INT-B payloads of the claims of each ``window_claims`` entry, under the
+    same entry id: ``p`` (concatenated), ``n`` (JSON array of lengths), ``tp`` (JSON array of
+    traceparents, absent when none)."""
+    return f"{window_prefix(cluster_id, window_id)}:payloads"
 
 
 def window_dedupe(cluster_id: str, window_id: str) -> str:
     """Set of ``agent US task US beat`` of every claim seen for the window."""
     return f"{window_prefix(cluster_id, window_id)}:dedupe"
-
-
-def window_agents(cluster_id: str, window_id: str) -> str:
-    """Set of agent ids with at least one accepted claim in the window."""
-    return f"{window_prefix(cluster_id, window_id)}:agents"
-
-
-def window_on_time(cluster_id: str, window_id: str) -> str:
-    """Set of task ids that reached review/done in the window with beats_left >= 0."""
-    return f"{window_prefix(cluster_id, window_id)}:ontime"
-
-
-def window_helped(cluster_id: str, window_id: str) -> str:
-    """Set of task ids whose help promise was fulfilled by a claim in the window."""
-    return f"{window_prefix(cluster_id, window_id)}:helped"
-
-
-def window_key_ids(cluster_id: str, window_id: str) -> str:
-    """Set of signing key ids seen on the window's accepted claims."""
-    return f"{window_prefix(cluster_id, window_id)}:keyids"
 
 
 def windows_index(cluster_id: str) -> str:
@@ -118,11 +107,6 @@ def windows_reported(cluster_id: str) -> str:
 def late_claims(cluster_id: str) -> str:
     """Stream of late claims: ``window`` (their own window), ``counted_in``, ``c``, ``tp``."""
     return f"{cluster_prefix(cluster_id)}:late"
-
-
-def waiting_promises(cluster_id: str) -> str:
-    """Hash: task_id -> ``<waiting beat>:<deadline beat>`` of open help promises."""
-    return f"{cluster_prefix(cluster_id)}:waiting"
 
 
 def ingest_totals(cluster_id: str) -> str:
@@ -168,6 +152,12 @@ def rollup_agents(cluster_id: str, window_id: str) -> str:
     """String: the window's agent ids, newline-separated and sorted (short-lived), so the next
     window's rollup can name agents that stopped reporting."""
     return f"{cluster_prefix(cluster_id)}:rollup:{window_id}:agents"
+
+
+def rollup_promises(cluster_id: str, window_id: str) -> str:
+    """String: the help promises still open after the window (JSON, ``claim_log``), kept as
+    long as ``rollup_agents``, for the next window's rollup."""
+    return f"{cluster_prefix(cluster_id)}:rollup:{window_id}:promises"
 
 
 def rollup_dead_letters(cluster_id: str) -> str:

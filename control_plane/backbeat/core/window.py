@@ -1,7 +1,7 @@
-"""What the rollup knows about one closed window: the contract between ingest and rollup.
+"""What the rollup knows about one closed window: the input of its BarReport.
 
-Ingest maintains these figures in Redis as claims arrive (see ``backbeat.reverb``); the rollup
-function reads them for a closed window and turns them into a BarReport (``backbeat.core.kpi``).
+The claim figures are folded from the window's claim log (``backbeat.core.claim_log``) once
+the window is sealed; the rollup function turns them into a BarReport (``backbeat.core.kpi``).
 """
 
 from __future__ import annotations
@@ -43,3 +43,6 @@ class WindowAggregate:
     rotations_due: int = 0
     rotations_failed: int = 0
     beats: BeatStats = field(default_factory=BeatStats)
+    #: Help promises still open at the window's end (task -> (waiting beat, deadline beat)),
+    #: handed to the next window's fold; not part of the report.
+    open_promises: Mapping[str, tuple[int, int]] = field(default_factory=dict)

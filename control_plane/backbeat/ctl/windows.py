@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 from collections.abc import Sequence
 
 import grpc
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from backbeat.ctl._common import (
     add_output,
@@ -22,6 +25,7 @@ from backbeat.ctl._common import (
 )
 from backbeat.v1 import reverb_service_pb2 as reverb_pb
 from backbeat.v1 import reverb_service_pb2_grpc as reverb_grpc
+from reverb_rollup.replay import ReplayError, replay_window
 
 WINDOW_ID_LENGTH = 32
 #: How many windows a prefix is looked up among (the server's largest page).
@@ -37,6 +41,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "window_id", nargs="?", help="show this window in detail (a unique prefix is enough)"
     )
     parser.add_argument("--limit", type=int, default=20, help="windows to list (default 20)")
+    parser.add_argument(
+        "--recompute",
+        action="store_true",
+        help="recompute the window's report from its stored claims and compare it with the "
+        "published one, byte for byte (needs --redis)",
+    )
+    parser.add_argument(
+        "--redis",
+        default=os.environ.get("BACKBEAT_REDIS_URL", "redis://127.0.0.1:6379/0"),
+        help="Redis URL of the claims store, for --recompute (env BACKBEAT_REDIS_URL)",
+    )
     add_reverb_address(parser)
     add_output(parser)
 
@@ -97,6 +112,8 @@ async def _windows(args: argparse.Namespace) -> int:
             return 2
         except grpc.aio.AioRpcError as error:
             return report_rpc_error(error, f"reverb at {args.reverb}", args.json)
+    if args.window_id and args.recompute:
+        return await recompute(args, window_id, detail.report.cluster_id)
     if args.window_id:
         if args.json:
             print_json(to_dict(detail))
@@ -116,6 +133,47 @@ async def _windows(args: argparse.Namespace) -> int:
     for line in format_columns(header, rows):
         say(line)
     return 0
+
+
+async def recompute(args: argparse.Namespace, window_id: str, cluster_id: str) -> int:
+    """``--recompute``: 0 when the recomputed report equals the published one, 1 when it
+    differs, 2 when the window cannot be replayed."""
+    redis = Redis.from_url(args.redis, socket_timeout=args.timeout)
+    try:
+        replay = await replay_window(redis, cluster_id, window_id) if cluster_id else None
+    except ReplayError as exc:
+        replay, problem = None, str(exc)
+    except (RedisError, OSError) as exc:
+        replay, problem = None, f"claims store at {args.redis}: {exc}"
+    else:
+        problem = f"window {window_id} has no published report yet"
+    finally:
+        await redis.aclose()
+    if replay is None:
+        if args.json:
+            print_json({"error": {"code": "FAILED_PRECONDITION", "message": problem}})
+        else:
+            say(problem)
+        return 2
+    if args.json:
+        print_json(
+            {
+                "window_id": window_id,
+                "identical": replay.identical,
+                "published": replay.published.decode(),
+                "recomputed": replay.recomputed.decode(),
+            }
+        )
+    elif replay.identical:
+        say(
+            f"window {window_id}: the report recomputed from the stored claims is identical "
+            f"to the published one ({len(replay.published)} bytes)"
+        )
+    else:
+        say(f"window {window_id}: the recomputed report DIFFERS from the published one")
+        say(f"published:  {replay.published.decode()}")
+        say(f"recomputed: {replay.recomputed.decode()}")
+    return 0 if replay.identical else 1
 
 
 def print_detail(detail: reverb_pb.GetWindowResponse) -> None:

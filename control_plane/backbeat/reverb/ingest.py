@@ -241,6 +241,8 @@ class ClaimIngest:
         self._nats_arrivals = 0
         self._since_yield = 0
         self._reported_windows = RecentIds(_REPORTED_WINDOWS_KEPT)
+        self._agents_window = -1
+        self._window_agents: set[str] = set()
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -713,6 +715,7 @@ class ClaimIngest:
                 name = _RESULT_NAMES[result[position]]
                 window = keys_window_id(sent.timeline, from_beat) if from_beat >= 0 else ""
                 future.set_result(ClaimOutcome(name, why, detail, window))
+        self._track_agents(sent, result)
         outcomes = Tally(result)  # one character per claim, counted in C
         for code in (Outcome.ACCEPTED, Outcome.DUPLICATE, Outcome.LATE):
             if outcomes[code]:
@@ -722,6 +725,21 @@ class ClaimIngest:
         self.metrics.batches.inc()
         self.metrics.ingest_lag.set(max(0.0, (committed - items[0][3]) / 1e9))
 
+    def _track_agents(self, sent: _Sent, result: str) -> None:
+        """Agents with a claim this replica accepted for the current window (the report
+        counts every replica's claims; this gauge is the live, per-replica view)."""
+        timeline = sent.timeline
+        window_start = timeline.bar_start(timeline.beat_at(self.follower.clock()))
+        if window_start != self._agents_window:
+            self._agents_window = window_start
+            self._window_agents.clear()
+        agents = self._window_agents
+        for item, code in zip(sent.items, result, strict=True):
+            fields = item[0]
+            if code == "a" and fields is not None and fields[2] >= window_start:
+                agents.add(fields[0])
+        self.metrics.agents_reporting.set(len(agents))
+
     async def _gauge_loop(self) -> None:
         """Keep the Redis-backed gauges fresh (and learn whether Redis answers when idle)."""
         while True:
@@ -729,11 +747,6 @@ class ClaimIngest:
                 await self.redis.ping()
                 self._redis_ok = True
                 self.metrics.redis_up.set(1)
-                timeline = self.follower.timeline
-                if timeline is not None:
-                    beat = self.follower.current_beat()
-                    count = await self.store.agent_count(timeline.window_id(beat))
-                    self.metrics.agents_reporting.set(count)
             except _RETRYABLE:
                 self._redis_ok = False
                 self.metrics.redis_up.set(0)

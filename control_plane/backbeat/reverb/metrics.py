@@ -37,7 +37,7 @@ class ReverbMetrics:
         )
         self.agents_reporting = Gauge(
             "backbeat_reverb_agents_reporting",
-            "Distinct agents with an accepted claim in the current window",
+            "Distinct agents with a claim this replica accepted for the current window",
             registry=r,
         )
         self.ingest_lag = Gauge(

@@ -1,9 +1,9 @@
-"""The claims buffer in Redis: one stream per window plus aggregates kept atomically with it.
+"""The claims buffer in Redis: one claim log (a stream) per window.
 
-Every accepted claim is appended to its window's stream by a Lua script that, in the same
-step, updates the window's counters, agent set, on-time and help-promise sets. Rolling up a
-window is therefore a read of a few small keys whose cost does not grow with the number of
-claims (see docs/reverb-ingest.md for the layout and the rules).
+A Lua script applies each ingest batch atomically: it dedupes the claims, decides late vs.
+sealed, counts the outcomes and appends one entry per window holding the batch's accepted
+claims (``backbeat.core.claim_log``). The rollup seals a window and folds its log into the
+aggregate its report is computed from (see docs/reverb-ingest.md for the layout and why).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import contextlib
 import json
 import re
 import time
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -19,14 +20,17 @@ from typing import Any, Final
 import redis.asyncio as aioredis
 
 from backbeat.core import keys
+from backbeat.core.claim_log import Promise, fold_entries
 from backbeat.core.claims import ClaimFields, RejectReason, claim_fields
-from backbeat.core.messages import StatusClaim
+from backbeat.core.messages import BarReport, CodecError, StatusClaim
 from backbeat.core.timeline import Timeline
 from backbeat.core.window import BeatStats, WindowAggregate
 from backbeat.reverb import _lua
 
 #: How many windows, starting at the current beat's, may take late claims and rejects.
 LATE_TARGET_WINDOWS: Final = 4
+#: Entries of a claim log read per XRANGE (an entry holds one batch's claims).
+LOG_PAGE_ENTRIES: Final = 256
 
 
 class Outcome:
@@ -56,51 +60,53 @@ class StoreSettings:
             raise ValueError("batch_record_seconds must be at least 1")
 
 
+class _WindowGroup:
+    """The claims of one batch for one window, encoded as the window's log entry."""
+
+    __slots__ = ("from_beat", "lengths", "members", "metas", "payloads", "positions", "tps")
+
+    def __init__(self, from_beat: int) -> None:
+        self.from_beat = from_beat
+        self.members: list[str] = []
+        self.metas: list[Any] = []  # flat: CLAIM_META_FIELDS values per claim
+        self.payloads: list[bytes] = []
+        self.lengths: list[int] = []
+        self.tps: list[str] = []
+        self.positions: list[int] = []  # each claim's position among the batch's records
+
+
 class AppendBatch:
     """Claims and rejects to apply in one round trip. Built by the ingest, applied by
-    :meth:`WindowStore.append`; the argument layout stays private to this module."""
+    :meth:`WindowStore.append`; the argument layout stays private to this module.
+
+    Claims are grouped by window (one log entry each); the script answers window by window,
+    and :meth:`outcomes` puts the answer back into the order the records were added.
+    """
 
     __slots__ = (
         "_bar_starts",
         "_cands",
-        "_metas",
-        "_payloads",
+        "_groups",
+        "_has_tp",
+        "_order",
         "_rejects",
         "_size",
         "_timeline",
-        "_win_args",
-        "_win_index",
     )
 
     def __init__(self, timeline: Timeline, current_beat: int) -> None:
         self._timeline = timeline
-        self._win_index: dict[int, int] = {}
-        self._win_args: list[str | int] = []
-        self._metas: list[Any] = []  # flat: CLAIM_FIELDS values per claim
+        self._groups: dict[int, _WindowGroup] = {}
         self._bar_starts: dict[int, int] = {}
-        self._payloads: list[bytes] = []
         self._rejects: list[bytes | str | int] = []
+        self._has_tp = False
         self._size = 0
+        self._order: list[int] | None = None
         start = timeline.bar_start(current_beat)
-        self._cands = [
-            self._window(start + k * timeline.bar_length) for k in range(LATE_TARGET_WINDOWS)
-        ]
+        self._cands = [start + k * timeline.bar_length for k in range(LATE_TARGET_WINDOWS)]
 
     def __len__(self) -> int:
         return self._size
-
-    def _window(self, from_beat: int) -> int:
-        index = self._win_index.get(from_beat)
-        if index is None:
-            index = len(self._win_index) + 1  # Lua tables count from 1
-            self._win_index[from_beat] = index
-            tl = self._timeline
-            self._win_args += (
-                keys_window_id(tl, from_beat),
-                from_beat,
-                from_beat + tl.bar_length - 1,
-            )
-        return index
 
     def window_id_of(self, beat_index: int) -> str:
         return keys_window_id(self._timeline, self._timeline.bar_start(beat_index))
@@ -118,20 +124,17 @@ class AppendBatch:
         if from_beat is None:
             from_beat = self._timeline.bar_start(beat_index)
             self._bar_starts[beat_index] = from_beat
-        w = self._win_index.get(from_beat) or self._window(from_beat)
-        self._metas += (
-            w,
-            agent_id,
-            task_id,
-            beat_index,
-            state,
-            beats_left,
-            0 if key_id is None else 1,
-            key_id or "",
-            traceparent,
-            len(payload),
-        )
-        self._payloads.append(payload)
+        group = self._groups.get(from_beat)
+        if group is None:
+            group = self._groups[from_beat] = _WindowGroup(from_beat)
+        group.members.append(f"{agent_id}\x1f{task_id}\x1f{beat_index}")
+        group.metas += (agent_id, task_id, beat_index, state, beats_left, key_id)
+        group.payloads.append(payload)
+        group.lengths.append(len(payload))
+        group.tps.append(traceparent)
+        if traceparent:
+            self._has_tp = True
+        group.positions.append(self._size)
         self._size += 1
         return from_beat
 
@@ -147,7 +150,6 @@ class AppendBatch:
     ) -> None:
         """A rejected payload, for the dead-letter stream (``payload`` may be truncated;
         ``size`` is the original size)."""
-        self._size += 1
         self._rejects += (
             self._size,
             str(reason),
@@ -157,9 +159,46 @@ class AppendBatch:
             received_ns,
             len(payload) if size is None else size,
         )
+        self._size += 1
+
+    def outcomes(self, result: str) -> str:
+        """The script's answer (window by window, then rejects) in the order of the records."""
+        order = self._order
+        if order is None:
+            order = self._order = self._script_order()
+        if not order:
+            return result
+        out = [""] * len(order)
+        for position, code in zip(order, result, strict=True):
+            out[position] = code
+        return "".join(out)
+
+    def _script_order(self) -> list[int]:
+        """Record positions in the script's order; empty when that is the records' order."""
+        order = [p for g in self._groups.values() for p in g.positions]
+        order += self._rejects[0::7]  # type: ignore[arg-type]
+        return [] if order == list(range(len(order))) else order
 
     def args(self, prefix: str, batch_id: str, settings: StoreSettings) -> list[Any]:
         now_ms = time.time_ns() // 1_000_000
+        tl = self._timeline
+        groups = dict(self._groups)
+        for from_beat in self._cands:  # late targets are windows of the script's list too
+            groups.setdefault(from_beat, _WindowGroup(from_beat))
+        index = {from_beat: k + 1 for k, from_beat in enumerate(groups)}  # Lua counts from 1
+        window_args: list[Any] = []
+        for from_beat, group in groups.items():
+            window_args += (
+                keys_window_id(tl, from_beat),
+                from_beat,
+                from_beat + tl.bar_length - 1,
+                _ENCODE(group.members),
+                _ENCODE(group.metas),
+                b"".join(group.payloads),
+                _ENCODE(group.lengths),
+                _ENCODE(group.tps) if self._has_tp and any(group.tps) else "",
+            )
+        rejects = [v for k, v in enumerate(self._rejects) if k % 7]  # without positions
         return [
             prefix,
             batch_id,
@@ -167,21 +206,18 @@ class AppendBatch:
             int(settings.retention_seconds * 1000),
             settings.dead_letter_maxlen,
             settings.batch_record_seconds,
-            len(self._win_index),
-            *self._win_args,
+            len(groups),
+            *window_args,
             len(self._cands),
-            *self._cands,
-            self._size,
-            _ENCODE_METAS(self._metas),
-            b"".join(self._payloads),
+            *(index[c] for c in self._cands),
             len(self._rejects) // 7,
-            *self._rejects,
+            *rejects,
         ]
 
 
-#: Compact JSON, without the per-call set-up of json.dumps (the metadata is ids, numbers and
-#: strings; NaN cannot occur).
-_ENCODE_METAS: Final = json.JSONEncoder(separators=(",", ":"), check_circular=False).encode
+#: Compact JSON, without the per-call set-up of json.dumps (ids, numbers, strings and null;
+#: NaN cannot occur).
+_ENCODE: Final = json.JSONEncoder(separators=(",", ":"), check_circular=False).encode
 
 
 class AppendPipeline:
@@ -208,6 +244,7 @@ class AppendPipeline:
         self._conn: Any = None
         #: Batches sent whose replies have not been read.
         self.outstanding = 0
+        self._batches: deque[AppendBatch] = deque()
 
     async def send(self, batch: AppendBatch, batch_id: str) -> None:
         """Send a batch (not empty); its outcome comes from a later :meth:`read`."""
@@ -222,6 +259,7 @@ class AppendPipeline:
             *batch.args(self._prefix, batch_id, self._settings),
         )
         self.outstanding += 1
+        self._batches.append(batch)
         await conn.send_packed_command(command, check_health=False)
 
     async def read(self) -> str:
@@ -230,12 +268,13 @@ class AppendPipeline:
             raise RuntimeError("no batch is waiting for its reply")
         reply = await self._conn.read_response()
         self.outstanding -= 1
-        return _text(reply)
+        return self._batches.popleft().outcomes(_text(reply))
 
     async def reset(self) -> None:
         """Drop the connection and every outstanding reply (after an error)."""
         conn, self._conn = self._conn, None
         self.outstanding = 0
+        self._batches.clear()
         if conn is not None:
             with contextlib.suppress(Exception):  # a broken connection is what we drop
                 await conn.disconnect()
@@ -305,6 +344,32 @@ def _prefixed_counts(fields: Mapping[str, bytes], prefix: str) -> dict[str, int]
     return {k[len(prefix) :]: int(v) for k, v in fields.items() if k.startswith(prefix)}
 
 
+def _decoded_report(raw: bytes | None) -> BarReport | None:
+    """A stored report, decoded; None when there is none or it is not a BarReport."""
+    if raw is None:
+        return None
+    try:
+        return BarReport.decode(raw)
+    except (CodecError, ValueError):
+        return None
+
+
+def _beat_stats(fields: Mapping[str, bytes]) -> BeatStats:
+    """The pulse's beat stats as the seal copied them into the window's hash."""
+    beat_fields = _prefixed_counts(
+        {k: v for k, v in fields.items() if not k.startswith("beats.term:")}, "beats."
+    )
+    terms = tuple(
+        sorted(int(k.removeprefix("beats.term:")) for k in fields if k.startswith("beats.term:"))
+    )
+    return BeatStats(
+        beats_emitted=beat_fields.get("beats", 0),
+        max_drift_ms=beat_fields.get("max_drift_us", 0) / 1000.0,
+        degraded_beats=beat_fields.get("degraded_beats", 0),
+        terms=terms,
+    )
+
+
 def _status(fields: Mapping[str, bytes], to_beat: int, current_beat: int | None) -> str:
     if fields.get("reported") == b"1":
         return "reported"
@@ -330,7 +395,7 @@ class WindowStore:
         self._prefix = keys.cluster_prefix(cluster_id)
         self._totals_key = keys.ingest_totals(cluster_id)
         self._append = redis.register_script(_lua.APPEND)
-        self._seal = redis.register_script(_lua.SEAL_AND_READ)
+        self._seal = redis.register_script(_lua.SEAL)
         self._mark = redis.register_script(_lua.MARK_REPORTED)
 
     # -- ingest side ------------------------------------------------------------------------
@@ -350,7 +415,7 @@ class WindowStore:
         result = await self._append(
             keys=[self._totals_key], args=batch.args(self._prefix, batch_id, self.settings)
         )
-        return _text(result)
+        return batch.outcomes(_text(result))
 
     def pipeline(self) -> AppendPipeline:
         """Appends over a connection of their own, several in flight (see AppendPipeline)."""
@@ -363,51 +428,76 @@ class WindowStore:
 
     # -- rollup side ------------------------------------------------------------------------
 
-    async def seal_and_read(self, window_id: str, from_beat: int, to_beat: int) -> WindowAggregate:
-        """Seal the window (idempotent) and return its aggregate.
+    async def seal_and_read(
+        self,
+        window_id: str,
+        from_beat: int,
+        to_beat: int,
+        open_promises: Mapping[str, Promise] | None = None,
+    ) -> WindowAggregate:
+        """Seal the window (idempotent) and fold its claim log into its aggregate.
 
-        After the seal, claims for the window are late. Sealing again returns the same figures:
-        nothing writes to a sealed window's figures, and the pulse's beat stats are copied into
-        the aggregate by the first seal.
+        After the seal, claims for the window are late and nothing more is appended to its
+        log, so sealing and reading again gives the same aggregate (the pulse's beat stats
+        are copied into the window's hash by the first seal). ``open_promises`` are the help
+        promises the window before left open (``WindowAggregate.open_promises``).
         """
         raw = await self._seal(
             keys=[keys.window_aggregate(self.cluster_id, window_id)],
             args=[self._prefix, window_id, from_beat, to_beat, time.time_ns()],
         )
-        flat, agents, on_time, helped, key_ids = raw
-        fields = _pairs(flat)
-        rejected = _prefixed_counts(fields, "rejected:")
-        beat_fields = _prefixed_counts(
-            {k: v for k, v in fields.items() if not k.startswith("beats.term:")}, "beats."
+        return await self.read_sealed(
+            window_id, from_beat, to_beat, _pairs(raw), open_promises=open_promises
         )
-        terms = tuple(
-            sorted(
-                int(k.removeprefix("beats.term:")) for k in fields if k.startswith("beats.term:")
+
+    async def read_sealed(
+        self,
+        window_id: str,
+        from_beat: int,
+        to_beat: int,
+        fields: Mapping[str, bytes] | None = None,
+        *,
+        open_promises: Mapping[str, Promise] | None = None,
+    ) -> WindowAggregate:
+        """The aggregate of a window from its log, without sealing (replays and tools; for a
+        window that is not sealed the figures may still grow)."""
+        if fields is None:
+            fields = _mapping(
+                await self._redis.hgetall(keys.window_aggregate(self.cluster_id, window_id))
             )
-        )
+        fold = fold_entries(await self.log_entries(window_id), open_promises)
         return WindowAggregate(
             cluster_id=self.cluster_id,
             window_id=window_id,
             from_beat=from_beat,
             to_beat=to_beat,
-            accepted_claims=int(fields.get("accepted", 0)),
-            duplicate_claims=int(fields.get("duplicate", 0)),
-            late_claims=int(fields.get("late", 0)),
-            rejected_by_reason=rejected,
-            claims_by_state=_prefixed_counts(fields, "state:"),
-            agent_ids=frozenset(_text(a) for a in agents),
-            on_time_review_tasks=int(on_time),
-            help_promises_fulfilled=int(helped),
-            signed_claims=int(fields.get("signed", 0)),
-            signature_failures=rejected.get(RejectReason.BAD_SIGNATURE.value, 0),
-            key_ids=frozenset(_text(k) for k in key_ids),
-            beats=BeatStats(
-                beats_emitted=beat_fields.get("beats", 0),
-                max_drift_ms=beat_fields.get("max_drift_us", 0) / 1000.0,
-                degraded_beats=beat_fields.get("degraded_beats", 0),
-                terms=terms,
-            ),
+            accepted_claims=fold.accepted_claims,
+            duplicate_claims=fold.duplicate_claims,
+            late_claims=fold.late_claims,
+            rejected_by_reason=dict(fold.rejected_by_reason),
+            claims_by_state=dict(fold.claims_by_state),
+            agent_ids=frozenset(fold.agent_ids),
+            on_time_review_tasks=len(fold.on_time_tasks),
+            help_promises_fulfilled=len(fold.helped_tasks),
+            signed_claims=fold.signed_claims,
+            signature_failures=fold.signature_failures,
+            key_ids=frozenset(fold.key_ids),
+            beats=_beat_stats(fields),
+            open_promises=fold.open_promises(to_beat + 1),
         )
+
+    async def log_entries(self, window_id: str) -> list[dict[bytes, bytes]]:
+        """The entries of a window's claim log, oldest first, read in pages so that no single
+        command holds Redis for long."""
+        key = keys.window_claims(self.cluster_id, window_id)
+        out: list[dict[bytes, bytes]] = []
+        start = "-"
+        while True:
+            page = await self._redis.xrange(key, start, "+", count=LOG_PAGE_ENTRIES)
+            out += (data for _, data in page)
+            if len(page) < LOG_PAGE_ENTRIES:
+                return out
+            start = "(" + _text(page[-1][0])
 
     async def mark_reported(self, window_id: str, report_json: bytes) -> None:
         """Record the published report (the first one is kept) and start the retention
@@ -475,21 +565,28 @@ class WindowStore:
     async def get_window(
         self, window_id: str, *, current_beat: int | None = None, with_agents: bool = True
     ) -> WindowDetail | None:
-        agg = keys.window_aggregate(self.cluster_id, window_id)
-        agents_key = keys.window_agents(self.cluster_id, window_id)
-        async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.hgetall(agg)
-            pipe.scard(agents_key)
-            if with_agents:
-                pipe.smembers(agents_key)
-            replies = await pipe.execute()
-        fields = _mapping(replies[0])
+        """One window as operators see it. A reported window's claim figures come from its
+        report; an unreported window's from its log, folded now."""
+        fields = _mapping(
+            await self._redis.hgetall(keys.window_aggregate(self.cluster_id, window_id))
+        )
         if not fields:
             return None
         from_beat = int(fields.get("from_beat", 0))
         to_beat = int(fields.get("to_beat", 0))
         report = fields.get("report")
         reported_ns = fields.get("reported_ns")
+        by_state: Mapping[str, int]
+        agent_ids: tuple[str, ...] = ()
+        published = _decoded_report(report) if not with_agents else None
+        if published is not None:
+            by_state = {k: v for k, v in published.claims_by_state.items() if v}
+            agent_count = published.agents_reporting
+        else:
+            fold = fold_entries(await self.log_entries(window_id))
+            by_state = dict(sorted(fold.claims_by_state.items()))
+            agent_count = len(fold.agent_ids)
+            agent_ids = tuple(sorted(fold.agent_ids)) if with_agents else ()
         return WindowDetail(
             window_id=window_id,
             from_beat=from_beat,
@@ -498,25 +595,34 @@ class WindowStore:
             accepted_claims=int(fields.get("accepted", 0)),
             duplicate_claims=int(fields.get("duplicate", 0)),
             late_claims=int(fields.get("late", 0)),
-            claims_by_state=_prefixed_counts(fields, "state:"),
+            claims_by_state=by_state,
             rejected_by_reason=_prefixed_counts(fields, "rejected:"),
-            agent_count=int(replies[1]),
-            agent_ids=tuple(sorted(_text(a) for a in replies[2])) if with_agents else (),
+            agent_count=agent_count,
+            agent_ids=agent_ids,
             report_json=report,
             reported_ns=int(reported_ns) if reported_ns is not None else None,
         )
 
-    async def agent_count(self, window_id: str) -> int:
-        agents = keys.window_agents(self.cluster_id, window_id)
-        return int(await self._redis.scard(agents))
-
     async def window_claims(self, window_id: str) -> list[tuple[bytes, str]]:
-        """Every buffered claim of a window: (INT-B JSON, traceparent), in append order."""
-        entries = await self._redis.xrange(keys.window_claims(self.cluster_id, window_id))
+        """Every accepted claim of a window: (INT-B JSON, traceparent), in append order."""
+        skipped: dict[bytes, frozenset[int]] = {}
+        for entry_id, data in await self._redis.xrange(
+            keys.window_claims(self.cluster_id, window_id)
+        ):
+            if b"x" in data:
+                skipped[entry_id] = frozenset(json.loads(data[b"x"]))
         out: list[tuple[bytes, str]] = []
-        for _, data in entries:
-            fields = _mapping(data)
-            out.append((bytes(fields["c"]), _text(fields.get("tp", b""))))
+        for entry_id, data in await self._redis.xrange(
+            keys.window_payloads(self.cluster_id, window_id)
+        ):
+            blob = bytes(data[b"p"])
+            tps = json.loads(data[b"tp"]) if b"tp" in data else None
+            skip = skipped.get(entry_id, frozenset())
+            pos = 0
+            for k, length in enumerate(json.loads(data[b"n"])):
+                if k not in skip:
+                    out.append((blob[pos : pos + length], tps[k] if tps else ""))
+                pos += length
         return out
 
     async def late_entries(self, count: int = 1000) -> list[dict[str, bytes]]:
