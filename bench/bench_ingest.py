@@ -305,7 +305,7 @@ def run(quick: bool) -> list[Result]:
         ),
         Result(
             bench="ingest",
-            metric="Redis CPU per 1k claims (append script: stream + aggregates + dedupe)",
+            metric="Redis CPU per 1k claims (append script: dedupe + claim log)",
             value=sat.redis_cpu_ms,
             unit="ms",
             baseline_name="raw pipelined XADD",

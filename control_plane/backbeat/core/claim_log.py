@@ -34,8 +34,8 @@ from backbeat.core.claims import RejectReason
 #: Values per claim in an entry's ``m`` array.
 CLAIM_META_FIELDS: Final = 6
 
-#: Task states that may close or open a help promise.
-_PROMISE_STATES: Final = frozenset({"waiting", "executing", "review", "done"})
+#: Task states that fulfil (or, past the deadline, end) a help promise.
+_MOVED_ON: Final = frozenset({"executing", "review", "done"})
 _REVIEWED: Final = frozenset({"review", "done"})
 
 #: An open help promise of a task: (beat of its first waiting claim, deadline beat).
@@ -112,34 +112,42 @@ def _fold_entry(fold: ClaimFold, entry: Mapping[str, Any]) -> None:
     fold.claims_by_state.update(states)
     fold.signed_claims += len(key_ids) - key_ids.count(None)
     fold.key_ids.update(k for k in set(key_ids) if k)
-    promise_states = _PROMISE_STATES
-    for task, beat, state, left in zip(tasks, beats, states, lefts, strict=True):
-        if state in promise_states:
-            _track_promise(fold, task, beat, state, left)
+    fold.on_time_tasks.update(
+        task
+        for task, state, left in zip(tasks, states, lefts, strict=True)
+        if left >= 0 and state in _REVIEWED
+    )
+    _track_promises(fold.promises, fold.helped_tasks, zip(tasks, beats, states, lefts, strict=True))
 
 
-def _track_promise(fold: ClaimFold, task: str, beat: int, state: str, left: int) -> None:
-    """The on-time and help-promise rules of docs/kpis.md, for one accepted claim."""
-    if state in _REVIEWED and left >= 0:
-        fold.on_time_tasks.add(task)
-    promises = fold.promises
-    if state == "waiting":
-        if left >= 0:
-            deadline = beat + left
-            open_ = promises.get(task)
-            if open_ is None or open_[1] < beat:
-                promises[task] = (beat, deadline)
-            else:
-                promises[task] = (min(open_[0], beat), min(open_[1], deadline))
-        return
-    open_ = promises.get(task)
-    if open_ is None:
-        return
-    if open_[0] < beat <= open_[1]:
-        fold.helped_tasks.add(task)
-        del promises[task]
-    elif beat > open_[1]:
-        del promises[task]
+def _track_promises(
+    promises: dict[str, Promise],
+    helped: set[str],
+    claims: Iterable[tuple[str, int, str, int]],
+) -> None:
+    """The help-promise rule of docs/kpis.md over accepted claims, in log order: a
+    ``waiting`` claim opens (or narrows) its task's promise, a later ``executing`` /
+    ``review`` / ``done`` claim within the deadline fulfils it, one past the deadline ends
+    it. One loop without calls: it runs once per claim of the window."""
+    get = promises.get
+    for task, beat, state, left in claims:
+        if state == "waiting":
+            if left >= 0:
+                deadline = beat + left
+                open_ = get(task)
+                if open_ is None or open_[1] < beat:
+                    promises[task] = (beat, deadline)
+                else:
+                    promises[task] = (min(open_[0], beat), min(open_[1], deadline))
+            continue
+        open_ = get(task)
+        if open_ is None or state not in _MOVED_ON:
+            continue
+        if open_[0] < beat <= open_[1]:
+            helped.add(task)
+            del promises[task]
+        elif beat > open_[1]:
+            del promises[task]
 
 
 def encode_promises(promises: Mapping[str, Promise]) -> bytes:
