@@ -115,6 +115,14 @@ def ingest_totals(cluster_id: str) -> str:
     return f"{cluster_prefix(cluster_id)}:ingest"
 
 
+def ingest_watermarks(cluster_id: str) -> str:
+    """Hash: ingest replica id -> ``<low watermark ns>:<written ns>`` (see
+    ``backbeat.core.watermark``): every claim the replica received before the low watermark
+    is applied. The trigger seals a window once the live replicas' watermarks pass its
+    deadline."""
+    return f"{cluster_prefix(cluster_id)}:ingest:watermarks"
+
+
 def ingest_batch(cluster_id: str, batch_id: str) -> str:
     """String: the outcome of an applied batch (short-lived), so a retried batch is not
     applied twice."""

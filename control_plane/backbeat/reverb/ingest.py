@@ -48,6 +48,7 @@ from backbeat.core.claims import (
 from backbeat.core.hlc import DEFAULT_MAX_OFFSET_MS
 from backbeat.core.messages import BarReport, CodecError, StatusClaim
 from backbeat.core.timeline import Timeline
+from backbeat.core.watermark import Watermark
 from backbeat.reverb.metrics import ReverbMetrics
 from backbeat.reverb.store import (
     AppendBatch,
@@ -112,10 +113,15 @@ class IngestSettings:
     #: the client reconnects for ever.
     nats_connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S
     store: StoreSettings = field(default_factory=StoreSettings)
+    #: How often the replica records its low watermark (``backbeat.core.watermark``); the
+    #: trigger's seal waits for it, so this bounds what the watermark adds to the seal delay.
+    watermark_interval_s: float = 0.02
 
     def __post_init__(self) -> None:
         if self.buffer_capacity < 1 or self.max_batch < 1 or self.max_in_flight < 1:
             raise ValueError("buffer_capacity, max_batch and max_in_flight must be at least 1")
+        if not 0 < self.watermark_interval_s <= 1:
+            raise ValueError("watermark_interval_s must be in (0, 1]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,6 +225,7 @@ class ClaimIngest:
         self._space.set()
         self._flusher: asyncio.Task[None] | None = None
         self._gauges: asyncio.Task[None] | None = None
+        self._watermarks: asyncio.Task[None] | None = None
         self._started = False
         self._closing = False
         self._closed = False
@@ -252,6 +259,7 @@ class ClaimIngest:
         self._started = True
         self._flusher = asyncio.create_task(self._flush_loop(), name="reverb-flusher")
         self._gauges = asyncio.create_task(self._gauge_loop(), name="reverb-gauges")
+        self._watermarks = asyncio.create_task(self._watermark_loop(), name="reverb-watermark")
         if self.settings.nats_url:
             self._nc = await connect_nats(
                 self.settings.nats_url,
@@ -308,6 +316,10 @@ class ClaimIngest:
                 self.metrics.dropped.labels("shutdown").inc(lost)
                 await stop_task(self._flusher)
         await stop_task(self._gauges)
+        await stop_task(self._watermarks)
+        with contextlib.suppress(*_RETRYABLE, redis_errors.RedisError):
+            # Drained: nothing of ours is pending, so nobody needs to wait for this replica.
+            await asyncio.wait_for(self.store.forget_watermark(self.settings.node_id), 2.0)
         stranded = [item for sent in self._in_flight for item in sent.items]
         for item in [*stranded, *self._buffer]:
             future = item[4]
@@ -739,6 +751,29 @@ class ClaimIngest:
             if code == "a" and fields is not None and fields[2] >= window_start:
                 agents.add(fields[0])
         self.metrics.agents_reporting.set(len(agents))
+
+    def low_watermark(self) -> int:
+        """Every claim this replica received before the returned time (ns, the arrival clock)
+        has been applied to the store: the arrival of the oldest claim still buffered or in
+        flight, or now when there is none."""
+        low = self.follower.clock()
+        if self._in_flight:
+            low = min(low, self._in_flight[0].items[0][3])
+        if self._buffer:
+            low = min(low, self._buffer[0][3])
+        return low
+
+    async def _watermark_loop(self) -> None:
+        """Record the low watermark for the trigger every ``watermark_interval_s``."""
+        interval = self.settings.watermark_interval_s
+        replica = self.settings.node_id
+        while True:
+            mark = Watermark(replica, self.low_watermark(), self.follower.clock())
+            try:
+                await asyncio.wait_for(self.store.write_watermark(mark), timeout=2.0)
+            except (*_RETRYABLE, redis_errors.RedisError, TimeoutError):
+                pass  # Redis away: the trigger waits at most its maximum, then seals
+            await asyncio.sleep(interval)
 
     async def _gauge_loop(self) -> None:
         """Keep the Redis-backed gauges fresh (and learn whether Redis answers when idle)."""

@@ -24,6 +24,7 @@ from backbeat.core.claim_log import Promise, fold_entries
 from backbeat.core.claims import ClaimFields, RejectReason, claim_fields
 from backbeat.core.messages import BarReport, CodecError, StatusClaim
 from backbeat.core.timeline import Timeline
+from backbeat.core.watermark import Watermark
 from backbeat.core.window import BeatStats, WindowAggregate
 from backbeat.reverb import _lua
 
@@ -420,6 +421,20 @@ class WindowStore:
     def pipeline(self) -> AppendPipeline:
         """Appends over a connection of their own, several in flight (see AppendPipeline)."""
         return AppendPipeline(self._redis, self._totals_key, self._prefix, self.settings)
+
+    async def write_watermark(self, mark: Watermark) -> None:
+        """Record a replica's low watermark (see ``backbeat.core.watermark``)."""
+        await self._redis.hset(keys.ingest_watermarks(self.cluster_id), mark.replica, mark.encode())
+
+    async def forget_watermark(self, replica: str) -> None:
+        """A replica that stopped: nobody waits for it any more."""
+        await self._redis.hdel(keys.ingest_watermarks(self.cluster_id), replica)
+
+    async def watermarks(self) -> list[Watermark]:
+        """Every replica's last recorded low watermark (unreadable entries skipped)."""
+        raw = await self._redis.hgetall(keys.ingest_watermarks(self.cluster_id))
+        marks = (Watermark.decode(_text(k), _text(v)) for k, v in raw.items())
+        return [m for m in marks if m is not None]
 
     async def totals(self) -> dict[str, int]:
         """Cluster-wide counters: received, accepted, duplicate, late, rejected, rejected:<r>."""

@@ -68,6 +68,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="wait after the downbeat before rolling up (default 100 ms)",
     )
     parser.add_argument(
+        "--max-watermark-wait-ms",
+        type=float,
+        default=d.max_watermark_wait_ms,
+        help="after the grace, wait at most this long for the ingest replicas' watermarks "
+        "before sealing (default 1000 ms)",
+    )
+    parser.add_argument(
         "--max-attempts",
         type=int,
         default=d.max_attempts,
@@ -108,6 +115,7 @@ def settings_from(args: argparse.Namespace) -> TriggerSettings:
         redis_url=args.redis,
         bar_length=args.bar_length,
         grace_ms=args.grace_ms,
+        max_watermark_wait_ms=args.max_watermark_wait_ms,
         max_attempts=args.max_attempts,
         backoff_ms=args.backoff_ms,
         backoff_max_ms=args.backoff_max_ms,

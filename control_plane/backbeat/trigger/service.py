@@ -1,10 +1,12 @@
 """The reverb trigger: downbeats in (durable JetStream consumer), rollup invocations out.
 
-At each downbeat ``d`` it waits the grace period, invokes the function for the bar that ended
-at ``d − 1`` and acks the downbeat only when the window is reported. A failed invocation is
-retried with backoff (a delayed NAK, so any replica may take it); a window that keeps failing
-goes to the dead letters and into the next report's issues. After each downbeat it also rolls
-up earlier windows that hold claims but were never reported (a missed trigger).
+At each downbeat ``d`` it waits the grace period and the ingest replicas' low watermarks
+(``backbeat.core.watermark``: claims that arrived before the deadline are applied), invokes
+the function for the bar that ended at ``d − 1`` and acks the downbeat only when the window
+is reported. A failed invocation is retried with backoff (a delayed NAK, so any replica may
+take it); a window that keeps failing goes to the dead letters and into the next report's
+issues. After each downbeat it also rolls up earlier windows that hold claims but were never
+reported (a missed trigger).
 
 Several replicas may run: they share the durable consumer, and the function itself makes
 every window's report unique.
@@ -26,11 +28,13 @@ from nats.js.errors import FetchTimeoutError
 from opentelemetry import trace
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from backbeat.core import subjects
 from backbeat.core.kpi import FailedWindow
 from backbeat.core.messages import BeatFrame, CodecError, load_object
 from backbeat.core.timeline import NS_PER_MIN
+from backbeat.core.watermark import lagging
 from backbeat.reverb.store import WindowStore
 from backbeat.service.lifecycle import stop_task
 from backbeat.service.logs import get_logger
@@ -54,7 +58,14 @@ class TriggerSettings:
     #: Beats per bar, when the downbeat frame does not say (``bar_length`` field).
     bar_length: int = 4
     #: Wait after the downbeat's scheduled time before rolling up (claims in flight land).
+    #: Downbeat + grace is the window's deadline: a claim that arrives later is late.
     grace_ms: float = 100.0
+    #: After the grace, the seal waits until every live ingest replica has applied all it
+    #: received before the deadline (its low watermark), but at most this long.
+    max_watermark_wait_ms: float = 1000.0
+    #: A replica whose watermark is older than this is taken for gone and not waited for.
+    watermark_stale_ms: float = 5000.0
+    watermark_poll_ms: float = 5.0
     #: Failed attempts (over all replicas) before a window goes to the dead letters.
     max_attempts: int = 5
     backoff_ms: float = 50.0
@@ -72,6 +83,10 @@ class TriggerSettings:
     #: How long start() waits for the first NATS connection (0: for ever); reconnects after
     #: that follow the client's reconnect policy.
     nats_connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S
+
+    def __post_init__(self) -> None:
+        if self.max_watermark_wait_ms < 0 or self.watermark_stale_ms <= 0:
+            raise ValueError("max_watermark_wait_ms must be >= 0 and watermark_stale_ms > 0")
 
     def backoff_s(self, attempt: int) -> float:
         delay_ms = self.backoff_ms * 2.0 ** max(attempt - 1, 0)
@@ -101,6 +116,8 @@ class TriggerMetrics:
     failures: Counter = field(init=False)
     dead_letters: Counter = field(init=False)
     caught_up: Counter = field(init=False)
+    seal_delay: Histogram = field(init=False)
+    watermark_timeouts: Counter = field(init=False)
     #: PER-002: rollup done within one beat of the closing downbeat.
     slo: SloTracker = field(init=False)
 
@@ -124,6 +141,18 @@ class TriggerMetrics:
         self.dead_letters = Counter(
             "backbeat_reverb_rollup_dead_letters",
             "Windows given up after max attempts",
+            registry=r,
+        )
+        self.seal_delay = Histogram(
+            "backbeat_reverb_seal_delay_seconds",
+            "From a window's closing downbeat (scheduled time) to its seal starting: the grace "
+            "plus the wait for the ingest replicas' watermarks",
+            buckets=(0.05, 0.1, 0.11, 0.125, 0.15, 0.2, 0.3, 0.5, 1, 2, 5),
+            registry=r,
+        )
+        self.watermark_timeouts = Counter(
+            "backbeat_reverb_watermark_timeouts",
+            "Seals that stopped waiting for a lagging ingest replica (max wait reached)",
             registry=r,
         )
         self.caught_up = Counter(
@@ -315,9 +344,12 @@ class ReverbTrigger:
             await msg.ack()
             await self._catch_up(event.from_beat + bar_length)
             return
-        wait_s = (downbeat_ns + s.grace_ms * 1e6 - time.time_ns()) / 1e9
+        deadline_ns = downbeat_ns + round(s.grace_ms * 1e6)
+        wait_s = (deadline_ns - time.time_ns()) / 1e9
         if wait_s > 0:
             await asyncio.sleep(wait_s)
+        await self._await_watermarks(deadline_ns, log)
+        self.metrics.seal_delay.observe(max(time.time_ns() - downbeat_ns, 0) / 1e9)
         attempt = await self._roll_up(event)
         if attempt is not Attempt.FAILED:
             # A window reported before (a duplicate downbeat, another replica) is not timed
@@ -338,6 +370,32 @@ class ReverbTrigger:
                 await msg.nak(delay=s.backoff_s(attempts))
                 return
         await self._catch_up(event.from_beat)
+
+    async def _await_watermarks(self, deadline_ns: int, log: Any) -> None:
+        """Wait until every live ingest replica has applied what it received before
+        ``deadline_ns`` (``backbeat.core.watermark``), at most ``max_watermark_wait_ms``."""
+        assert self._store is not None
+        s = self.settings
+        give_up = time.monotonic() + s.max_watermark_wait_ms / 1000.0
+        stale_ns = round(s.watermark_stale_ms * 1e6)
+        while True:
+            try:
+                marks = await asyncio.wait_for(self._store.watermarks(), timeout=1.0)
+            except (RedisError, OSError, TimeoutError) as exc:
+                log.warning("watermarks unreadable; sealing without them", error=repr(exc))
+                return
+            behind = lagging(marks, deadline_ns, now_ns=time.time_ns(), stale_ns=stale_ns)
+            if not behind:
+                return
+            if time.monotonic() >= give_up:
+                self.metrics.watermark_timeouts.inc()
+                log.warning(
+                    "ingest replicas behind the window's deadline; sealing anyway",
+                    replicas=[m.replica for m in behind],
+                    behind_ms=round((deadline_ns - behind[0].low_ns) / 1e6, 1),
+                )
+                return
+            await asyncio.sleep(s.watermark_poll_ms / 1000.0)
 
     async def _roll_up(self, event: RollupEvent) -> Attempt:
         # The invocation is a client span; the event carries its context to the function, so
