@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -90,7 +91,16 @@ def test_up_shows_beats_reports_and_tempo_change_then_stops_cleanly(tmp_path: Pa
         out.wait_for(r"beat \d+ downbeat", timeout=30)
         out.wait_for(r"report bar \d+-\d+", timeout=30 - (time.monotonic() - started), count=3)
         children = _children(proc.pid)
-        assert len(children) >= 5 + 4  # 3 redis + nats + pulse x2, reverb, trigger, agent-sim
+        # 3 Redlock masters + the claims store + nats + pulse x2, reverb, trigger, agent-sim
+        assert len(children) >= 6 + 4
+        (claims_url,) = out.wait_for(r"claims\s+(redis://\S+)", timeout=1)
+        # The claims store keeps accepted claims: an append-only file synced every second.
+        store = redis.Redis.from_url(claims_url[1])
+        try:
+            config = store.config_get("append*")
+        finally:
+            store.close()
+        assert (config["appendonly"], config["appendfsync"]) == ("yes", "everysec"), config
 
         changed = subprocess.run(
             [sys.executable, "-m", "backbeat.cli", "tempo", "126", "--pulse", pulse[1],
@@ -141,6 +151,9 @@ def test_up_shows_beats_reports_and_tempo_change_then_stops_cleanly(tmp_path: Pa
         assert reported, windows
         detail = ctl("windows", reported[0]["window_id"], "--reverb", reverb)
         assert detail["report"]["window_id"] == reported[0]["window_id"]
+        replay = ctl("windows", reported[0]["window_id"], "--reverb", reverb,
+                     "--recompute", "--redis", claims_url[1])  # fmt: skip
+        assert replay["identical"] is True, replay
         first = reported[-1]  # newest first: the oldest reported window listed
         # Replayed in publication order (a window caught up late comes after later ones), so
         # look among the first few from that window on; beat 0 replays from the first window.

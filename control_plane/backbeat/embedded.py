@@ -231,8 +231,9 @@ class ServerProcess:
 
 
 class RedisServer(ServerProcess):
-    """A Redis-compatible server. ``persistent=True`` turns on an fsync-always AOF so that a
-    restart keeps every acknowledged write."""
+    """A Redis-compatible server. ``persistent=True`` turns on an append-only file synced by
+    ``appendfsync``: ``always`` (the default) keeps every acknowledged write over a restart,
+    ``everysec`` all but the last second's."""
 
     kind = "redis"
 
@@ -242,10 +243,14 @@ class RedisServer(ServerProcess):
         data_dir: Path | None = None,
         *,
         persistent: bool = False,
+        appendfsync: str = "always",
         password: str | None = None,
     ) -> None:
         super().__init__(port, data_dir)
+        if appendfsync not in {"always", "everysec", "no"}:
+            raise ValueError(f"appendfsync must be always, everysec or no, not {appendfsync!r}")
         self.persistent = persistent
+        self.appendfsync = appendfsync
         self.password = password
         self.binary = redis_binary()
 
@@ -260,7 +265,7 @@ class RedisServer(ServerProcess):
             "--protected-mode", "no",
         ]  # fmt: skip
         if self.persistent:
-            args += ["--appendonly", "yes", "--appendfsync", "always"]
+            args += ["--appendonly", "yes", "--appendfsync", self.appendfsync]
         else:
             args += ["--appendonly", "no"]
         if self.password:

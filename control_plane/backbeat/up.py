@@ -66,6 +66,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="an existing Redis master (repeat; default: start 3 embedded masters)",
     )  # fmt: skip
     parser.add_argument(
+        "--claims-redis", default="", metavar="URL",
+        help="an existing Redis for the claims store (default: the first --redis when given, "
+        "else start one with an append-only file synced every second)",
+    )  # fmt: skip
+    parser.add_argument(
         "--nats", default=os.environ.get("NATS_URL", ""), metavar="URL",
         help="an existing NATS server with JetStream (env NATS_URL; default: start one)",
     )  # fmt: skip
@@ -110,6 +115,8 @@ def _port(preferred: int) -> int:
 @dataclass
 class Endpoints:
     redis: list[str]
+    #: The claims store of the ingest and the trigger (apart from the Redlock masters).
+    claims_redis: str
     nats: str
     pulse_grpc: list[int]
     pulse_admin: list[int]
@@ -140,6 +147,17 @@ class LocalStack:
                 self.servers.append(server)
                 server.start()
                 redis_urls.append(server.url)
+        claims_url = args.claims_redis or (args.redis[0] if args.redis else "")
+        if not claims_url:
+            # The claims store is not a Redlock master: it keeps accepted claims, so it runs
+            # with an append-only file (docs/deployment.md, "Durability").
+            claims = RedisServer(
+                data_dir=self.run_dir / "claims-redis", persistent=True, appendfsync="everysec"
+            )
+            claims.die_with_parent = True
+            self.servers.append(claims)
+            claims.start()
+            claims_url = claims.url
         nats_url = args.nats
         # Embedded NATS runs the shipped per-role permissions: each component connects as its
         # role (docs/security.md), its password in its environment, never on a command line.
@@ -158,6 +176,7 @@ class LocalStack:
             self.view_nats_url = nats_url
         ep = Endpoints(
             redis=redis_urls,
+            claims_redis=claims_url,
             nats=nats_url,
             pulse_grpc=[_port(args.grpc_port), _port(args.grpc_port + 1)],
             pulse_admin=[_port(args.admin_port), _port(args.admin_port + 1)],
@@ -180,14 +199,14 @@ class LocalStack:
             ))  # fmt: skip
         plan.append((
             "reverb",
-            ["reverb", *common, "--node", "reverb-1", "--nats", ep.nats, "--redis", ep.redis[0],
+            ["reverb", *common, "--node", "reverb-1", "--nats", ep.nats, "--redis", ep.claims_redis,
              "--bar-length", str(args.bar_length), "--grpc-port", str(ep.reverb_grpc),
              "--admin-port", str(ep.reverb_admin)],
             ep.reverb_admin,
         ))  # fmt: skip
         plan.append((
             "reverb-trigger",
-            ["reverb-trigger", *common, "--nats", ep.nats, "--redis", ep.redis[0],
+            ["reverb-trigger", *common, "--nats", ep.nats, "--redis", ep.claims_redis,
              "--bar-length", str(args.bar_length), "--admin-port", str(ep.trigger_admin)],
             ep.trigger_admin,
         ))  # fmt: skip
@@ -544,6 +563,7 @@ def _print_endpoints(
     # them at the terminal's width, or at 80 columns when the output goes to a file.
     console.print(f"[bold green]up[/] cluster [bold]{escape(args.cluster)}[/], logs in {run_dir}")
     console.print(f"  redis    {' '.join(ep.redis)}", markup=False)
+    console.print(f"  claims   {ep.claims_redis}", markup=False)
     console.print(f"  nats     {ep.nats}", markup=False)
     for i in range(2):
         console.print(
@@ -559,7 +579,7 @@ def _print_endpoints(
     console.print("for agents and operator commands (docs/sdk.md):")
     console.print(
         f"  export NATS_URL={ep.nats} BACKBEAT_CLUSTER={args.cluster} "
-        f"BACKBEAT_API_TOKEN={args.token}",
+        f"BACKBEAT_API_TOKEN={args.token} BACKBEAT_REDIS_URL={ep.claims_redis}",
         markup=False,
     )
     console.print("change the tempo (applies at the next downbeat):")

@@ -51,7 +51,8 @@ def published(service: dict[str, Any]) -> list[int]:
 
 def test_the_stack_mirrors_backbeat_up() -> None:
     assert set(services()) == {
-        "redis-1", "redis-2", "redis-3", "nats", *BACKBEAT_SERVICES, "prometheus", "grafana",
+        "redis-1", "redis-2", "redis-3", "claims-redis", "nats", *BACKBEAT_SERVICES,
+        "prometheus", "grafana",
     }  # fmt: skip
     for name in ("redis-1", "redis-2", "redis-3"):
         command = services()[name]["command"]
@@ -137,3 +138,18 @@ def test_compose_config_accepts_the_file() -> None:
     argv = require_compose()
     done = run([*argv, "-f", str(COMPOSE), "config", "--quiet"], cwd=COMPOSE.parent)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_the_claims_store_is_its_own_redis_with_an_append_only_file() -> None:
+    s = services()
+    conf = (COMPOSE.parent / "redis" / "claims.conf").read_text(encoding="utf-8")
+    settings = dict(
+        line.split(None, 1) for line in conf.splitlines() if line and not line.startswith("#")
+    )
+    assert settings["appendonly"] == "yes"
+    assert settings["appendfsync"] in {"everysec", "always"}
+    assert "./redis/claims.conf:/usr/local/etc/redis/claims.conf:ro" in s["claims-redis"]["volumes"]
+    for name in ("reverb", "reverb-trigger"):
+        assert "--redis=redis://claims-redis:6379/0" in s[name]["command"], name
+    for name in ("pulse-1", "pulse-2"):
+        assert not [a for a in s[name]["command"] if "claims-redis" in a], name

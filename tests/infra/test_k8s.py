@@ -187,3 +187,11 @@ def test_kubectl_kustomize_builds() -> None:
     assert done.returncode == 0, done.stderr
     kinds = [d["kind"] for d in yaml.safe_load_all(done.stdout) if d]
     assert kinds.count("Deployment") == 3
+
+
+def test_the_claims_store_is_not_a_redlock_master() -> None:
+    (config,) = of_kind("ConfigMap")
+    data = config["data"]
+    masters = {data[k] for k in data if re.fullmatch(r"REDIS_\d+_URL", k)}
+    assert len(masters) >= 3
+    assert data["REVERB_REDIS_URL"] not in masters
