@@ -65,7 +65,25 @@ class ClaimVerdict:
         return self.reason is None
 
 
-_CONTROL_CHARS: Final = re.compile(r"[\x00-\x1f\x7f]")
+#: Characters no id may hold: C0 and C1 controls, and the Unicode characters that reorder or
+#: hide text (bidi marks, embeddings, overrides and isolates, zero-width characters, word
+#: joiners, the BOM) or break lines (U+2028/U+2029). Ids become Redis set members and
+#: separators in the ingest's batches, and are printed to operators in reports.
+_UNSAFE_ID_CHARS: Final = re.compile(
+    "[\x00-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]"
+)
+#: Console markup tags (``[bold red]``, ``[/]``, ``[link=…]``) in an id would restyle or
+#: forge what an operator's terminal shows; ``agent[1]`` (a digit after the bracket) is fine.
+_MARKUP_TAG: Final = re.compile(r"\[[A-Za-z#/@][^\[\]]*\]")
+
+
+def id_problem(value: str) -> str | None:
+    """Why ``value`` cannot be an agent, task or key id (None: it can)."""
+    if _UNSAFE_ID_CHARS.search(value):
+        return "must not contain control, bidi or invisible formatting characters"
+    if "[" in value and _MARKUP_TAG.search(value):
+        return "must not contain markup tags like [bold]"
+    return None
 
 
 def _reject(reason: RejectReason, detail: str) -> ClaimVerdict:
@@ -124,9 +142,9 @@ def validate_claim(
             return _reject(
                 RejectReason.OVERSIZED, f"{name}: {len(value)} chars; limit {limits.max_id_chars}"
             )
-        if _CONTROL_CHARS.search(value):
-            # Ids become Redis set members and separators in the ingest's batches.
-            return _reject(RejectReason.MALFORMED, f"{name}: must not contain control characters")
+        problem = id_problem(value)
+        if problem:
+            return _reject(RejectReason.MALFORMED, f"{name}: {problem}")
     if len(claim.notes) > limits.max_notes_chars:
         return _reject(
             RejectReason.OVERSIZED,
@@ -226,10 +244,14 @@ def accept_fast(
         0 < len(agent) <= max_id
         and 0 < len(task) <= max_id
         and len(key_id) <= max_id
-        # printable implies no control characters (the slow path decides the rest)
+        # printable implies no control, bidi or invisible characters (the slow path decides
+        # the rest); a bracket may open a markup tag, which the slow path judges
         and agent.isprintable()
         and task.isprintable()
         and key_id.isprintable()
+        and "[" not in agent
+        and "[" not in task
+        and "[" not in key_id
         and len(notes) <= limits.max_notes_chars
         and state in TASK_STATES
         and 0.0 <= progress <= 1.0

@@ -36,7 +36,14 @@ from backbeat.pulse.tempo_limit import (
     TempoRateLimiter,
 )
 from backbeat.secrets import KeyRotator
-from backbeat.service.admin import AdminServer, error_response, json_response
+from backbeat.service.admin import (
+    AdminServer,
+    MalformedBody,
+    error_response,
+    finite_number,
+    json_response,
+    read_json_object,
+)
 from backbeat.service.rpc import BearerAuth, GrpcServer, TokenSource
 from backbeat.service.slo import JITTER, SloTracker
 from backbeat.service.tls import TlsSettings
@@ -257,13 +264,11 @@ class PulseServer:
 
     async def _tempo(self, request: web.Request) -> web.Response:
         try:
-            body = await request.json()
-        except ValueError:
-            return error_response(400, "MALFORMED", "the body must be a JSON object")
-        if not isinstance(body, dict):
-            return error_response(400, "MALFORMED", "the body must be a JSON object")
-        bpm = body.get("tempo_bpm")
-        if isinstance(bpm, bool) or not isinstance(bpm, int | float):
+            body = await read_json_object(request)
+        except MalformedBody as exc:
+            return error_response(400, "MALFORMED", str(exc))
+        bpm = finite_number(body.get("tempo_bpm"))
+        if bpm is None:
             return error_response(400, "MALFORMED", "tempo_bpm must be a number")
         request_id = body.get("request_id", "")
         ramp = body.get("ramp", False)

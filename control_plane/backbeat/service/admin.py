@@ -7,6 +7,7 @@ has a token source; the comparison is constant-time.
 from __future__ import annotations
 
 import json
+import math
 import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -30,6 +31,35 @@ def json_response(payload: Any, status: int = 200) -> web.Response:
 
 def error_response(status: int, reason: str, message: str) -> web.Response:
     return json_response({"error": {"reason": reason, "message": message}}, status=status)
+
+
+class MalformedBody(ValueError):
+    """The request body is not what the route takes; answered with 400 MALFORMED."""
+
+
+async def read_json_object(request: web.Request) -> dict[str, Any]:
+    """The body as a JSON object. Raises MalformedBody for anything else, including bodies
+    the parser gives up on (nesting deeper than the interpreter's recursion limit, integers
+    longer than Python converts)."""
+    try:
+        body = await request.json()
+    except (ValueError, RecursionError) as exc:
+        raise MalformedBody("the body must be a JSON object") from exc
+    if not isinstance(body, dict):
+        raise MalformedBody("the body must be a JSON object")
+    return body
+
+
+def finite_number(value: object) -> float | None:
+    """``value`` as a finite float, or None when it is no number or none a float can hold
+    (booleans, a 400-digit integer)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
 
 
 class AdminServer:
