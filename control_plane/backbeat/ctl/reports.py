@@ -10,6 +10,8 @@ import grpc
 from backbeat.ctl._common import (
     add_output,
     add_reverb_address,
+    add_token,
+    auth_metadata,
     print_json_line,
     report_rpc_error,
     say,
@@ -38,6 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--follow", action="store_true", help="keep printing new reports")
     parser.add_argument("--count", type=int, default=0, help="stop after this many reports")
     add_reverb_address(parser)
+    add_token(parser)  # the reverb asks for it: a replay costs the server
     add_output(parser)
 
 
@@ -80,6 +83,7 @@ async def _reports(args: argparse.Namespace) -> int:
         stub = reverb_grpc.ReverbServiceStub(channel)
         stream = stub.StreamBarReports(
             reverb_pb.StreamBarReportsRequest(start_beat=start_beat(args)),
+            metadata=auth_metadata(args.token),
             timeout=None if args.follow else args.timeout,
         )
         try:

@@ -46,6 +46,13 @@ REPLICA_AUTH_HEADER = "x-backbeat-replica-auth"
 REPLICA_AUTH_MAX_AGE_S = 30
 MAX_REQUEST_ID = 128
 DEFAULT_PROGRESS_MS = 5000
+#: A shorter progress interval is raised to this: progress messages cost every stream a
+#: wake-up, and 1 ms asked by a few hundred streams took the leader's CPU.
+MIN_PROGRESS_MS = 250
+#: StreamBeats streams one replica serves at most, and at most from one peer address (more
+#: streams go to more replicas: every follower relays). Past either: RESOURCE_EXHAUSTED.
+MAX_STREAMS = 4096
+MAX_STREAMS_PER_PEER = 1024
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -194,9 +201,20 @@ class EncodedEvents:
 class PulseServicer:
     """``backbeat.v1.PulseService``; register with ``add_pulse_service``."""
 
-    def __init__(self, node: PulseNode, auth: BearerAuth) -> None:
+    def __init__(
+        self,
+        node: PulseNode,
+        auth: BearerAuth,
+        *,
+        max_streams: int = MAX_STREAMS,
+        max_streams_per_peer: int = MAX_STREAMS_PER_PEER,
+    ) -> None:
         self.node = node
         self.auth = auth
+        self.max_streams = max_streams
+        self.max_streams_per_peer = max_streams_per_peer
+        #: Open StreamBeats streams per peer host.
+        self._streams: dict[str, int] = {}
         self.forwarder = TempoForwarder(token=auth.current_token)
         self.encoded = EncodedEvents()
 
@@ -206,10 +224,14 @@ class PulseServicer:
         """Serialised ``StreamBeatsResponse`` messages (see ``add_pulse_service``)."""
         hub = self.node.hub
         start = request.start_beat if request.start_beat > 0 else None
-        interval = (request.progress_interval_ms or DEFAULT_PROGRESS_MS) / 1000.0
+        interval_ms = max(request.progress_interval_ms or DEFAULT_PROGRESS_MS, MIN_PROGRESS_MS)
+        interval = interval_ms / 1000.0
+        peer = _peer_host(context.peer())
+        await self._admit_stream(peer, context)
         try:
             sub, backlog = hub.subscribe(start)
         except HistoryGone as gone:
+            self._release_stream(peer)
             await abort_with_reason(
                 context,
                 grpc.StatusCode.OUT_OF_RANGE,
@@ -217,6 +239,9 @@ class PulseServicer:
                 f"{gone}; resume from a later beat or start fresh (start_beat 0)",
                 {"oldest_beat": str(gone.oldest)},
             )
+        except BaseException:
+            self._release_stream(peer)
+            raise
         metrics = self.node.metrics
         metrics.stream_subscribers.inc()
         encoded = self.encoded
@@ -258,6 +283,30 @@ class PulseServicer:
         finally:
             hub.unsubscribe(sub)
             metrics.stream_subscribers.dec()
+            self._release_stream(peer)
+
+    async def _admit_stream(self, peer: str, context: Context) -> None:
+        """Count a new stream from ``peer``, or abort with RESOURCE_EXHAUSTED past a cap."""
+        total = sum(self._streams.values())
+        from_peer = self._streams.get(peer, 0)
+        if total >= self.max_streams or from_peer >= self.max_streams_per_peer:
+            await abort_with_reason(
+                context,
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                "TOO_MANY_STREAMS",
+                f"this replica serves {total} streams ({from_peer} from {peer}); at most "
+                f"{self.max_streams} ({self.max_streams_per_peer} per peer): use another replica",
+                {"max_streams": str(self.max_streams),
+                 "max_streams_per_peer": str(self.max_streams_per_peer)},
+            )  # fmt: skip
+        self._streams[peer] = from_peer + 1
+
+    def _release_stream(self, peer: str) -> None:
+        left = self._streams.get(peer, 0) - 1
+        if left > 0:
+            self._streams[peer] = left
+        else:
+            self._streams.pop(peer, None)
 
     async def _require_caller_or_replica(
         self, request: pb.SetTempoRequest, context: Context, metadata: Mapping[str, Any]
@@ -373,6 +422,16 @@ class PulseServicer:
         if status.pending is not None:
             out.pending.CopyFrom(timeline_to_pb(status.pending))
         return out
+
+
+def _peer_host(peer: str) -> str:
+    """The host of a gRPC peer string (``ipv4:1.2.3.4:5678``, ``ipv6:[::1]:5678``)."""
+    kind, _, rest = peer.partition(":")
+    if kind == "ipv6" and rest.startswith("["):
+        return rest[1 : rest.find("]")]
+    if kind in ("ipv4", "ipv6"):
+        return rest.rpartition(":")[0] or rest
+    return peer  # unix sockets and the like: one "peer"
 
 
 def add_pulse_service(servicer: PulseServicer, server: grpc.aio.Server) -> None:

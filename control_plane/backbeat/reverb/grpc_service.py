@@ -77,11 +77,28 @@ def summary_pb(window: WindowDetail) -> pb.WindowSummary:
     )
 
 
+#: StreamBarReports replays at most this many of the newest retained reports per call.
+MAX_REPLAY_REPORTS = 1000
+#: StreamBarReports calls one reverb replica serves at once, at most.
+MAX_REPORT_STREAMS = 64
+
+
 class ReverbServicer(pb_grpc.ReverbServiceServicer):
-    def __init__(self, ingest: ClaimIngest, auth: BearerAuth | None = None) -> None:
+    def __init__(
+        self,
+        ingest: ClaimIngest,
+        auth: BearerAuth | None = None,
+        *,
+        max_report_streams: int = MAX_REPORT_STREAMS,
+        max_replay_reports: int = MAX_REPLAY_REPORTS,
+    ) -> None:
         self.ingest = ingest
-        #: SubmitClaims (the mutating call) needs the bearer token when one is configured.
+        #: SubmitClaims and StreamBarReports (a replay costs the server) need the bearer
+        #: token when one is configured.
         self.auth = auth
+        self.max_report_streams = max_report_streams
+        self.max_replay_reports = max_replay_reports
+        self._report_streams = 0
         self._stopping = asyncio.Event()
 
     def stop_streams(self) -> None:
@@ -194,6 +211,43 @@ class ReverbServicer(pb_grpc.ReverbServiceServicer):
     async def StreamBarReports(
         self, request: pb.StreamBarReportsRequest, context: Context
     ) -> AsyncIterator[pb.StreamBarReportsResponse]:
+        if self.auth is not None:
+            await self.auth.require(context)
+        if self._report_streams >= self.max_report_streams:
+            await abort_with_reason(
+                context,
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                "TOO_MANY_STREAMS",
+                f"this reverb serves {self._report_streams} StreamBarReports calls, its most; "
+                "retry later or use another replica",
+                {"max_streams": str(self.max_report_streams)},
+            )
+        self._report_streams += 1
+        try:
+            async for item in self._stream_reports(request, context):
+                yield item
+        finally:
+            self._report_streams -= 1
+
+    async def _replay_config(self, nc: NatsClient, start: int) -> ConsumerConfig:
+        """Only new reports (start 0), or a replay of at most ``max_replay_reports`` of the
+        newest retained ones (the client filters them by ``start``)."""
+        if start <= 0:
+            return ConsumerConfig(deliver_policy=DeliverPolicy.NEW)
+        info = await nc.jetstream().stream_info(
+            subjects.bar_stream(self.ingest.settings.cluster_id)
+        )
+        last, first = info.state.last_seq, info.state.first_seq
+        if last == 0:
+            return ConsumerConfig(deliver_policy=DeliverPolicy.ALL)
+        return ConsumerConfig(
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+            opt_start_seq=max(first, last - self.max_replay_reports + 1),
+        )
+
+    async def _stream_reports(
+        self, request: pb.StreamBarReportsRequest, context: Context
+    ) -> AsyncIterator[pb.StreamBarReportsResponse]:
         nc = self.ingest.nats
         if nc is None:
             await abort_with_reason(
@@ -204,11 +258,10 @@ class ReverbServicer(pb_grpc.ReverbServiceServicer):
             )
         await ensure_bar_stream(nc, self.ingest.settings.cluster_id)
         start = request.start_beat
-        policy = DeliverPolicy.ALL if start > 0 else DeliverPolicy.NEW
         sub = await nc.jetstream().subscribe(
             subjects.bars_wildcard(self.ingest.settings.cluster_id),
             ordered_consumer=True,
-            config=ConsumerConfig(deliver_policy=policy),
+            config=await self._replay_config(nc, start),
             pending_msgs_limit=1000,
         )
         stopping = asyncio.ensure_future(self._stopping.wait())

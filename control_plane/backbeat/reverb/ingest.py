@@ -101,8 +101,10 @@ class IngestSettings:
     max_batch: int = 1000
     #: Batches sent to Redis and not yet answered, at most (over one connection, in order).
     max_in_flight: int = 4
-    #: Rejected payloads are kept in the dead-letter stream up to this many bytes.
-    dead_letter_payload_bytes: int = 64 * 1024
+    #: Rejected payloads are kept in the dead-letter stream up to this many bytes, and never
+    #: more than the claim size limit (``limits.max_payload_bytes``): junk costs no more to
+    #: keep than a claim.
+    dead_letter_payload_bytes: int = DEFAULT_LIMITS.max_payload_bytes
     #: NATS client's own pending limit for the claims subscription (messages).
     nats_pending_msgs: int = 200_000
     retry_initial_s: float = 0.05
@@ -689,7 +691,9 @@ class ClaimIngest:
         timeline = self.follower.timeline
         if timeline is None:  # pragma: no cover - claims are only taken with a timeline
             raise NotReadyError("no timeline")
-        max_dead = self.settings.dead_letter_payload_bytes
+        max_dead = min(
+            self.settings.dead_letter_payload_bytes, self.settings.limits.max_payload_bytes
+        )
         # Late claims and rejects are counted from the beat current when the batch is built.
         batch = self.store.batch(timeline, timeline.beat_at(self.follower.clock()))
         sent = _Sent(batch_id, batch, items, timeline)
@@ -776,9 +780,16 @@ class ClaimIngest:
             await asyncio.sleep(interval)
 
     async def _gauge_loop(self) -> None:
-        """Keep the Redis-backed gauges fresh (and learn whether Redis answers when idle)."""
+        """Keep the Redis-backed gauges fresh (and learn whether Redis answers when idle);
+        trim dead letters past their age every ``_DEAD_LETTER_TRIM_S`` (or sooner for short
+        ages)."""
+        trim_every = min(_DEAD_LETTER_TRIM_S, self.store.settings.dead_letter_max_age_s / 2)
+        next_trim = 0.0
         while True:
             try:
+                if time.monotonic() >= next_trim:
+                    next_trim = time.monotonic() + trim_every
+                    await self.store.trim_dead_letters()
                 await self.redis.ping()
                 self._redis_ok = True
                 self.metrics.redis_up.set(1)
@@ -788,6 +799,10 @@ class ClaimIngest:
             self._count_arrivals()
             self._update_buffer_gauges()
             await asyncio.sleep(1.0)
+
+
+#: How often the ingest trims dead letters past their age (seconds).
+_DEAD_LETTER_TRIM_S = 10.0
 
 
 def _trace_id(headers: dict[str, str] | None) -> str | None:

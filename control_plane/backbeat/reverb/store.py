@@ -21,7 +21,7 @@ import redis.asyncio as aioredis
 
 from backbeat.core import keys
 from backbeat.core.claim_log import Promise, fold_entries
-from backbeat.core.claims import ClaimFields, RejectReason, claim_fields
+from backbeat.core.claims import DEFAULT_LIMITS, ClaimFields, RejectReason, claim_fields
 from backbeat.core.messages import BarReport, CodecError, StatusClaim
 from backbeat.core.timeline import Timeline
 from backbeat.core.watermark import Watermark
@@ -51,14 +51,32 @@ class StoreSettings:
     retention_seconds: float = 3600.0
     #: Dead-letter stream length (approximate trimming keeps the newest entries).
     dead_letter_maxlen: int = 100_000
+    #: ...and its size: entries are capped (``dead_letter_entry_bytes``), so the stream keeps
+    #: at most ``dead_letter_max_bytes // dead_letter_entry_bytes`` of them.
+    dead_letter_max_bytes: int = 64 * 1024 * 1024
+    #: The most one dead letter holds: the claim size limit (the payload is cut there) plus
+    #: the detail (cut at 512 characters) and the other fields.
+    dead_letter_entry_bytes: int = DEFAULT_LIMITS.max_payload_bytes + 1024
+    #: Dead letters older than this are trimmed (``trim_dead_letters``).
+    dead_letter_max_age_s: float = 24 * 3600.0
     #: How long the outcome of an applied batch is remembered for retries.
     batch_record_seconds: int = 600
 
     def __post_init__(self) -> None:
         if self.retention_seconds <= 0 or self.dead_letter_maxlen < 1:
             raise ValueError("retention_seconds and dead_letter_maxlen must be positive")
+        if self.dead_letter_max_bytes < self.dead_letter_entry_bytes:
+            raise ValueError("dead_letter_max_bytes must hold at least one entry")
+        if self.dead_letter_max_age_s <= 0:
+            raise ValueError("dead_letter_max_age_s must be positive")
         if self.batch_record_seconds < 1:
             raise ValueError("batch_record_seconds must be at least 1")
+
+    @property
+    def dead_letter_entries_max(self) -> int:
+        """The stream length that keeps the dead letters within both bounds."""
+        by_bytes = self.dead_letter_max_bytes // self.dead_letter_entry_bytes
+        return max(1, min(self.dead_letter_maxlen, by_bytes))
 
 
 class _WindowGroup:
@@ -205,7 +223,7 @@ class AppendBatch:
             batch_id,
             now_ms,
             int(settings.retention_seconds * 1000),
-            settings.dead_letter_maxlen,
+            settings.dead_letter_entries_max,
             settings.batch_record_seconds,
             len(groups),
             *window_args,
@@ -644,6 +662,15 @@ class WindowStore:
         """The newest late claims (``window``, ``counted_in``, ``c``, ``tp``), oldest first."""
         entries = await self._redis.xrevrange(keys.late_claims(self.cluster_id), count=count)
         return [_mapping(data) for _, data in reversed(entries)]
+
+    async def trim_dead_letters(self, now_ms: int | None = None) -> int:
+        """Drop dead letters older than ``dead_letter_max_age_s``; how many went."""
+        now_ms = time.time_ns() // 1_000_000 if now_ms is None else now_ms
+        oldest_kept = max(0, now_ms - int(self.settings.dead_letter_max_age_s * 1000))
+        trimmed: int = await self._redis.xtrim(
+            keys.dead_letters(self.cluster_id), minid=str(oldest_kept), approximate=False
+        )
+        return trimmed
 
     async def dead_letter_entries(self, count: int = 1000) -> list[dict[str, bytes]]:
         """The newest dead letters (reason, detail, payload, received_ns, ...), oldest first."""

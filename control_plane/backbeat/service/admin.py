@@ -6,6 +6,7 @@ has a token source; the comparison is constant-time.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import ssl
@@ -62,8 +63,20 @@ def finite_number(value: object) -> float | None:
     return number if math.isfinite(number) else None
 
 
+#: A connection must deliver a request's headers within this many seconds of opening (or of
+#: its previous response): a client trickling header bytes (slowloris) is cut off.
+HEADER_TIMEOUT_S = 10.0
+#: A request, body included, must be handled within this many seconds, else 408.
+REQUEST_TIMEOUT_S = 30.0
+
+
 class AdminServer:
-    """aiohttp server bound to ``host:port`` (port 0 picks a free port; see ``.port``)."""
+    """aiohttp server bound to ``host:port`` (port 0 picks a free port; see ``.port``).
+
+    Bounded against slow clients: headers within ``header_timeout_s`` (aiohttp's keep-alive
+    timer, which runs from the moment a connection opens and between requests), the whole
+    request including its body within ``request_timeout_s`` (408), bodies of 64 KiB at most.
+    """
 
     def __init__(
         self,
@@ -75,19 +88,33 @@ class AdminServer:
         token: TokenSource | None = None,
         component: str = "backbeat",
         ssl_context: ssl.SSLContext | None = None,
+        header_timeout_s: float = HEADER_TIMEOUT_S,
+        request_timeout_s: float = REQUEST_TIMEOUT_S,
     ) -> None:
         self.host = host
+        self.header_timeout_s = header_timeout_s
+        self.request_timeout_s = request_timeout_s
         self.port = port
         self.registry = registry
         self._ssl = ssl_context
         self._ready = ready or (lambda: (True, "ready"))
         self._token = token
         self._component = component
-        self._app = web.Application(client_max_size=64 * 1024)
+        self._app = web.Application(client_max_size=64 * 1024, middlewares=[self._deadline])
         self._app.router.add_get("/health", self._health)
         self._app.router.add_get("/ready", self._readiness)
         self._app.router.add_get("/metrics", self._metrics)
         self._runner: web.AppRunner | None = None
+
+    @web.middleware
+    async def _deadline(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            async with asyncio.timeout(self.request_timeout_s):
+                return await handler(request)
+        except TimeoutError:
+            return error_response(
+                408, "REQUEST_TIMEOUT", f"the request took over {self.request_timeout_s:g} s"
+            )
 
     def add_route(self, method: str, path: str, handler: Handler) -> None:
         """Add a route; POST/PUT/PATCH/DELETE routes are wrapped with the bearer-token check."""
@@ -139,7 +166,12 @@ class AdminServer:
     async def start(self) -> None:
         if self._runner is not None:
             return
-        runner = web.AppRunner(self._app, access_log=None, handle_signals=False)
+        runner = web.AppRunner(
+            self._app,
+            access_log=None,
+            handle_signals=False,
+            keepalive_timeout=self.header_timeout_s,
+        )
         await runner.setup()
         site = web.TCPSite(runner, self.host, self.port, ssl_context=self._ssl)
         await site.start()
