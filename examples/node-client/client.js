@@ -4,7 +4,7 @@
 //   PULSE_ADDR=127.0.0.1:7070 REVERB_ADDR=127.0.0.1:7072 BACKBEAT_API_TOKEN=<token> node client.js
 //
 // Environment: PULSE_ADDR (required), REVERB_ADDR (claims and the bar report; skipped when
-// unset), BACKBEAT_API_TOKEN (bearer token for SetTempo and SubmitClaims), BEATS (beats to stream, default 8),
+// unset), BACKBEAT_API_TOKEN (bearer token for SetTempo, SubmitClaims and report replays), BEATS (beats to stream, default 8),
 // TEMPO_STEP (relative tempo change, default 0.05 = +5 %; 0 skips it), REPORT_TIMEOUT_MS.
 "use strict";
 
@@ -154,7 +154,7 @@ function submitClaim(beat) {
 // 4. Wait for the bar report of the window the claim went into.
 function barReport(fromBeat) {
   return new Promise((resolve, reject) => {
-    const call = reverb.StreamBarReports({ start_beat: fromBeat });
+    const call = reverb.StreamBarReports({ start_beat: fromBeat }, authMetadata()); // a replay needs the token
     const timer = setTimeout(() => {
       call.cancel();
       reject(new Error(`no bar report for the bar from beat ${fromBeat} in ${reportTimeoutMs} ms`));

@@ -93,8 +93,8 @@ class ReverbServicer(pb_grpc.ReverbServiceServicer):
         max_replay_reports: int = MAX_REPLAY_REPORTS,
     ) -> None:
         self.ingest = ingest
-        #: SubmitClaims and StreamBarReports (a replay costs the server) need the bearer
-        #: token when one is configured.
+        #: SubmitClaims and StreamBarReports replays (they cost the server) need the bearer
+        #: token when one is configured; following new reports only is open, as on NATS.
         self.auth = auth
         self.max_report_streams = max_report_streams
         self.max_replay_reports = max_replay_reports
@@ -211,8 +211,8 @@ class ReverbServicer(pb_grpc.ReverbServiceServicer):
     async def StreamBarReports(
         self, request: pb.StreamBarReportsRequest, context: Context
     ) -> AsyncIterator[pb.StreamBarReportsResponse]:
-        if self.auth is not None:
-            await self.auth.require(context)
+        if self.auth is not None and request.start_beat > 0:
+            await self.auth.require(context)  # a replay costs the server: the token pays
         if self._report_streams >= self.max_report_streams:
             await abort_with_reason(
                 context,
