@@ -157,7 +157,7 @@ def test_up_shows_beats_reports_and_tempo_change_then_stops_cleanly(tmp_path: Pa
         first = reported[-1]  # newest first: the oldest reported window listed
         # Replayed in publication order (a window caught up late comes after later ones), so
         # look among the first few from that window on; beat 0 replays from the first window.
-        replayed = ctl_all("reports", "--reverb", reverb, "--count", "8",
+        replayed = ctl_all("reports", "--reverb", reverb, "--count", "8", "--token", TOKEN,
                            "--from-beat", str(first["from_beat"]))  # fmt: skip
         assert all(r["to_beat"] >= first["from_beat"] for r in replayed), replayed
         assert first["window_id"] in {r["window_id"] for r in replayed}, (windows, replayed)
