@@ -57,6 +57,9 @@ chaos: $(STAMP)  ## random fault schedules for DURATION s (SEED=, REPLAY=, SCENA
 		$(if $(SEED),--seed $(SEED)) $(if $(REPLAY),--replay $(REPLAY)) \
 		$(if $(SCENARIO),--scenario $(SCENARIO))
 
+test-stress: $(STAMP)  ## integration + fault tests with 2 CPU burners beside them (RUNS=5: in a row)
+	$(BIN)/python tools/stress.py --runs $(or $(RUNS),1) -- $(PYTEST_ARGS)
+
 lint: $(STAMP) $(NODE_STAMP) proto-check buf-lint buf-breaking  ## ruff, mypy --strict, buf lint + breaking, generated code fresh
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.integration  # runs pytest in a subprocess
+
 REPO = Path(__file__).resolve().parents[2]
 
 HANGING_TEST = """
