@@ -204,10 +204,26 @@ async def _main(args: argparse.Namespace) -> int:
             admin.add_route("GET", "/api/v1/status", status)
             async with admin:
                 log.info("admin listening", url=admin.url)
-                await stop.wait()
+                await _until_stopped_or_failed(stop, trigger)
     finally:
         await secrets.close()
+    if trigger.failed.is_set():
+        log.error("trigger loop stuck and would not stop; exiting for a restart")
+        return EXIT_FAILED
     return 0
+
+
+#: Exit status when the trigger's loop got stuck for good (its supervisor restarts it).
+EXIT_FAILED = 3
+
+
+async def _until_stopped_or_failed(stop: ShutdownSignal, trigger: ReverbTrigger) -> None:
+    waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(trigger.failed.wait())]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for wait in waits:
+            wait.cancel()
 
 
 def run(args: argparse.Namespace) -> int:

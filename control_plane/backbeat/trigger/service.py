@@ -26,7 +26,7 @@ import nats.aio.client
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import FetchTimeoutError
 from opentelemetry import trace
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
@@ -38,7 +38,12 @@ from backbeat.core.watermark import lagging
 from backbeat.reverb.store import WindowStore
 from backbeat.service.lifecycle import stop_task
 from backbeat.service.logs import get_logger
-from backbeat.service.nats_connect import DEFAULT_CONNECT_TIMEOUT_S, connect_nats, fetch
+from backbeat.service.nats_connect import (
+    DEFAULT_CONNECT_TIMEOUT_S,
+    FETCH_GRACE_S,
+    connect_nats,
+    fetch,
+)
 from backbeat.service.slo import ROLLUP, SloTracker
 from backbeat.service.tracing import extract_context, inject_headers, tracer
 from backbeat.trigger.invokers import InProcessInvoker, InvokeError, Invoker
@@ -47,6 +52,9 @@ from reverb_rollup.publisher import bar_stream_config, downbeat_stream_config, e
 from reverb_rollup.record import RollupRecords
 
 DEFAULT_DURABLE: Final = "reverb-trigger"
+#: How long one fetch asks JetStream for a downbeat, and the longest it may then take.
+FETCH_TIMEOUT_S: Final = 1.0
+FETCH_WAIT_S: Final = FETCH_TIMEOUT_S + FETCH_GRACE_S
 _tracer = tracer("trigger")
 
 
@@ -83,8 +91,17 @@ class TriggerSettings:
     #: How long start() waits for the first NATS connection (0: for ever); reconnects after
     #: that follow the client's reconnect policy.
     nats_connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S
+    #: An invocation without an answer this long is a failed attempt (retried).
+    invoke_timeout_s: float = 30.0
+    #: Every Redis command of the trigger's own client is bounded by this (seconds).
+    redis_timeout_s: float = 5.0
+    #: A loop that has made no progress this long is unready, and restarted (see ready()).
+    #: Longer than every bounded wait of the loop: a fetch (``FETCH_WAIT_S``), an invocation.
+    stall_after_s: float = 120.0
 
     def __post_init__(self) -> None:
+        if self.stall_after_s <= FETCH_WAIT_S:
+            raise ValueError(f"stall_after_s must be more than a fetch's bound, {FETCH_WAIT_S:g} s")
         if self.max_watermark_wait_ms < 0 or self.watermark_stale_ms <= 0:
             raise ValueError("max_watermark_wait_ms must be >= 0 and watermark_stale_ms > 0")
 
@@ -106,6 +123,8 @@ class TriggerStatus(StrEnum):
     RUNNING = "running"
     STOPPING = "stopping"
     STOPPED = "stopped"
+    #: Its loop got stuck and could not be stopped: the process should exit (``failed``).
+    FAILED = "failed"
 
 
 @dataclass(slots=True)
@@ -118,6 +137,8 @@ class TriggerMetrics:
     caught_up: Counter = field(init=False)
     seal_delay: Histogram = field(init=False)
     watermark_timeouts: Counter = field(init=False)
+    stalled: Gauge = field(init=False)
+    restarts: Counter = field(init=False)
     #: PER-002: rollup done within one beat of the closing downbeat.
     slo: SloTracker = field(init=False)
 
@@ -160,6 +181,16 @@ class TriggerMetrics:
             "Earlier unreported windows rolled up after a missed trigger",
             registry=r,
         )
+        self.stalled = Gauge(
+            "backbeat_reverb_trigger_stalled",
+            "1 while the trigger's loop has made no progress for stall_after_s",
+            registry=r,
+        )
+        self.restarts = Counter(
+            "backbeat_reverb_trigger_loop_restarts",
+            "Times the watchdog restarted a stalled trigger loop",
+            registry=r,
+        )
 
 
 def downbeat_time_ns(frame: BeatFrame) -> int:
@@ -194,6 +225,11 @@ class ReverbTrigger:
         self._store: WindowStore | None = None
         self._records: RollupRecords | None = None
         self._last_error = ""
+        self._sub: Any = None
+        self._watchdog: asyncio.Task[None] | None = None
+        self._progress_at = time.monotonic()
+        #: Set when the trigger has failed for good (a stuck loop that would not stop).
+        self.failed = asyncio.Event()
 
     @property
     def invoker(self) -> Invoker:
@@ -212,7 +248,11 @@ class ReverbTrigger:
                 name=f"reverb-trigger-{s.cluster_id}",
             )
         if self._redis is None:
-            self._redis = Redis.from_url(s.redis_url)
+            self._redis = Redis.from_url(
+                s.redis_url,
+                socket_timeout=s.redis_timeout_s,
+                socket_connect_timeout=s.redis_timeout_s,
+            )
         js = self._nc.jetstream()
         await ensure_stream(js, downbeat_stream_config(s.cluster_id))
         await ensure_stream(js, bar_stream_config(s.cluster_id))
@@ -238,7 +278,9 @@ class ReverbTrigger:
             ),
         )
         self.status = TriggerStatus.RUNNING
-        self._task = asyncio.create_task(self._run(sub), name="reverb-trigger")
+        self._sub = sub
+        self._start_loop()
+        self._watchdog = asyncio.create_task(self._watch(), name="reverb-trigger-watchdog")
         self._log.info("reverb trigger started", invoker=self.invoker.name, durable=s.durable)
 
     async def close(self) -> None:
@@ -246,6 +288,7 @@ class ReverbTrigger:
             self.status = TriggerStatus.STOPPED
             return
         self.status = TriggerStatus.STOPPING
+        await stop_task(self._watchdog)
         task, self._task = self._task, None
         await stop_task(task)
         if self._invoker is not None:
@@ -266,14 +309,53 @@ class ReverbTrigger:
 
     def ready(self) -> tuple[bool, str]:
         ok = self.status is TriggerStatus.RUNNING and self._nc is not None and self._nc.is_connected
-        return ok, self.status.value if ok else f"{self.status.value}; NATS connected: {ok}"
+        if not ok:
+            return False, f"{self.status.value}; NATS connected: {ok}"
+        idle_s = time.monotonic() - self._progress_at
+        if idle_s > self.settings.stall_after_s:
+            return False, f"loop stalled: no progress for {idle_s:.0f} s; restarting it"
+        return True, self.status.value
+
+    # -- the watchdog ------------------------------------------------------------------------
+
+    def _start_loop(self) -> None:
+        self._progress_at = time.monotonic()
+        self._task = asyncio.create_task(self._run(self._sub), name="reverb-trigger")
+
+    def _made_progress(self) -> None:
+        self._progress_at = time.monotonic()
+
+    async def _watch(self) -> None:
+        """Restart the loop when it makes no progress for ``stall_after_s``.
+
+        Every network wait of the loop is bounded (fetch, invocation, Redis commands), so a
+        stall means a wait nobody foresaw: the trigger turns unready, the stuck loop is
+        cancelled (its unacknowledged downbeat comes back after the ack wait) and a new one
+        starts. A loop that will not stop leaves the trigger failed, for the process to exit.
+        """
+        s = self.settings
+        while self.status is TriggerStatus.RUNNING:
+            await asyncio.sleep(min(1.0, s.stall_after_s / 4))
+            idle_s = time.monotonic() - self._progress_at
+            if idle_s <= s.stall_after_s:
+                continue
+            self.metrics.stalled.set(1)
+            self._log.error("trigger loop stalled; restarting it", idle_s=round(idle_s, 1))
+            if not await stop_task(self._task):
+                self.status = TriggerStatus.FAILED
+                self.failed.set()
+                return
+            self.metrics.restarts.inc()
+            self._start_loop()
+            self.metrics.stalled.set(0)
 
     # -- the loop ----------------------------------------------------------------------------
 
     async def _run(self, sub: Any) -> None:
         while True:
+            self._made_progress()
             try:
-                msgs = await fetch(sub, 1, 1.0)
+                msgs = await fetch(sub, 1, FETCH_TIMEOUT_S)
             except (FetchTimeoutError, TimeoutError):
                 continue
             except nats.errors.ConnectionClosedError:
@@ -345,9 +427,10 @@ class ReverbTrigger:
             await self._catch_up(event.from_beat + bar_length)
             return
         deadline_ns = downbeat_ns + round(s.grace_ms * 1e6)
+        # At most one bar past the grace: a frame stamped far ahead must not hold the loop.
         wait_s = (deadline_ns - time.time_ns()) / 1e9
         if wait_s > 0:
-            await asyncio.sleep(wait_s)
+            await asyncio.sleep(min(wait_s, s.grace_ms / 1000 + bar_length * beat_ns / 1e9))
         await self._await_watermarks(deadline_ns, log)
         self.metrics.seal_delay.observe(max(time.time_ns() - downbeat_ns, 0) / 1e9)
         attempt = await self._roll_up(event)
@@ -416,7 +499,7 @@ class ReverbTrigger:
                     tracestate=context.get("tracestate", ""),
                 )
             try:
-                published = await self.invoker.invoke(event)
+                published = await self._invoke(event)
             except InvokeError as exc:
                 span.set_status(trace.Status(trace.StatusCode.ERROR, str(exc)[:200]))
                 self.metrics.failures.inc()
@@ -427,6 +510,16 @@ class ReverbTrigger:
             return Attempt.ALREADY_REPORTED
         self.metrics.completed.inc()
         return Attempt.REPORTED
+
+    async def _invoke(self, event: RollupEvent) -> bool | None:
+        timeout_s = self.settings.invoke_timeout_s
+        try:
+            async with asyncio.timeout(timeout_s):
+                return await self.invoker.invoke(event)
+        except TimeoutError:
+            raise InvokeError(f"the function did not answer within {timeout_s:g} s") from None
+        finally:
+            self._made_progress()
 
     async def _dead_letter(self, event: RollupEvent, attempts: int) -> None:
         assert self._records is not None
