@@ -120,7 +120,11 @@ class Agent:
         if settings.nats_url:
             from backbeat.sdk._nats import NatsBeatSource, NatsClaimSink, connect
 
-            nc = await connect(settings.nats_url, f"backbeat-sdk:{settings.agent_id}")
+            nc = await connect(
+                settings.nats_url,
+                f"backbeat-sdk:{settings.agent_id}",
+                timeout_s=settings.connect_timeout_s,
+            )
             self._closers.append(nc.close)
             source = NatsBeatSource(nc, self._follower, self._clock.now_ns)
             await source.start()

@@ -8,7 +8,6 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import nats
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -17,6 +16,7 @@ from backbeat.core import subjects
 from backbeat.core.messages import StatusClaim
 from backbeat.core.timeline import Phase, Timeline, TimelineChange
 from backbeat.sdk._follower import BeatFollower
+from backbeat.service.nats_connect import connect_nats
 
 log = logging.getLogger("backbeat.sdk")
 _ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
@@ -54,8 +54,9 @@ def decode_timeline_record(payload: bytes) -> list[Timeline]:
     return out
 
 
-async def connect(url: str, name: str) -> NatsClient:
-    """A connection that reconnects forever (an agent outlives NATS restarts)."""
+async def connect(url: str, name: str, *, timeout_s: float = 30.0) -> NatsClient:
+    """A connection that reconnects for ever once made (an agent outlives NATS restarts); the
+    first one is waited for at most ``timeout_s`` (0: for ever), then ``NatsUnreachable``."""
 
     async def on_error(exc: Exception) -> None:
         # Reconnect attempts fail loudly by default; the agent's status says what matters.
@@ -64,10 +65,11 @@ async def connect(url: str, name: str) -> NatsClient:
     async def on_disconnected() -> None:
         log.info("NATS connection lost; reconnecting (beats continue on the local timeline)")
 
-    return await nats.connect(
+    return await connect_nats(
         url,
-        name=name,
+        connect_timeout_s=timeout_s,
         error_cb=on_error,
+        name=name,
         disconnected_cb=on_disconnected,
         allow_reconnect=True,
         max_reconnect_attempts=-1,

@@ -63,6 +63,9 @@ class AgentSettings:
     close_timeout_s: float = 5.0
     #: gRPC stream considered dead when silent this long (progress messages keep it alive).
     stream_idle_timeout_s: float = 10.0
+    #: How long ``start()`` waits for the first NATS connection (0: for ever); it then raises
+    #: ``NatsUnreachable``. Once connected, the client reconnects for ever.
+    connect_timeout_s: float = 30.0
 
     def __post_init__(self) -> None:
         check_cluster_id(self.cluster_id)
@@ -76,6 +79,8 @@ class AgentSettings:
             raise ValueError("claim_buffer and claim_batch must be at least 1")
         if self.degraded_after_beats < 1:
             raise ValueError("degraded_after_beats must be at least 1")
+        if self.connect_timeout_s < 0:
+            raise ValueError("connect_timeout_s must be 0 (wait for ever) or more")
 
     @classmethod
     def from_env(
