@@ -38,6 +38,8 @@ _T = TypeVar("_T")
 
 #: An invocation that takes longer than this is abandoned (the trigger retries the window).
 INVOKE_TIMEOUT_S = 30.0
+#: Bound of every Redis command of the function (seconds).
+REDIS_TIMEOUT_S = 5.0
 
 
 class ProcessRuntime:
@@ -55,7 +57,12 @@ class ProcessRuntime:
         self._invoke_key: RotatingSecret | None = None
 
     def _run(self, coro: Coroutine[Any, Any, _T]) -> _T:
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(INVOKE_TIMEOUT_S)
+        running = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        try:
+            return running.result(INVOKE_TIMEOUT_S)
+        except TimeoutError:
+            running.cancel()  # an invocation given up must not go on in the background
+            raise
 
     async def _open_secrets(self) -> RotatingSecret:
         """The secret source stays open (and refreshing) for the life of the process."""
@@ -98,7 +105,12 @@ class ProcessRuntime:
                 secrets = self._secrets
                 assert secrets is not None
                 redis_url, nats_url = secrets.redis_url(s.redis_url), secrets.nats_url(s.nats_url)
-                redis = Redis.from_url(redis_url)
+                # Every command bounded: an invocation never waits on Redis for ever.
+                redis = Redis.from_url(
+                    redis_url,
+                    socket_timeout=REDIS_TIMEOUT_S,
+                    socket_connect_timeout=REDIS_TIMEOUT_S,
+                )
                 nc = await nats.connect(nats_url, name=f"reverb-rollup-{s.cluster_id}")
                 self._connections += [nc, redis]
                 rollup = build_rollup(

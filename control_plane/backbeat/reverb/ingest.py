@@ -348,6 +348,8 @@ class ClaimIngest:
             return False, "shutting down"
         if self.follower.timeline is None:
             return False, "waiting for the first beat frame (no timeline yet)"
+        if self._flusher is not None and self._flusher.done():
+            return False, "the claims flusher stopped"
         if not self._redis_ok:
             return False, "Redis not reachable yet"
         if self.settings.nats_url and (self._nc is None or not self._nc.is_connected):

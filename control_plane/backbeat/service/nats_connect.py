@@ -23,6 +23,9 @@ from backbeat.service.settings import mask_url
 #: How long a service waits for its first NATS connection by default (seconds).
 DEFAULT_CONNECT_TIMEOUT_S: Final = 30.0
 
+#: Longest a publish waits for the client to flush a full outgoing buffer (nats-py: no bound).
+FLUSH_TIMEOUT_S: Final = 10.0
+
 #: Exit status of a command that gave up waiting for a server at start.
 EXIT_UNREACHABLE: Final = 1
 
@@ -100,6 +103,8 @@ async def connect_nats(
 
         return call
 
+    # A publish that finds the outgoing buffer full waits for a flush: bounded, not for ever.
+    options.setdefault("flush_timeout", FLUSH_TIMEOUT_S)
     # A client given up before it connected is closed, which would fire these: not news.
     for key in _CONNECTION_CALLBACKS:
         if options.get(key) is not None:
