@@ -44,4 +44,4 @@ async def test_close_returns_when_a_downbeat_arrives_as_it_stops(
         async with bound:
             await trigger.close()
         assert not bound.expired(), f"close() waited for its loop for 30 s (round {round_})"
-        assert trigger.ready() == (False, "stopped; NATS connected: False")
+        assert trigger.ready() == (False, "stopped; NATS connected: True")

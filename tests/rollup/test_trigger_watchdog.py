@@ -5,6 +5,7 @@ NATS, the in-process function)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 import nats.aio.client
@@ -56,23 +57,65 @@ async def test_an_invocation_without_answer_fails_and_is_retried(
         assert sample(trigger, "backbeat_reverb_trigger_loop_restarts_total") == 0
 
 
-async def test_a_stuck_loop_turns_unready_and_is_restarted(
-    redis: Redis, nc: nats.aio.client.Client, cluster_id: str
-) -> None:
-    tl = Timeline.start(cluster_id, 120.0, time.time_ns())
-    invoker = SilentOnceInvoker(cluster_id=cluster_id, redis=redis, nats_client=nc)
+def watchdog_settings(cluster_id: str) -> TriggerSettings:
     # No invocation timeout to speak of: only the watchdog can notice the stuck loop (after
     # the longest wait a healthy loop may make, a fetch's bound).
-    settings = TriggerSettings(
+    return TriggerSettings(
         cluster_id,
         grace_ms=20.0,
         invoke_timeout_s=3600.0,
         stall_after_s=FETCH_WAIT_S + 1.0,
         ack_wait_s=2.0,
     )
-    async with ReverbTrigger(settings, invoker=invoker, redis=redis, nats_client=nc) as trigger:
+
+
+async def test_a_stuck_loop_is_restarted(
+    redis: Redis, nc: nats.aio.client.Client, cluster_id: str
+) -> None:
+    tl = Timeline.start(cluster_id, 120.0, time.time_ns())
+    invoker = SilentOnceInvoker(cluster_id=cluster_id, redis=redis, nats_client=nc)
+    async with ReverbTrigger(
+        watchdog_settings(cluster_id), invoker=invoker, redis=redis, nats_client=nc
+    ) as trigger:
         await publish_downbeat(nc, tl, 4)
         await asyncio.wait_for(invoker.hanging.wait(), 30.0)
+
+        async def restarted() -> bool:
+            return sample(trigger, "backbeat_reverb_trigger_loop_restarts_total") == 1
+
+        await eventually(restarted, within=60.0)
+        # The downbeat the stuck loop held comes back after the ack wait and is reported.
+        await wait_report(nc, cluster_id, tl.window_id(0), within=60.0)
+        assert invoker.calls == 2
+        assert trigger.ready() == (True, "running")
+        assert sample(trigger, "backbeat_reverb_trigger_stalled") == 0
+
+
+class DeafInvoker(InProcessInvoker):
+    """Never answers and ignores cancellation until released (a wait nothing can end)."""
+
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self.released = asyncio.Event()
+
+    async def invoke(self, event: RollupEvent) -> bool:
+        while not self.released.is_set():
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.released.wait()
+        return False
+
+
+async def test_a_loop_that_will_not_stop_is_unready_then_fails_the_trigger(
+    redis: Redis, nc: nats.aio.client.Client, cluster_id: str
+) -> None:
+    tl = Timeline.start(cluster_id, 120.0, time.time_ns())
+    invoker = DeafInvoker(cluster_id=cluster_id, redis=redis, nats_client=nc)
+    trigger = ReverbTrigger(
+        watchdog_settings(cluster_id), invoker=invoker, redis=redis, nats_client=nc
+    )
+    await trigger.start()
+    try:
+        await publish_downbeat(nc, tl, 4)
         details: list[str] = []
 
         async def unready() -> bool:
@@ -80,17 +123,15 @@ async def test_a_stuck_loop_turns_unready_and_is_restarted(
             details.append(detail)
             return not ready
 
-        await eventually(unready, within=30.0)
+        # Unready from the stall on (the watchdog then tries for 10 s to stop the loop).
+        await eventually(unready, within=60.0)
         assert "loop stalled" in details[-1]
-
-        async def restarted() -> bool:
-            return sample(trigger, "backbeat_reverb_trigger_loop_restarts_total") == 1
-
-        await eventually(restarted, within=30.0)
-        # The downbeat the stuck loop held comes back after the ack wait and is reported.
-        await wait_report(nc, cluster_id, tl.window_id(0), within=60.0)
-        assert trigger.ready() == (True, "running")
-        assert sample(trigger, "backbeat_reverb_trigger_stalled") == 0
+        await asyncio.wait_for(trigger.failed.wait(), 60.0)
+        assert trigger.ready() == (False, "failed; NATS connected: True")
+        assert sample(trigger, "backbeat_reverb_trigger_stalled") == 1
+    finally:
+        invoker.released.set()
+        await trigger.close()
 
 
 def test_the_watchdog_waits_longer_than_a_fetch(cluster_id: str) -> None:

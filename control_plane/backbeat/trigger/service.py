@@ -308,9 +308,9 @@ class ReverbTrigger:
         await self.close()
 
     def ready(self) -> tuple[bool, str]:
-        ok = self.status is TriggerStatus.RUNNING and self._nc is not None and self._nc.is_connected
-        if not ok:
-            return False, f"{self.status.value}; NATS connected: {ok}"
+        nats_ok = self._nc is not None and self._nc.is_connected
+        if self.status is not TriggerStatus.RUNNING or not nats_ok:
+            return False, f"{self.status.value}; NATS connected: {nats_ok}"
         idle_s = time.monotonic() - self._progress_at
         if idle_s > self.settings.stall_after_s:
             return False, f"loop stalled: no progress for {idle_s:.0f} s; restarting it"
