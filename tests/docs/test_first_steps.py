@@ -61,7 +61,7 @@ def _follow(command: str, env: dict[str, str], pattern: str) -> str:
 
 def test_readme_first_steps_run_as_written(stack: LocalUp) -> None:
     steps = section((REPO / "README.md").read_text(encoding="utf-8"), "First steps")
-    make_block, shell_block = bash_blocks_of(steps)
+    make_block, shell_block = bash_blocks(steps)
     env = stack.env()
     expected = {
         "make status": r"leader\s+│ pulse-\d",
@@ -93,10 +93,6 @@ def test_readme_first_steps_run_as_written(stack: LocalUp) -> None:
     assert done.returncode == 0, (done.stdout, done.stderr)
     assert re.search(r"tempo 132 BPM from beat \d+", done.stdout), done.stdout
     assert '"effective_beat"' in done.stdout, done.stdout
-
-
-def bash_blocks_of(text: str) -> list[str]:
-    return re.findall(r"^```bash\n(.*?)^```", text, re.S | re.M)
 
 
 @pytest.mark.skipif(shutil.which("node") is None, reason="`node` is not installed")

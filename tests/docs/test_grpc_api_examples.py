@@ -40,8 +40,10 @@ EXPECTED = {
 STREAMING = ("PulseService/StreamBeats", "ReverbService/StreamBarReports")
 
 
-def bash_blocks(path: Path) -> list[str]:
-    return re.findall(r"^```bash\n(.*?)^```", path.read_text(encoding="utf-8"), re.S | re.M)
+def bash_blocks(markdown: Path | str) -> list[str]:
+    """The ```bash blocks of a Markdown file (or of Markdown text)."""
+    text = markdown.read_text(encoding="utf-8") if isinstance(markdown, Path) else markdown
+    return re.findall(r"^```bash\n(.*?)^```", text, re.S | re.M)
 
 
 @pytest.fixture(scope="module")
