@@ -57,3 +57,26 @@ def test_no_component_logs_a_url_secret(component: str, environment: str) -> Non
     assert "127.0.0.1:1" in output  # the URL was logged (or refused), masked
     assert TOKEN not in output
     assert PASSWORD not in output
+
+
+def test_every_log_line_masks_url_secrets() -> None:
+    """Whatever a caller passes (a field, a message, an exception, a library's stdlib log)."""
+    script = f"""
+import logging
+from backbeat.service.logs import configure_logging, get_logger
+configure_logging("info", json=True)
+log = get_logger(component="t")
+log.info("connecting to nats://{TOKEN}@h:4222", url="redis://:{PASSWORD}@h:6379/0")
+try:
+    raise OSError("refused: nats://u:{PASSWORD}@h:1 and https://v/x?token={TOKEN}")
+except OSError:
+    log.exception("failed")
+logging.getLogger("nats.aio.client").error("lost nats://%s@h:1", "{TOKEN}")
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    output = done.stdout + done.stderr
+    assert output.count("***") >= 5, output
+    assert TOKEN not in output
+    assert PASSWORD not in output

@@ -14,6 +14,8 @@ from typing import Any
 import structlog
 from opentelemetry import trace
 
+from backbeat.service.settings import mask_url
+
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING,
            "warning": logging.WARNING, "error": logging.ERROR}  # fmt: skip
 
@@ -24,6 +26,26 @@ def _add_trace_ids(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
         event.setdefault("trace_id", f"{context.trace_id:032x}")
         event.setdefault("span_id", f"{context.span_id:016x}")
     return event
+
+
+def _mask_url_secrets(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+    """Mask the credentials of every URL in a log line's text values (messages, fields,
+    formatted exceptions): one rule, whatever the caller remembered to mask."""
+    for key, value in event.items():
+        if isinstance(value, str) and ("://" in value or "=" in value):
+            event[key] = mask_url(value)
+    return event
+
+
+class _MaskUrlSecrets(logging.Filter):
+    """The same masking for the standard library's log records (NATS, Redis, aiohttp...)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        masked = mask_url(message)
+        if masked != message:
+            record.msg, record.args = masked, None
+        return True
 
 
 def parse_level(level: str | None) -> int:
@@ -48,6 +70,7 @@ def configure_logging(level: str | None = None, *, json: bool | None = None) -> 
         _add_trace_ids,
         structlog.processors.StackInfoRenderer(),
         structlog.processors.format_exc_info,
+        _mask_url_secrets,
     ]
     renderer: Any = (
         structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=False)
@@ -59,6 +82,8 @@ def configure_logging(level: str | None = None, *, json: bool | None = None) -> 
         cache_logger_on_first_use=False,
     )
     logging.basicConfig(level=max(threshold, logging.WARNING), stream=sys.stderr, force=True)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_MaskUrlSecrets())
 
 
 def get_logger(**context: Any) -> Any:
