@@ -443,14 +443,14 @@ def test_a_ramp_that_stops_halfway_is_caught() -> None:
 
 
 def test_ramp_steps_rounded_to_thousandths_are_explained() -> None:
-    # A ramp's intermediate steps are whole thousandths within the ±10 % bound:
-    # 247.258 × 1.1 = 271.9838 is stored as 271.983.
-    changes = ((16, 247.258), (20, 271.983), (24, 281.631))
+    # A ramp's intermediate steps are whole thousandths within the ±10 % bound: the ramp
+    # 224.78 → 281.631 steps to 247.258, then 271.983 (247.258 × 1.1 = 271.9838), then 281.631.
+    changes = ((16, 224.78), (20, 247.258), (24, 271.983), (28, 281.631))
     timelines = timelines_for(changes)
     calls = [
-        _call("s", "step", 247.258, "ok", at_beat=10, effective=16, effective_tempo=247.258,
+        _call("s", "step", 224.78, "ok", at_beat=10, effective=16, effective_tempo=224.78,
               timelines=timelines),
-        _call("r", "ramp", 281.631, "ok", at_beat=17, effective=20, effective_tempo=271.983,
+        _call("r", "ramp", 281.631, "ok", at_beat=17, effective=20, effective_tempo=247.258,
               timelines=timelines),
     ]  # fmt: skip
     result = check_history(history(changes, calls))
