@@ -335,12 +335,18 @@ class TempoClient:
         self._count = 0
 
     def unique(self, tempo: float) -> float:
-        # Distinct by more than the checker's tolerance (0.0015 BPM).
-        tempo = round(min(max(tempo, self.low), self.high), 3)
-        while any(abs(tempo - used) < 0.005 for used in self._used):
-            tempo = round(tempo + (0.01 if tempo < self.high else -0.01), 3)
-        self._used.add(tempo)
-        return tempo
+        # Distinct by more than the checker's tolerance (0.0015 BPM): the nearest free value
+        # 0.01 BPM apart, searched outwards within the bounds (a bounded search: this runs on
+        # the event loop).
+        wanted = round(min(max(tempo, self.low), self.high), 3)
+        for k in range(int((self.high - self.low) / 0.01) + 2):
+            for candidate in (round(wanted + k * 0.01, 3), round(wanted - k * 0.01, 3)):
+                if self.low <= candidate <= self.high and all(
+                    abs(candidate - used) >= 0.005 for used in self._used
+                ):
+                    self._used.add(candidate)
+                    return candidate
+        raise RuntimeError(f"no unused tempo left in {self.low:g}–{self.high:g} BPM")
 
     def random_step(self, current: float) -> float:
         return self.unique(current * self.rng.uniform(0.93, 1.07))
