@@ -12,11 +12,12 @@ from typing import Final
 
 # ARGV: prefix, batch_id, now_ms, late_horizon_ms, dead_letter_maxlen, batch_ttl_s,
 #   nwin, nwin x (window_id, from_beat, to_beat, members, metas, payloads, lengths,
-#     traceparents) -- the batch's claims grouped by window, each group in arrival order:
+#     traceparents, repeats) -- the batch's claims grouped by window, in arrival order:
 #     members: JSON array of dedupe members ("agent US task US beat"), one per claim;
 #     metas: the claims' log entry ``m`` (backbeat.core.claim_log), stored as it comes;
 #     payloads: the claims' INT-B JSON, concatenated; lengths: JSON array of their lengths;
 #     traceparents: JSON array of traceparents, or "" when no claim has one;
+#     repeats: "1" when a member occurs twice in the group (the ingest knows), else "0";
 #   ncand, ncand x window index (late/reject targets, oldest first),
 #   nrej, nrej x (reason, detail, payload, traceparent, received_ns, size).
 # Returns one character per record: the claims window by window (in the order given), then
@@ -49,8 +50,9 @@ local wins = {}
 for w = 1, nwin do
   wins[w] = {id = ARGV[i], from = ARGV[i + 1], to = ARGV[i + 2], members = ARGV[i + 3],
              metas = ARGV[i + 4], payloads = ARGV[i + 5], lengths = ARGV[i + 6],
-             tps = ARGV[i + 7], p = prefix .. ':w:' .. ARGV[i] .. ':'}
-  i = i + 8
+             tps = ARGV[i + 7], repeats = ARGV[i + 8] == '1',
+             p = prefix .. ':w:' .. ARGV[i] .. ':'}
+  i = i + 9
 end
 local ncand = tonumber(ARGV[i]); i = i + 1
 local cands = {}
@@ -123,15 +125,22 @@ local n_accepted, n_duplicate, n_late = 0, 0, 0
 for w = 1, nwin do
   local win = wins[w]
   local members = cjson.decode(win.members)
-  local known = {}
+  local known, nknown = {}, 0
   chunked('SMISMEMBER', win.p .. 'dedupe', members, function(s, reply)
     for k = 1, #reply do
-      if reply[k] == 1 then known[s + k - 1] = true end
+      if reply[k] == 1 then known[s + k - 1] = true; nknown = nknown + 1 end
     end
   end)
   local seen, fresh, codes, skip = {}, {}, {}, {}
-  local closed = is_sealed(w)
-  for k = 1, #members do
+  local closed = #members > 0 and is_sealed(w)
+  local all_new = not closed and nknown == 0 and not win.repeats
+  if all_new then
+    -- The common case (no claim seen before, none repeated in the batch, the window open):
+    -- every claim is accepted, without a step per claim.
+    codes[1] = string.rep('a', #members)
+    fresh = members
+  end
+  for k = 1, all_new and 0 or #members do
     local mem = members[k]
     local is_fresh = not (known[k] or seen[mem])
     if is_fresh then

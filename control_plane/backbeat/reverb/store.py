@@ -82,11 +82,23 @@ class StoreSettings:
 class _WindowGroup:
     """The claims of one batch for one window, encoded as the window's log entry."""
 
-    __slots__ = ("from_beat", "lengths", "members", "metas", "payloads", "positions", "tps")
+    __slots__ = (
+        "from_beat",
+        "lengths",
+        "members",
+        "metas",
+        "payloads",
+        "positions",
+        "tps",
+        "unique",
+    )
 
     def __init__(self, from_beat: int) -> None:
         self.from_beat = from_beat
         self.members: list[str] = []
+        #: The distinct members: fewer than ``members`` when a claim repeats in the batch (the
+        #: script then checks claim by claim; otherwise it accepts the new ones in bulk).
+        self.unique: set[str] = set()
         self.metas: list[Any] = []  # flat: CLAIM_META_FIELDS values per claim
         self.payloads: list[bytes] = []
         self.lengths: list[int] = []
@@ -146,7 +158,9 @@ class AppendBatch:
         group = self._groups.get(from_beat)
         if group is None:
             group = self._groups[from_beat] = _WindowGroup(from_beat)
-        group.members.append(f"{agent_id}\x1f{task_id}\x1f{beat_index}")
+        member = f"{agent_id}\x1f{task_id}\x1f{beat_index}"
+        group.members.append(member)
+        group.unique.add(member)
         group.metas += (agent_id, task_id, beat_index, state, beats_left, key_id)
         group.payloads.append(payload)
         group.lengths.append(len(payload))
@@ -216,6 +230,7 @@ class AppendBatch:
                 b"".join(group.payloads),
                 _ENCODE(group.lengths),
                 _ENCODE(group.tps) if self._has_tp and any(group.tps) else "",
+                "1" if len(group.unique) < len(group.members) else "0",
             )
         rejects = [v for k, v in enumerate(self._rejects) if k % 7]  # without positions
         return [
