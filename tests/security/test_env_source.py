@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 
 import pytest
 
-from backbeat.core.signing import Keyring, SigningKey
+from backbeat.core.messages import StatusClaim
+from backbeat.core.signing import Keyring, SigningKey, sign_claim, verify_claim
 from backbeat.secrets import (
     ApiToken,
     EnvSecretSource,
@@ -92,17 +94,37 @@ async def test_signing_keys_follow_the_secret(tmp_path: Path) -> None:
         await keys.close()
 
 
-async def test_raw_signing_key_rotation_keeps_the_old_key_for_grace() -> None:
+async def test_raw_signing_key_rotation_refuses_no_honest_claim() -> None:
+    """A raw key changes; the signer sees it a refresh interval before the verifier does.
+
+    The new key signs only once every process has had a refresh interval to load it, and
+    the old one keeps verifying meanwhile: every claim signed during the change verifies."""
     env = {"BACKBEAT_SECRET_BEAT_SIGNING_KEYS": "k" * 16 + "first-raw-key-123"}
-    source = EnvSecretSource(env, refresh_interval_s=0.05)
-    keys = SigningKeys(source)
-    async with source:
-        await keys.start()
-        first = keys().keys[0].key_id
-        env["BACKBEAT_SECRET_BEAT_SIGNING_KEYS"] = "k" * 16 + "second-raw-key-45"
-        await eventually(lambda: len(keys()) == 2)
-        assert keys().keys[0].key_id == first
-        assert keys().signing_key(time.time_ns()).key_id != first
+    refresh_s = 0.3
+    signer_source = EnvSecretSource(env, refresh_interval_s=refresh_s)
+    verifier_source = EnvSecretSource(env, refresh_interval_s=refresh_s)
+    signer, verifier = SigningKeys(signer_source), SigningKeys(verifier_source)
+    await signer.start()
+    await verifier.start()
+    first = signer().keys[0].key_id
+    env["BACKBEAT_SECRET_BEAT_SIGNING_KEYS"] = "k" * 16 + "second-raw-key-45"
+    await signer_source.refresh()  # the signer sees the new value first ...
+    assert len(signer()) == 2
+    assert len(verifier()) == 1
+    used: set[str] = set()
+    started = time.monotonic()
+    while time.monotonic() - started < 3 * refresh_s:
+        if time.monotonic() - started > refresh_s:
+            await verifier_source.refresh()  # ... the verifier a refresh interval later
+        claim = StatusClaim("agent:a", "task:t", 7, "executing", 2, 0.5, "0001:0001:beef", "", "c")
+        signed = sign_claim(claim, signer(), now_ns=time.time_ns())
+        used.add(signed.key_id)
+        result = verify_claim(signed, verifier(), now_ns=time.time_ns())
+        assert result.ok, (signed.key_id, result)
+        await asyncio.sleep(0.01)
+    assert used == {first, signer().keys[1].key_id}  # the switch happened, unseen by verifiers
+    await signer.close()
+    await verifier.close()
 
 
 def test_settings_from_env_and_masking() -> None:

@@ -29,9 +29,16 @@ class SigningKeys:
     """Keyring provider (``signing_keys.current()``) fed by the ``beat_signing_keys`` secret.
 
     The secret is a keyring document (see docs/security.md) or, simpler, one raw key of at
-    least 32 bytes. In the raw form a new value activates when this process first sees it and
-    the previous key keeps verifying for the grace period. A secret that does not parse is
-    refused and the last good keyring stays in use (``last_error`` says why).
+    least 32 bytes. A secret that does not parse is refused and the last good keyring stays in
+    use (``last_error`` says why).
+
+    In the raw form no activation time is written down, so the processes that share the key
+    agree on one by overlap (``raw_overlap``): each process sees a new value within one refresh
+    interval ``R`` of the others. A new raw key therefore signs only ``R`` after this process
+    first saw it (every verifier has loaded it by then), verifies from the moment it is seen
+    (the keyring's clock skew allowance covers ``R``), and the previous key keeps verifying for
+    at least ``2 R`` after the switch (a signer that saw the value up to ``R`` later still
+    uses it). No honest claim is refused during the change.
     """
 
     def __init__(
@@ -45,7 +52,9 @@ class SigningKeys:
     ) -> None:
         self._source = source
         self.name = name
-        self._grace_ns = grace_ns
+        #: How long processes may disagree about the raw key in use: the refresh interval.
+        self.raw_overlap_ns = int(getattr(source, "refresh_interval_s", 30.0) * 1e9)
+        self._grace_ns = max(grace_ns, 2 * self.raw_overlap_ns)
         self._skew_ns = clock_skew_ns
         self._clock = clock
         self._keyring = Keyring(grace_ns=grace_ns, clock_skew_ns=clock_skew_ns)
@@ -105,11 +114,13 @@ class SigningKeys:
             return self._keyring
         now = self._clock()
         previous = list(self._keyring.keys)
-        activates = max([now, *(k.activates_ns + 1 for k in previous)])
+        # The first key signs at once; a later one only after every process has loaded it.
+        lead = self.raw_overlap_ns if previous else 0
+        activates = max([now + lead, *(k.activates_ns + 1 for k in previous)])
         keys = [*previous, SigningKey(key_id, raw, activates_ns=activates)]
-        return Keyring(keys, grace_ns=self._grace_ns, clock_skew_ns=self._skew_ns).without_expired(
-            now
-        )
+        return Keyring(
+            keys, grace_ns=self._grace_ns, clock_skew_ns=self._skew_ns + self.raw_overlap_ns
+        ).without_expired(now)
 
 
 class ApiToken:
