@@ -18,8 +18,9 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from backbeat.core import subjects
+from backbeat.core.ed25519 import PrivateKey, PrivateKeyring, frame_verifier
 from backbeat.core.messages import BeatFrame, StatusClaim
-from backbeat.core.signing import Keyring, SigningKey, frame_verifier
+from backbeat.core.signing import Keyring, SigningKey
 from backbeat.embedded import NatsServer, RedisServer
 from backbeat.pulse.node import Role
 from backbeat.pulse.server import PulseServer
@@ -79,6 +80,7 @@ async def test_one_trace_from_a_pulse_downbeat_to_its_report(
     cluster_id: str,
 ) -> None:
     keyring = Keyring([SigningKey("beat-1", b"k" * 16 + b"e" * 16, activates_ns=0)])
+    frame_keys = PrivateKeyring([PrivateKey("frame-1", b"f" * 32, activates_ns=0)])
     pulse = PulseServer(
         PulseSettings(
             cluster_id=cluster_id,
@@ -87,7 +89,7 @@ async def test_one_trace_from_a_pulse_downbeat_to_its_report(
             nats_url=nats_server.url,
             tempo_bpm=240.0,
         ),
-        signing_keys=lambda: keyring,
+        frame_signing_keys=lambda: frame_keys,
     )
     reverb = ReverbServer(
         ReverbSettings(
@@ -180,9 +182,9 @@ async def test_one_trace_from_a_pulse_downbeat_to_its_report(
     assert received.parent is not None
     assert received.parent.span_id == agent_span.get_span_context().span_id
     # Frames went out signed, and verify.
-    verify = frame_verifier(keyring)
+    verify = frame_verifier(frame_keys.public())
     assert frames
-    assert all(f.key_id == "beat-1" and verify(f).ok for f in frames)
+    assert all(f.key_id == "frame-1" and verify(f).ok for f in frames)
     # The seed's metric names, and the SLOs in metrics and status.
     for name in PULSE_METRICS:
         assert name in pulse_text, name

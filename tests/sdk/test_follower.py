@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 
+from backbeat.core.ed25519 import PrivateKey, PrivateKeyring, sign_frame
+from backbeat.core.frame_guard import FrameGuard
 from backbeat.core.messages import BeatFrame
-from backbeat.core.signing import Keyring, SigningKey, frame_verifier, sign_frame
 from backbeat.core.timeline import Timeline
 from backbeat.sdk import AgentStats, AgentStatus, Beat, BeatSource, TempoChange, VirtualClock
 from backbeat.sdk._follower import BeatFollower
@@ -114,9 +115,10 @@ async def test_stale_term_frames_are_ignored_and_duplicates_delivered_once() -> 
 
 
 async def test_signed_frames_verified_and_forgeries_dropped() -> None:
-    keyring = Keyring([SigningKey("k1", b"k" * 32, 0)])
-    forger = Keyring([SigningKey("k1", b"x" * 32, 0)])
-    h = Harness(verifier=frame_verifier(keyring, clock=lambda: START))
+    keyring = PrivateKeyring([PrivateKey("k1", b"k" * 32, 0)])
+    forger = PrivateKeyring([PrivateKey("k1", b"x" * 32, 0)])
+    public = keyring.public()
+    h = Harness(guard=FrameGuard(CLUSTER, lambda: public))
     grid = _grid()
     for n in range(0, 12):
         genuine = sign_frame(make_frame(grid, n), keyring, now_ns=START)

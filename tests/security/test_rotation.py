@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
-from backbeat.core.messages import BeatFrame
-from backbeat.core.signing import Keyring, SigningKey, frame_signer, frame_verifier
+from backbeat.core.messages import StatusClaim
+from backbeat.core.signing import Keyring, SigningKey, sign_claim, verify_claim
 from backbeat.embedded import RedisServer
 from backbeat.secrets import (
     EnvSecretSource,
@@ -48,17 +48,8 @@ async def redis(redis_server: RedisServer) -> AsyncIterator[Redis]:
         await client.aclose()
 
 
-def frame(beat: int) -> BeatFrame:
-    return BeatFrame(
-        cluster_id="c1",
-        beat_index=beat,
-        downbeat=beat % 4 == 0,
-        phase="plan",
-        hlc="7ffd:0001:beef",
-        deadline_ns=beat * S,
-        tempo_bpm=120.0,
-        window_id="0" * 32,
-    )
+def claim(beat: int) -> StatusClaim:
+    return StatusClaim("agent:r", "task:r", beat, "executing", 3, 0.5, "7ffd:0001:beef", "", "c1")
 
 
 async def test_rotator_creates_keys_ahead_and_records_events(
@@ -172,16 +163,21 @@ async def test_background_rotation_keeps_honest_frames_verifying(
         signer_keys, verifier_keys = SigningKeys(signer_source), SigningKeys(verifier_source)
         await signer_keys.start()
         await verifier_keys.start()
-        sign, verify = frame_signer(signer_keys), frame_verifier(verifier_keys)
+
+        def sign(message: StatusClaim) -> StatusClaim:
+            return sign_claim(message, signer_keys())
+
         used: set[str] = set()
         async with rotator:
             deadline = time.monotonic() + 30
             beat = 0
             while len(used) < 3:
                 assert time.monotonic() < deadline, f"only saw keys {used}"
-                signed = sign(frame(beat))
+                signed = sign(claim(beat))
                 used.add(signed.key_id)
-                result = verify(BeatFrame.decode(signed.encode()))
+                result = verify_claim(
+                    StatusClaim.decode(signed.encode()), verifier_keys(), now_ns=time.time_ns()
+                )
                 assert result.ok, (beat, result)
                 beat += 1
                 await asyncio.sleep(0.02)

@@ -15,8 +15,9 @@ import nats.aio.client
 import pytest
 
 from backbeat.core import subjects
+from backbeat.core.ed25519 import PrivateKey, PrivateKeyring, sign_frame
 from backbeat.core.messages import BeatFrame, StatusClaim
-from backbeat.core.signing import Keyring, SigningKey, frame_verifier, sign_claim, sign_frame
+from backbeat.core.signing import Keyring, SigningKey, sign_claim
 from backbeat.embedded import NatsServer, RedisServer
 from backbeat.pulse.node import Role
 from backbeat.pulse.server import PulseServer
@@ -33,6 +34,11 @@ STRANGER = SigningKey("beat-x", b"x" * 8 + b"b" * 24, activates_ns=0)
 K0 = SigningKey(
     "beat-0", b"0" * 8 + b"d" * 24, activates_ns=0, expires_ns=time.time_ns() - 3600 * S
 )
+#: The pulse's frame keys (Ed25519): an expired one, the current one, and a stranger's.
+F0 = PrivateKey("frame-0", b"0" * 32, activates_ns=0, expires_ns=time.time_ns() - 3600 * S)
+F1 = PrivateKey("frame-1", b"1" * 32, activates_ns=0)
+F_STRANGER = PrivateKey("frame-x", b"x" * 32, activates_ns=0)
+FRAME_KEYS = PrivateKeyring([F0, F1])
 
 
 async def until(check: Any, within: float = 20.0) -> None:
@@ -65,7 +71,7 @@ async def stack(
             tempo_bpm=240.0,
             admin_port=-1,
         ),
-        signing_keys=lambda: ring["current"],
+        frame_signing_keys=lambda: FRAME_KEYS,
     )
     reverb = ReverbServer(
         ReverbSettings(
@@ -96,8 +102,10 @@ async def test_forged_claims_are_rejected_and_counted_and_rotation_keeps_honest_
     _, reverb, ring = stack
     beat = reverb.ingest.follower.current_beat()
 
-    def claim(task: str) -> StatusClaim:
-        return StatusClaim("agent:s", task, beat, "executing", 2, 0.5, "0001:0001:beef")
+    def claim(task: str, cluster: str = cluster_id) -> StatusClaim:
+        return StatusClaim(
+            "agent:s", task, beat, "executing", 2, 0.5, "0001:0001:beef", cluster_id=cluster
+        )
 
     now = time.time_ns()
     expired_ring = Keyring([replace(K0, expires_ns=None)])
@@ -107,11 +115,16 @@ async def test_forged_claims_are_rejected_and_counted_and_rotation_keeps_honest_
         sign_claim(claim("t-unknown"), Keyring([STRANGER])),  # unknown key id
         sign_claim(claim("t-expired"), expired_ring, now_ns=now - 2 * 3600 * S),  # expired
         claim("t-unsigned"),
+        # Correctly signed with this cluster's key, but bound to another cluster or to none:
+        # a claim signed for one cluster is never valid in another sharing the key.
+        sign_claim(claim("t-other-cluster", "elsewhere"), ring["current"]),
+        sign_claim(claim("t-no-cluster", ""), ring["current"]),
     ]
     for c in [honest, *forged]:
         await nc.publish(subjects.claims(cluster_id), c.encode())
     await nc.flush()
-    await until(lambda: processed(reverb, "rejected", "bad_signature") == 4)
+    await until(lambda: processed(reverb, "rejected", "bad_signature") == 5)
+    await until(lambda: processed(reverb, "rejected", "wrong_cluster") == 1)
     assert processed(reverb, "accepted") == 1
 
     # Rotation mid-window: key 2 takes over now; claims signed by key 1 just before the switch
@@ -125,10 +138,10 @@ async def test_forged_claims_are_rejected_and_counted_and_rotation_keeps_honest_
         await nc.publish(subjects.claims(cluster_id), c.encode())
     await nc.flush()
     await until(lambda: processed(reverb, "accepted") == 3)
-    assert processed(reverb, "rejected", "bad_signature") == 4
+    assert processed(reverb, "rejected", "bad_signature") == 5
     entries = await reverb.ingest.store.dead_letter_entries()
     details = [bytes(e.get("detail", b"")).decode() for e in entries]
-    for status in ("tampered", "unknown_key", "expired", "unsigned"):
+    for status in ("tampered", "unknown_key", "expired", "unsigned", "wrong_cluster"):
         assert any(d.startswith(status) for d in details), (status, details)
 
 
@@ -138,13 +151,13 @@ async def test_forged_frames_are_dropped_by_the_sdk(
     nc: nats.aio.client.Client,
     cluster_id: str,
 ) -> None:
-    pulse, _, ring = stack
+    pulse, _, _ = stack
     agent = Agent(
         AgentSettings(
             cluster_id=cluster_id,
             agent_id="agent:verifier",
             nats_url=nats_server.url,
-            frame_verifier=frame_verifier(lambda: ring["current"]),
+            frame_keys=FRAME_KEYS.public(),
         )
     )
     async with agent:
@@ -163,10 +176,10 @@ async def test_forged_frames_are_dropped_by_the_sdk(
         ) if template is None else template  # fmt: skip
         base = replace(base, beat_index=10_000_000, term=10_000)
         now = time.time_ns()
-        expired = Keyring([replace(K0, expires_ns=None)])
+        expired = PrivateKeyring([replace(F0, expires_ns=None)])
         forged = [
-            replace(sign_frame(base, ring["current"]), tempo_bpm=60.0),  # tampered
-            sign_frame(base, Keyring([STRANGER])),  # unknown key id
+            replace(sign_frame(base, FRAME_KEYS), tempo_bpm=60.0),  # tampered
+            sign_frame(base, PrivateKeyring([F_STRANGER])),  # unknown key id
             sign_frame(base, expired, now_ns=now - 2 * 3600 * S),  # expired
         ]
         for frame in forged:

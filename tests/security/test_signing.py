@@ -11,6 +11,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from backbeat.core.claims import RejectReason, SignatureCheck, validate_claim
+from backbeat.core.ed25519 import (
+    PrivateKey,
+    PrivateKeyring,
+    PublicKeyring,
+    sign_frame,
+    verify_frame,
+)
 from backbeat.core.messages import BeatFrame, StatusClaim
 from backbeat.core.signing import (
     CLAIM_FIELDS,
@@ -23,18 +30,16 @@ from backbeat.core.signing import (
     canonical_claim,
     canonical_frame,
     claim_signature_check,
-    frame_signer,
-    frame_verifier,
     sign_claim,
-    sign_frame,
     verify_claim,
-    verify_frame,
 )
 
 S = 1_000_000_000
 T0 = 1_700_000_000 * S
 KEY_A = SigningKey("beat-1", b"a" * 32, activates_ns=T0)
 KEY_B = SigningKey("beat-2", b"b" * 32, activates_ns=T0 + 100 * S)
+#: The pulse's Ed25519 frame key (frames are not HMAC-signed: agents hold the HMAC keys).
+FRAME_KEYS = PrivateKeyring([PrivateKey("frame-1", b"f" * 32, activates_ns=T0)])
 
 
 def frame(**overrides: object) -> BeatFrame:
@@ -99,17 +104,16 @@ def test_canonical_frame_is_the_documented_byte_form() -> None:
     assert b"emitted_ns=null\n" in canonical_frame(frame(emitted_ns=None))
 
 
-def test_signature_is_hmac_sha256_hex_of_the_canonical_form() -> None:
-    signed = sign_frame(frame(), Keyring([KEY_A]), now_ns=T0 + S)
-    expected = hmac.new(KEY_A.secret, canonical_frame(frame()), hashlib.sha256).hexdigest()
+def test_claim_signature_is_hmac_sha256_hex_of_the_canonical_form() -> None:
+    signed = sign_claim(claim(), Keyring([KEY_A]), now_ns=T0 + S)
+    expected = hmac.new(KEY_A.secret, canonical_claim(claim()), hashlib.sha256).hexdigest()
     assert (signed.key_id, signed.signature) == ("beat-1", expected)
 
 
 def test_signed_frame_survives_the_json_wire_round_trip() -> None:
-    ring = Keyring([KEY_A])
-    signed = sign_frame(frame(tempo_bpm=120), ring, now_ns=T0 + S)
+    signed = sign_frame(frame(tempo_bpm=120), FRAME_KEYS, now_ns=T0 + S)
     received = BeatFrame.decode(signed.encode())
-    assert verify_frame(received, ring, now_ns=T0 + 2 * S).ok
+    assert verify_frame(received, FRAME_KEYS.public(), now_ns=T0 + 2 * S).ok
 
 
 def test_claim_and_frame_signatures_are_not_interchangeable() -> None:
@@ -119,19 +123,28 @@ def test_claim_and_frame_signatures_are_not_interchangeable() -> None:
     assert not canonical_claim(claim()).startswith(b"backbeat.beatframe")
 
 
-def test_tampered_frame_is_rejected() -> None:
+def test_a_frame_signed_with_the_claim_keys_never_verifies() -> None:
+    """Agents hold the claims' HMAC keys: an HMAC signature, even under a key id the frame
+    keyring knows, is no frame signature."""
+    public = FRAME_KEYS.public()
+    mac = hmac.new(KEY_A.secret, canonical_frame(frame()), hashlib.sha256).hexdigest()
+    forged = dataclasses.replace(frame(), key_id="frame-1", signature=mac)
+    assert verify_frame(forged, public, now_ns=T0 + S).status is VerifyStatus.TAMPERED
+
+
+def test_tampered_claim_is_rejected() -> None:
     ring = Keyring([KEY_A])
-    signed = sign_frame(frame(), ring, now_ns=T0 + S)
-    forged = dataclasses.replace(signed, tempo_bpm=180.0)
-    result = verify_frame(forged, ring, now_ns=T0 + S)
+    signed = sign_claim(claim(), ring, now_ns=T0 + S)
+    forged = dataclasses.replace(signed, progress=0.75)
+    result = verify_claim(forged, ring, now_ns=T0 + S)
     assert result.status is VerifyStatus.TAMPERED
     garbage = dataclasses.replace(signed, signature="zz" * 32)
-    assert verify_frame(garbage, ring, now_ns=T0 + S).status is VerifyStatus.TAMPERED
+    assert verify_claim(garbage, ring, now_ns=T0 + S).status is VerifyStatus.TAMPERED
 
 
 def test_unknown_key_id_is_rejected() -> None:
-    signed = sign_frame(frame(), Keyring([KEY_A]), now_ns=T0 + S)
-    result = verify_frame(signed, Keyring([KEY_B]), now_ns=T0 + 200 * S)
+    signed = sign_claim(claim(), Keyring([KEY_A]), now_ns=T0 + S)
+    result = verify_claim(signed, Keyring([KEY_B]), now_ns=T0 + 200 * S)
     assert result.status is VerifyStatus.UNKNOWN_KEY
     assert "beat-1" in result.detail
 
@@ -139,23 +152,24 @@ def test_unknown_key_id_is_rejected() -> None:
 def test_expired_key_is_rejected_after_the_grace_period() -> None:
     key = SigningKey("old", b"o" * 32, activates_ns=T0, expires_ns=T0 + 60 * S)
     ring = Keyring([key], grace_ns=10 * S)
-    signed = sign_frame(frame(), ring, now_ns=T0 + 30 * S)
-    assert verify_frame(signed, ring, now_ns=T0 + 65 * S).ok  # inside the grace period
-    result = verify_frame(signed, ring, now_ns=T0 + 70 * S)
+    signed = sign_claim(claim(), ring, now_ns=T0 + 30 * S)
+    assert verify_claim(signed, ring, now_ns=T0 + 65 * S).ok  # inside the grace period
+    result = verify_claim(signed, ring, now_ns=T0 + 70 * S)
     assert result.status is VerifyStatus.EXPIRED
     with pytest.raises(SigningError, match="no signing key"):
-        sign_frame(frame(), ring, now_ns=T0 + 61 * S)
+        sign_claim(claim(), ring, now_ns=T0 + 61 * S)
 
 
 def test_key_not_yet_active_is_rejected_beyond_clock_skew() -> None:
     ring = Keyring([KEY_A, KEY_B], clock_skew_ns=2 * S)
-    forged = sign_frame(frame(), Keyring([dataclasses.replace(KEY_B, activates_ns=T0)]), now_ns=T0)
-    assert verify_frame(forged, ring, now_ns=T0 + 50 * S).status is VerifyStatus.NOT_YET_VALID
-    assert verify_frame(forged, ring, now_ns=T0 + 99 * S).ok  # within the skew allowance
+    forged = sign_claim(claim(), Keyring([dataclasses.replace(KEY_B, activates_ns=T0)]), now_ns=T0)
+    assert verify_claim(forged, ring, now_ns=T0 + 50 * S).status is VerifyStatus.NOT_YET_VALID
+    assert verify_claim(forged, ring, now_ns=T0 + 99 * S).ok  # within the skew allowance
 
 
 def test_unsigned_frame_is_reported_as_unsigned() -> None:
-    assert verify_frame(frame(), Keyring([KEY_A]), now_ns=T0).status is VerifyStatus.UNSIGNED
+    public = FRAME_KEYS.public()
+    assert verify_frame(frame(), public, now_ns=T0).status is VerifyStatus.UNSIGNED
 
 
 def test_signing_uses_the_newest_active_key() -> None:
@@ -166,32 +180,28 @@ def test_signing_uses_the_newest_active_key() -> None:
     assert ring.retired_ns("beat-2") is None
 
 
-def test_rotation_mid_window_keeps_every_honest_frame_accepted() -> None:
-    """A bar of beats every 0.5 s across a rotation, received up to 2 s late, all verify.
+def test_rotation_mid_window_keeps_every_honest_claim_accepted() -> None:
+    """A bar of claims every 0.5 s across a rotation, received up to 2 s late, all verify.
 
     The verifiers learn the next key before it activates (it is published ahead), the signer
     switches at activation, and the old key keeps verifying for the grace period.
     """
     ring = Keyring([KEY_A, KEY_B], grace_ns=5 * S)
-    now = [T0]
-    sign = frame_signer(lambda: ring, clock=lambda: now[0])
     used = set()
-    for beat in range(180, 220):  # beats at T0 + 90 s .. T0 + 110 s
+    for beat in range(180, 220):  # claims at T0 + 90 s .. T0 + 110 s
         sent = T0 + beat * S // 2
-        now[0] = sent
-        signed = sign(frame(beat_index=beat, scheduled_ns=sent))
+        signed = sign_claim(claim(beat_index=beat), ring, now_ns=sent)
         used.add(signed.key_id)
         for delay in (0, S // 100, 2 * S):
-            now[0] = sent + delay
-            verify = frame_verifier(ring, clock=lambda: now[0])
-            assert verify(BeatFrame.decode(signed.encode())).ok, (beat, delay)
+            received = StatusClaim.decode(signed.encode())
+            assert verify_claim(received, ring, now_ns=sent + delay).ok, (beat, delay)
     assert used == {"beat-1", "beat-2"}
 
 
 def test_claim_signature_check_plugs_into_claim_validation() -> None:
     ring = Keyring([KEY_A])
-    check: SignatureCheck = claim_signature_check(ring, clock=lambda: T0 + S)
-    good = sign_claim(claim(), ring, now_ns=T0 + S)
+    check: SignatureCheck = claim_signature_check(ring, cluster_id="c1", clock=lambda: T0 + S)
+    good = sign_claim(claim(cluster_id="c1"), ring, now_ns=T0 + S)
     assert validate_claim(good.encode(), current_beat=1234, check_signature=check).ok
     bad = dataclasses.replace(good, progress=0.9)
     verdict = validate_claim(bad.encode(), current_beat=1234, check_signature=check)
@@ -199,7 +209,9 @@ def test_claim_signature_check_plugs_into_claim_validation() -> None:
     assert verdict.detail.startswith("tampered:")
     unsigned = validate_claim(claim().encode(), current_beat=1234, check_signature=check)
     assert unsigned.detail.startswith("unsigned:")
-    lenient = claim_signature_check(ring, require_signature=False, clock=lambda: T0 + S)
+    lenient = claim_signature_check(
+        ring, cluster_id="c1", require_signature=False, clock=lambda: T0 + S
+    )
     assert validate_claim(claim().encode(), current_beat=1234, check_signature=lenient).ok
 
 
@@ -262,8 +274,8 @@ _frames = st.builds(
 def test_property_sign_verify_round_trip(message: BeatFrame | StatusClaim) -> None:
     ring = Keyring([KEY_A])
     if isinstance(message, BeatFrame):
-        signed_frame = sign_frame(message, ring, now_ns=T0)
-        assert verify_frame(signed_frame, ring, now_ns=T0).ok
+        signed_frame = sign_frame(message, FRAME_KEYS, now_ns=T0)
+        assert verify_frame(signed_frame, FRAME_KEYS.public(), now_ns=T0).ok
     else:
         signed_claim = sign_claim(message, ring, now_ns=T0)
         assert verify_claim(signed_claim, ring, now_ns=T0).ok
@@ -276,17 +288,20 @@ def test_property_any_single_byte_change_of_canonical_content_fails(
     message: BeatFrame | StatusClaim, data: st.DataObject
 ) -> None:
     ring = Keyring([KEY_A])
+    verifier: Keyring | PublicKeyring = ring
     if isinstance(message, BeatFrame):
         content = canonical_frame(message)
-        signature = sign_frame(message, ring, now_ns=T0).signature
+        signed = sign_frame(message, FRAME_KEYS, now_ns=T0)
+        key_id, signature = signed.key_id, signed.signature
+        verifier = FRAME_KEYS.public()
     else:
         content = canonical_claim(message)
-        signature = sign_claim(message, ring, now_ns=T0).signature
+        key_id, signature = KEY_A.key_id, sign_claim(message, ring, now_ns=T0).signature
     index = data.draw(st.integers(0, len(content) - 1), label="index")
     delta = data.draw(st.integers(1, 255), label="delta")
     changed = bytearray(content)
     changed[index] = (changed[index] + delta) % 256
-    result = ring.verify(bytes(changed), KEY_A.key_id, signature, T0)
+    result = verifier.verify(bytes(changed), key_id, signature, T0)
     assert result.status is VerifyStatus.TAMPERED
 
 

@@ -46,7 +46,13 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any, Final
 
-from backbeat.core.messages import BEATFRAME_TYPE, STATUSCLAIM_TYPE, BeatFrame, StatusClaim
+from backbeat.core.messages import (
+    BARREPORT_TYPE,
+    BEATFRAME_TYPE,
+    STATUSCLAIM_TYPE,
+    BeatFrame,
+    StatusClaim,
+)
 from backbeat.core.rfc3339 import format_ns, parse_ns
 
 #: Signed fields of a BeatFrame, in canonical order, with how each is encoded.
@@ -175,6 +181,82 @@ def canonical_frame(frame: BeatFrame) -> bytes:
 def canonical_claim(claim: StatusClaim) -> bytes:
     """The bytes a StatusClaim's signature covers (see the module docstring)."""
     return _canonical(_CLAIM_PLAN, claim)
+
+
+#: Signed fields of each timeline in a timeline record (the pulse's announcement on NATS).
+TIMELINE_FIELDS: Final[tuple[tuple[str, str], ...]] = (
+    ("cluster_id", "str"),
+    ("tempo_bpm", "float"),
+    ("anchor_beat", "int"),
+    ("anchor_time_ns", "int"),
+    ("bar_length", "int"),
+    ("bar_origin", "int"),
+    ("phases", "phases"),
+    ("revision", "int"),
+    ("term", "int"),
+)
+TIMELINE_RECORD_TYPE: Final = "backbeat.timelinerecord.v1"
+
+
+def _phases(name: str, value: object) -> bytes:
+    """``[[name, beats], ...]`` as the string ``name:beats,name:beats`` (length-prefixed)."""
+    if not isinstance(value, list | tuple):
+        raise _bad(name, "a list of [name, beats]", value)
+    parts = []
+    for entry in value:
+        if not isinstance(entry, list | tuple) or len(entry) != 2:
+            raise _bad(name, "a list of [name, beats]", entry)
+        label, beats = entry
+        if not isinstance(label, str) or "," in label or ":" in label:
+            raise SigningError(f"{name}: phase names are strings without ',' or ':'")
+        parts.append(f"{label}:{_int(name, beats).decode()}")
+    return _str(name, ",".join(parts))
+
+
+def canonical_timeline_record(record: Mapping[str, Any]) -> bytes:
+    """The bytes a timeline record's signature covers: its type line, then per timeline
+    (``current``, ``pending``) one line per field of ``TIMELINE_FIELDS`` prefixed with the
+    timeline's name (``pending=null`` when there is none), then ``ramp_target_bpm``.
+
+    Built from the record's JSON object, so signer and verifier need no shared class. Raises
+    SigningError when a field is missing or has the wrong type.
+    """
+    parts = [TIMELINE_RECORD_TYPE.encode() + b"\n"]
+    for which in ("current", "pending"):
+        timeline = record.get(which)
+        if timeline is None and which == "pending":
+            parts.append(b"pending=null\n")
+            continue
+        if not isinstance(timeline, Mapping):
+            raise SigningError(f"{which}: expected a timeline object")
+        for name, kind in TIMELINE_FIELDS:
+            if name not in timeline:
+                raise SigningError(f"{which}.{name}: required field is missing")
+            encode = _phases if kind == "phases" else _ENCODERS[kind]
+            value = encode(f"{which}.{name}", timeline[name])
+            parts.append(f"{which}.{name}=".encode() + value + b"\n")
+    ramp = record.get("ramp_target_bpm")
+    parts.append(
+        b"ramp_target_bpm=" + (b"null" if ramp is None else _float("ramp_target_bpm", ramp)) + b"\n"
+    )
+    return b"".join(parts)
+
+
+def canonical_report(cluster_id: str, window_id: str, payload: bytes) -> bytes:
+    """The bytes a bar report's signature covers: the report's JSON bytes exactly as published,
+    bound to its cluster and window (a report signed for one window is no other's)."""
+    return b"".join(
+        (
+            BARREPORT_TYPE.encode(),
+            b"\ncluster_id=",
+            _str("cluster_id", cluster_id),
+            b"\nwindow_id=",
+            _str("window_id", window_id),
+            b"\nreport=",
+            b"%d:%b" % (len(payload), payload),
+            b"\n",
+        )
+    )
 
 
 def hmac_hex(secret: bytes, content: bytes) -> str:
@@ -416,13 +498,6 @@ def _provider(keyring: Keyring | KeyringProvider) -> KeyringProvider:
     return keyring
 
 
-def sign_frame(frame: BeatFrame, keyring: Keyring, *, now_ns: int | None = None) -> BeatFrame:
-    """The frame with ``key_id`` and ``signature`` set by the newest key active now."""
-    key = keyring.signing_key(time.time_ns() if now_ns is None else now_ns)
-    signature = keyring.mac_hex(key.key_id, canonical_frame(frame))
-    return replace(frame, key_id=key.key_id, signature=signature)
-
-
 def sign_claim(claim: StatusClaim, keyring: Keyring, *, now_ns: int | None = None) -> StatusClaim:
     """The claim with ``key_id`` and ``signature`` set by the newest key active now."""
     key = keyring.signing_key(time.time_ns() if now_ns is None else now_ns)
@@ -430,41 +505,14 @@ def sign_claim(claim: StatusClaim, keyring: Keyring, *, now_ns: int | None = Non
     return replace(claim, key_id=key.key_id, signature=signature)
 
 
-def verify_frame(frame: BeatFrame, keyring: Keyring, *, now_ns: int) -> Verification:
-    return keyring.verify(canonical_frame(frame), frame.key_id, frame.signature, now_ns)
-
-
 def verify_claim(claim: StatusClaim, keyring: Keyring, *, now_ns: int) -> Verification:
     return keyring.verify(canonical_claim(claim), claim.key_id, claim.signature, now_ns)
-
-
-def frame_signer(
-    keyring: Keyring | KeyringProvider, *, clock: Clock = time.time_ns
-) -> Callable[[BeatFrame], BeatFrame]:
-    """``sign_frame(frame) -> frame`` for the pulse; picks up rotated keyrings on every call."""
-    current = _provider(keyring)
-
-    def sign(frame: BeatFrame) -> BeatFrame:
-        return sign_frame(frame, current(), now_ns=clock())
-
-    return sign
-
-
-def frame_verifier(
-    keyring: Keyring | KeyringProvider, *, clock: Clock = time.time_ns
-) -> Callable[[BeatFrame], Verification]:
-    """For the SDK: the verification of a received frame at the receiver's clock."""
-    current = _provider(keyring)
-
-    def verify(frame: BeatFrame) -> Verification:
-        return verify_frame(frame, current(), now_ns=clock())
-
-    return verify
 
 
 def claim_signature_check(
     keyring: Keyring | KeyringProvider,
     *,
+    cluster_id: str,
     require_signature: bool = True,
     clock: Clock = time.time_ns,
 ) -> Callable[[StatusClaim], str | None]:
@@ -473,6 +521,10 @@ def claim_signature_check(
     The message starts with the verification status (``tampered: ...``, ``unknown_key: ...``)
     so dead letters say which failure it was. Unsigned claims pass when ``require_signature``
     is False (mixed fleets during a roll-out).
+
+    A signed claim is bound to its cluster: its ``cluster_id`` (inside the signed bytes) must be
+    ``cluster_id``. One signed for another cluster sharing the key, or carrying no cluster id,
+    fails with ``wrong_cluster``.
     """
     current = _provider(keyring)
 
@@ -480,8 +532,14 @@ def claim_signature_check(
         if not require_signature and not claim.signature and not claim.key_id:
             return None
         result = verify_claim(claim, current(), now_ns=clock())
-        if result.ok:
-            return None
-        return f"{result.status.value}: {result.detail}"
+        if not result.ok:
+            return f"{result.status.value}: {result.detail}"
+        if claim.cluster_id != cluster_id:
+            found = repr(claim.cluster_id[:64]) if claim.cluster_id else "no cluster_id"
+            return (
+                f"wrong_cluster: the claim was signed for {found}; this ingest serves "
+                f"{cluster_id!r}"
+            )
+        return None
 
     return check

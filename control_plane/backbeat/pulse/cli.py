@@ -19,10 +19,12 @@ from backbeat.secrets import (
     KeyRotator,
     RotationSettings,
     SecretError,
+    SecretName,
     UnsafeConfiguration,
     open_component_secrets,
 )
 from backbeat.service.cli import add_common_arguments
+from backbeat.service.frame_checks import add_frame_check_arguments, require_signed_frames
 from backbeat.service.logs import configure_logging, get_logger
 from backbeat.service.nats_connect import NatsUnreachable, report_unreachable
 from backbeat.service.tls import TlsSettings, add_tls_arguments
@@ -87,6 +89,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="how long before it activates a new key is published (> secrets refresh)",
     )
     add_tls_arguments(parser)
+    add_frame_check_arguments(parser)
 
 
 def settings_from_args(args: argparse.Namespace) -> PulseSettings:
@@ -132,7 +135,7 @@ async def serve(settings: PulseSettings, args: argparse.Namespace | None = None)
     tls = TlsSettings.from_args(args) if args is not None else TlsSettings()
     secrets = await open_component_secrets(
         "pulse",
-        signing=True,
+        keyrings=(SecretName.FRAME_SIGNING_KEYS, SecretName.FRAME_PUBLIC_KEYS),
         static_token=settings.token,
         urls=[settings.nats_url, *settings.redis_urls],
         tls_enabled=tls.enabled,
@@ -148,14 +151,17 @@ async def serve(settings: PulseSettings, args: argparse.Namespace | None = None)
         "starting",
         settings=settings.describe(),
         tls=tls.enabled,
-        signing=secrets.signing_keys is not None,
+        signing=secrets.private_keys(SecretName.FRAME_SIGNING_KEYS) is not None,
+        require_signed_frames=require_signed_frames(args),
         rotate_keys=rotate,
     )
     async with ShutdownSignal() as stop:
         server = PulseServer(
             settings,
             token=secrets.token_source(settings.token),
-            signing_keys=secrets.signing_keys,
+            frame_signing_keys=secrets.private_keys(SecretName.FRAME_SIGNING_KEYS),
+            frame_keys=secrets.public_keys(SecretName.FRAME_PUBLIC_KEYS),
+            require_signed_frames=require_signed_frames(args),
             tls=tls,
             rotator=(
                 _rotator_factory(args, settings, secrets, rotation_redis)

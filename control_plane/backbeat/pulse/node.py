@@ -30,6 +30,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 
 from backbeat.core import keys, subjects
+from backbeat.core.frame_guard import FrameGuard
 from backbeat.core.hlc import HybridLogicalClock, node_id_from_name
 from backbeat.core.messages import BeatFrame, CodecError
 from backbeat.core.timeline import (
@@ -171,10 +172,13 @@ class PulseNode:
         signer: FrameSigner | None = None,
         headers: HeadersHook | None = None,
         advertise_address: str = "",
+        guard: FrameGuard | None = None,
     ) -> None:
         self.settings = settings
         self.metrics = metrics or PulseMetrics()
         self.signer = signer
+        #: Checks signature and plausibility of beats and timelines received on NATS.
+        self.guard = guard
         self.headers = headers
         #: host:port of this replica's gRPC server, stored in the lock value for followers.
         self.advertise_address = advertise_address
@@ -820,6 +824,9 @@ class PulseNode:
             return
         if frame.cluster_id != self.cluster_id:
             return
+        if self.guard is not None and self.guard.check_frame(frame, time.time_ns()) is not None:
+            self.metrics.frames_rejected.inc()
+            return
         if self.role is Role.DEGRADED and frame.term > self.term:
             self._newer_term_seen = True  # a new leader exists: stop emitting degraded beats
         if not self.hub.offer(frame):
@@ -860,6 +867,8 @@ class PulseNode:
             self.hub.set_pending(change)
 
     async def _on_timeline_msg(self, msg: Msg) -> None:
+        if self.guard is not None and self.guard.check_timeline_payload(msg.data, time.time_ns()):
+            return
         try:
             record = TimelineRecord.decode(msg.data)
         except (ValueError, KeyError, TypeError, TempoError):

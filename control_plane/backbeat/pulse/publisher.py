@@ -48,6 +48,8 @@ class BeatPublisher:
         self.nc: NatsClient | None = None
         self._pending_acks: set[asyncio.Task[None]] = set()
         self.downbeat_failures = 0
+        #: Signs a timeline record's JSON before it is announced (None: sent unsigned).
+        self.timeline_signer: Callable[[bytes], bytes] | None = None
 
     async def start(self) -> None:
         if self.nc is not None:
@@ -109,6 +111,8 @@ class BeatPublisher:
 
     async def publish_timeline(self, payload: bytes) -> None:
         assert self.nc is not None
+        if self.timeline_signer is not None:
+            payload = self.timeline_signer(payload)
         await self.nc.publish(subjects.timeline(self.cluster_id), payload)
 
     async def subscribe(

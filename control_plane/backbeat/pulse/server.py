@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import math
 import time
 from collections import deque
@@ -18,7 +19,14 @@ from typing import Any
 import grpc
 from aiohttp import web
 
-from backbeat.core.signing import KeyringProvider, frame_signer
+from backbeat.core.ed25519 import (
+    PrivateKeyringProvider,
+    PublicKeyring,
+    PublicKeyringProvider,
+    frame_signer,
+    sign_timeline_record,
+)
+from backbeat.core.frame_guard import FrameGuard, GuardSettings
 from backbeat.core.timeline import TempoError, Timeline
 from backbeat.pulse.grpc_service import (
     SERVICE_NAME,
@@ -44,6 +52,7 @@ from backbeat.service.admin import (
     json_response,
     read_json_object,
 )
+from backbeat.service.frame_checks import register_frame_guard
 from backbeat.service.rpc import BearerAuth, GrpcServer, TokenSource
 from backbeat.service.slo import JITTER, SloTracker
 from backbeat.service.tls import TlsSettings
@@ -86,18 +95,49 @@ def _quantile(sorted_values: list[float], q: float) -> float:
     return sorted_values[max(0, index)]
 
 
+def _public_half(keys: PrivateKeyringProvider) -> PublicKeyringProvider:
+    """The public keyring of the current private one (derived again only after a rotation)."""
+    cache: dict[int, PublicKeyring] = {}
+
+    def current() -> PublicKeyring:
+        private = keys()
+        public = cache.get(id(private))
+        if public is None:
+            cache.clear()
+            public = cache[id(private)] = private.public()
+        return public
+
+    return current
+
+
+def _timeline_signer(keys: PrivateKeyringProvider) -> Callable[[bytes], bytes]:
+    """Adds ``key_id`` and ``signature`` to a timeline record's JSON."""
+
+    def sign(payload: bytes) -> bytes:
+        return json.dumps(
+            sign_timeline_record(json.loads(payload), keys()), separators=(",", ":")
+        ).encode()
+
+    return sign
+
+
 class PulseServer:
     """One replica's servers. Security hooks (all optional): ``token`` (a rotatable bearer
-    token source; default ``settings.token``), ``signing_keys`` (frames are signed),
-    ``tls`` (gRPC and admin over TLS), ``rotator`` (builds the KeyRotator that runs while this
-    replica leads) and ``tempo_changes_per_minute`` (rate limit of accepted tempo changes)."""
+    token source; default ``settings.token``), ``frame_signing_keys`` (the Ed25519 keyring that
+    signs frames and timeline records; only the pulse holds it), ``frame_keys`` (the public
+    keyring that checks beats and timelines received from the leader; default: the public half
+    of ``frame_signing_keys``), ``require_signed_frames`` (refuse unsigned ones), ``tls`` (gRPC
+    and admin over TLS), ``rotator`` (builds the KeyRotator that runs while this replica leads)
+    and ``tempo_changes_per_minute`` (rate limit of accepted tempo changes)."""
 
     def __init__(
         self,
         settings: PulseSettings,
         *,
         token: TokenSource | None = None,
-        signing_keys: KeyringProvider | None = None,
+        frame_signing_keys: PrivateKeyringProvider | None = None,
+        frame_keys: PublicKeyringProvider | None = None,
+        require_signed_frames: bool = False,
         tls: TlsSettings | None = None,
         rotator: Callable[[], KeyRotator] | None = None,
         tempo_changes_per_minute: int = DEFAULT_CHANGES_PER_MINUTE,
@@ -113,10 +153,20 @@ class PulseServer:
             credentials=self.tls.server_credentials(),
             untraced=[f"/{SERVICE_NAME}/StreamBeats"],
         )
-        self.signing = signing_keys is not None
-        self.node = PulseNode(
-            settings, signer=frame_signer(signing_keys) if signing_keys is not None else None
+        self.signing = frame_signing_keys is not None
+        if frame_keys is None and frame_signing_keys is not None:
+            frame_keys = _public_half(frame_signing_keys)
+        self.frame_guard = FrameGuard(
+            settings.cluster_id, frame_keys, GuardSettings(require_signature=require_signed_frames)
         )
+        self.node = PulseNode(
+            settings,
+            signer=frame_signer(frame_signing_keys) if frame_signing_keys is not None else None,
+            guard=self.frame_guard,
+        )
+        if frame_signing_keys is not None:
+            self.node.publisher.timeline_signer = _timeline_signer(frame_signing_keys)
+        register_frame_guard(self.frame_guard, "pulse", self.node.metrics.registry)
         self.node.tempo_limiter = TempoRateLimiter(tempo_changes_per_minute)
         self.servicer = PulseServicer(self.node, self.auth)
         if self.tls.enabled:

@@ -9,8 +9,9 @@ import sys
 from dataclasses import replace
 
 from backbeat.reverb.server import ReverbServer, ReverbSettings
-from backbeat.secrets import SecretError, UnsafeConfiguration, open_component_secrets
+from backbeat.secrets import SecretError, SecretName, UnsafeConfiguration, open_component_secrets
 from backbeat.service.cli import add_common_arguments
+from backbeat.service.frame_checks import add_frame_check_arguments, require_signed_frames
 from backbeat.service.logs import configure_logging, get_logger
 from backbeat.service.nats_connect import NatsUnreachable, check_connect_timeout, report_unreachable
 from backbeat.service.tls import TlsSettings, add_tls_arguments
@@ -70,6 +71,7 @@ def add_security_arguments(parser: argparse.ArgumentParser) -> None:
         "a keyring is configured (env BACKBEAT_REQUIRE_SIGNED_CLAIMS=1)",
     )
     add_tls_arguments(parser)
+    add_frame_check_arguments(parser)
 
 
 def settings_from_args(args: argparse.Namespace) -> ReverbSettings:
@@ -105,6 +107,7 @@ async def serve(settings: ReverbSettings, args: argparse.Namespace | None = None
     secrets = await open_component_secrets(
         "reverb",
         signing=True,
+        keyrings=(SecretName.FRAME_PUBLIC_KEYS,),
         static_token=static_token,
         urls=[settings.nats_url, settings.redis_url],
         tls_enabled=tls.enabled,
@@ -131,6 +134,8 @@ async def serve(settings: ReverbSettings, args: argparse.Namespace | None = None
             token=secrets.token_source(static_token),
             signing_keys=secrets.signing_keys,
             require_signed_claims=require_signed,
+            frame_keys=secrets.public_keys(SecretName.FRAME_PUBLIC_KEYS),
+            require_signed_frames=require_signed_frames(args),
             tls=tls,
         )
         try:

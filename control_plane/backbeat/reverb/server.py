@@ -14,13 +14,17 @@ from typing import Any
 from aiohttp import web
 
 from backbeat.core.claims import DEFAULT_LIMITS, ClaimLimits
+from backbeat.core.ed25519 import PublicKeyringProvider
+from backbeat.core.frame_guard import FrameGuard, GuardSettings
 from backbeat.core.messages import BarReport, CodecError
 from backbeat.core.signing import KeyringProvider, claim_signature_check
 from backbeat.core.subjects import default_cluster_id
 from backbeat.reverb.grpc_service import SERVICE_NAME, ReverbServicer, ensure_bar_stream
 from backbeat.reverb.ingest import ClaimIngest, IngestSettings
 from backbeat.reverb.store import StoreSettings, WindowDetail
+from backbeat.reverb.timeline_follower import TimelineFollower
 from backbeat.service.admin import AdminServer, error_response, json_response
+from backbeat.service.frame_checks import register_frame_guard
 from backbeat.service.nats_connect import DEFAULT_CONNECT_TIMEOUT_S
 from backbeat.service.rpc import BearerAuth, GrpcServer, TokenSource
 from backbeat.service.settings import masked
@@ -108,19 +112,40 @@ class ReverbServer:
         token: TokenSource | None = None,
         signing_keys: KeyringProvider | None = None,
         require_signed_claims: bool = False,
+        frame_keys: PublicKeyringProvider | None = None,
+        require_signed_frames: bool = False,
         tls: TlsSettings | None = None,
     ) -> None:
         """``token``: bearer token of SubmitClaims and admin POSTs (rotatable; None or "" =
         open, development). ``signing_keys``: claims that carry a signature are verified
-        (``bad_signature`` when they do not); with ``require_signed_claims`` unsigned claims
-        are refused too. ``tls``: gRPC and the admin API over TLS."""
+        (``bad_signature`` when they do not, ``wrong_cluster`` when signed for another
+        cluster); with ``require_signed_claims`` unsigned claims are refused too.
+        ``frame_keys``: the pulse's public keyring; beat frames that do not verify (or, with
+        ``require_signed_frames``, carry no signature) never move the ingest's timeline.
+        ``tls``: gRPC and the admin API over TLS."""
         self.settings = settings
         check = (
-            claim_signature_check(signing_keys, require_signature=require_signed_claims)
+            claim_signature_check(
+                signing_keys,
+                cluster_id=settings.cluster_id,
+                require_signature=require_signed_claims,
+            )
             if signing_keys is not None
             else None
         )
-        self.ingest = ingest or ClaimIngest(settings.ingest_settings(), check_signature=check)
+        self.frame_guard = FrameGuard(
+            settings.cluster_id,
+            frame_keys,
+            GuardSettings(require_signature=require_signed_frames),
+        )
+        self.ingest = ingest or ClaimIngest(
+            settings.ingest_settings(),
+            check_signature=check,
+            follower=TimelineFollower(
+                settings.cluster_id, settings.bar_length, guard=self.frame_guard
+            ),
+        )
+        register_frame_guard(self.frame_guard, "reverb", self.ingest.metrics.registry)
         self.token: TokenSource = token or (lambda: "")
         self.tls = tls or TlsSettings()
         self.servicer = ReverbServicer(self.ingest, BearerAuth(self.token))

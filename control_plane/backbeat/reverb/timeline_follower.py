@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from backbeat.core.frame_guard import FrameGuard
 from backbeat.core.frame_order import FrameOrder
 from backbeat.core.messages import BeatFrame, CodecError
 from backbeat.core.timeline import TempoError, Timeline, default_phases
@@ -29,6 +30,7 @@ class TimelineFollower:
         *,
         timeline: Timeline | None = None,
         clock: Clock = time.time_ns,
+        guard: FrameGuard | None = None,
     ) -> None:
         if bar_length < 1:
             raise ValueError(f"bar_length must be at least 1, got {bar_length}")
@@ -36,6 +38,8 @@ class TimelineFollower:
         self.bar_length = bar_length
         self.clock = clock
         self._timeline = timeline
+        #: Signature and plausibility checks of every frame before it may move the timeline.
+        self.guard = guard
         # The one frame-ordering rule: a deposed leader's frames, and a higher term that would
         # re-open a lower index, are ignored.
         self._order = FrameOrder()
@@ -62,6 +66,8 @@ class TimelineFollower:
         except (CodecError, ValueError, TypeError, RecursionError):
             return False
         if frame.cluster_id != self.cluster_id:
+            return False
+        if self.guard is not None and self.guard.check_frame(frame, self.clock()) is not None:
             return False
         if not self._order.admits(frame.term, frame.beat_index):
             return False

@@ -16,7 +16,7 @@ and while frames are missing (``AgentStatus.DEGRADED``).
 from backbeat.sdk._agent import Agent, BeatStream
 from backbeat.sdk._clock import Clock, SystemClock, VirtualClock
 from backbeat.sdk._metrics import AgentCollector, register_metrics
-from backbeat.sdk._settings import AgentSettings, FrameVerifier
+from backbeat.sdk._settings import AgentSettings, FrameKeys
 from backbeat.sdk._slo import SdkSloRecorder, register_slo_metrics
 from backbeat.sdk._types import (
     AgentStats,
@@ -42,7 +42,7 @@ __all__ = [
     "ClaimsRefused",
     "Clock",
     "FrameDrop",
-    "FrameVerifier",
+    "FrameKeys",
     "SdkSloRecorder",
     "SystemClock",
     "TempoChange",

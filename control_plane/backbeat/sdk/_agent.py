@@ -7,11 +7,14 @@ import contextlib
 import inspect
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from types import TracebackType
 from typing import Any, TypeVar
 
 from nats.aio.client import Client as NatsClient
 
+from backbeat.core.ed25519 import PublicKeyring
+from backbeat.core.frame_guard import FrameGuard
 from backbeat.core.hlc import ClockSkewError, HLCTimestamp, HybridLogicalClock, node_id_from_name
 from backbeat.core.messages import BeatFrame, StatusClaim
 from backbeat.core.signing import sign_claim
@@ -65,6 +68,19 @@ class BeatStream:
         self._agent._streams.discard(self)
 
 
+def frame_guard(settings: AgentSettings) -> FrameGuard:
+    """The guard in front of the follower: signatures (when keys are given) and bounds."""
+    keys = settings.frame_keys
+    provider: Callable[[], PublicKeyring] | None
+    if isinstance(keys, PublicKeyring):
+        fixed: PublicKeyring = keys
+        provider = lambda: fixed  # noqa: E731
+    else:
+        provider = keys
+    bounds = replace(settings.frame_bounds, require_signature=settings.require_signed_frames)
+    return FrameGuard(settings.cluster_id, provider, bounds)
+
+
 class Agent:
     """Follows the cluster's beat and reports claims. Use it as an async context manager::
 
@@ -87,7 +103,7 @@ class Agent:
             self._dispatch,
             clock=self._clock,
             stats=self.stats,
-            verifier=settings.frame_verifier,
+            guard=frame_guard(settings),
             on_status=self._status_changed,
             on_frame=self._saw_frame,
             frame_grace_s=settings.frame_grace_s,

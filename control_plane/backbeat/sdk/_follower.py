@@ -20,11 +20,11 @@ import asyncio
 from collections import deque
 from collections.abc import Awaitable, Callable
 
+from backbeat.core.frame_guard import FrameGuard, Refusal
 from backbeat.core.frame_order import FrameOrder
 from backbeat.core.messages import BeatFrame, CodecError
 from backbeat.core.timeline import NS_PER_MIN, Timeline, TimelineChange, default_phases
 from backbeat.sdk._clock import Clock, OffsetEstimate
-from backbeat.sdk._settings import FrameVerifier
 from backbeat.sdk._types import AgentStats, AgentStatus, Beat, BeatSource, FrameDrop, TempoChange
 
 #: Receives each beat in order (with the tempo change it starts, if any).
@@ -34,6 +34,13 @@ StatusSink = Callable[[AgentStatus], None]
 # A frame whose scheduled time differs from the local grid by more than this re-anchors it.
 _REANCHOR_NS = 1_000
 _MAX_SEGMENTS = 8
+_DROP_FOR = {
+    Refusal.WRONG_CLUSTER: FrameDrop.WRONG_CLUSTER,
+    Refusal.UNSIGNED: FrameDrop.UNSIGNED,
+    Refusal.BAD_SIGNATURE: FrameDrop.BAD_SIGNATURE,
+    Refusal.OUT_OF_BOUNDS: FrameDrop.OUT_OF_BOUNDS,
+    Refusal.MALFORMED: FrameDrop.MALFORMED,
+}
 
 
 class BeatFollower:
@@ -44,7 +51,7 @@ class BeatFollower:
         *,
         clock: Clock,
         stats: AgentStats,
-        verifier: FrameVerifier | None = None,
+        guard: FrameGuard | None = None,
         on_status: StatusSink | None = None,
         on_frame: Callable[[BeatFrame], None] | None = None,
         frame_grace_s: float = 0.020,
@@ -57,7 +64,8 @@ class BeatFollower:
         self._sink = sink
         self._clock = clock
         self.stats = stats
-        self._verifier = verifier
+        #: Signature and plausibility checks before the ordering rule (None: none).
+        self.guard = guard
         self._on_status = on_status
         self._on_frame = on_frame
         self._grace_ns = int(frame_grace_s * 1e9)
@@ -154,8 +162,10 @@ class BeatFollower:
         self.stats.frames_received += 1
         if frame.cluster_id != self.cluster_id:
             return self._drop(FrameDrop.WRONG_CLUSTER)
-        if self._verifier is not None and not self._verifier(frame).ok:
-            return self._drop(FrameDrop.BAD_SIGNATURE)
+        if self.guard is not None:
+            refused = self.guard.check_frame(frame, self._clock.now_ns())
+            if refused is not None:
+                return self._drop(_DROP_FOR[refused.reason])
         if not self._order.admits(frame.term, frame.beat_index):
             stale = self._order.stale_term(frame.term)
             return self._drop(FrameDrop.STALE_TERM if stale else FrameDrop.DUPLICATE)

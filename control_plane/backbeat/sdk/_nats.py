@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from nats.aio.client import Client as NatsClient
@@ -25,13 +25,14 @@ _ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
 _PENDING_MSGS = 4096
 
 
-def decode_timeline_record(payload: bytes) -> list[Timeline]:
-    """The pulse's timeline announcement: ``{"current": {...}, "pending": {...} | null}``.
+def decode_timeline_record(payload: bytes | Mapping[str, Any]) -> list[Timeline]:
+    """The pulse's timeline announcement: ``{"current": {...}, "pending": {...} | null}``
+    (JSON bytes, or the object already parsed).
 
     Returns the timelines it names, current first. Raises ValueError when it is unreadable.
     """
     try:
-        obj = json.loads(payload)
+        obj = payload if isinstance(payload, Mapping) else json.loads(payload)
         out = []
         for name in ("current", "pending"):
             entry: Any = obj.get(name)
@@ -105,8 +106,18 @@ class NatsBeatSource:
 
     async def _on_timeline(self, msg: Msg) -> None:
         try:
-            timelines = decode_timeline_record(msg.data)
-        except ValueError:
+            obj = json.loads(msg.data)
+            if not isinstance(obj, dict):
+                return
+            guard = self._follower.guard
+            if guard is not None:
+                refused = guard.check_timeline_record(obj, self._now_ns())
+                if refused is not None:
+                    dropped = self._follower.stats.timeline_records_dropped
+                    dropped[refused.reason.value] = dropped.get(refused.reason.value, 0) + 1
+                    return
+            timelines = decode_timeline_record(obj)
+        except (ValueError, RecursionError):
             return  # an unreadable announcement changes nothing; frames still keep time
         if not timelines:
             return

@@ -5,16 +5,17 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from backbeat.core.messages import BeatFrame
-from backbeat.core.signing import Keyring, Verification
+from backbeat.core.ed25519 import PublicKeyring
+from backbeat.core.frame_guard import GuardSettings
+from backbeat.core.signing import Keyring
 from backbeat.core.subjects import DEFAULT_CLUSTER_ID, check_cluster_id
 
 log = logging.getLogger("backbeat.sdk")
 
-#: Decides whether a received frame is genuine (``backbeat.core.signing.frame_verifier``).
-FrameVerifier = Callable[[BeatFrame], Verification]
+#: The pulse's public keyring, or a zero-argument callable returning the current one.
+FrameKeys = PublicKeyring | Callable[[], PublicKeyring]
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,8 +35,14 @@ class AgentSettings:
     reverb_target: str | None = None
     #: Bearer token for gRPC calls that need one (sent as ``authorization`` metadata).
     token: str | None = None
-    #: Verify every frame; frames that do not verify are dropped (``bad_signature``).
-    frame_verifier: FrameVerifier | None = None
+    #: The pulse's public keyring: every frame and timeline announcement is verified, and
+    #: those that do not verify are dropped (``bad_signature``).
+    frame_keys: FrameKeys | None = None
+    #: Drop unsigned frames and timeline announcements too (``unsigned``); production fleets
+    #: turn this on.
+    require_signed_frames: bool = False
+    #: Bounds of the frame guard (clock skew, term and revision jumps; see FrameGuard).
+    frame_bounds: GuardSettings = field(default_factory=GuardSettings)
     #: Sign every claim with the newest active key of this keyring.
     claim_keyring: Keyring | None = None
     #: A beat whose frame has not arrived this long after its expected arrival is delivered
@@ -108,7 +115,8 @@ class AgentSettings:
             f"AgentSettings(cluster_id={self.cluster_id!r}, agent_id={self.agent_id!r}, "
             f"nats_url={self.nats_url!r}, pulse_targets={tuple(self.pulse_targets)!r}, "
             f"reverb_target={self.reverb_target!r}, token={'***' if self.token else None}, "
-            f"verify_frames={self.frame_verifier is not None})"
+            f"verify_frames={self.frame_keys is not None}, "
+            f"require_signed_frames={self.require_signed_frames})"
         )
 
 

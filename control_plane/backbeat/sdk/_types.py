@@ -61,7 +61,9 @@ class FrameDrop(StrEnum):
 
     MALFORMED = "malformed"  # does not decode
     WRONG_CLUSTER = "wrong_cluster"
-    BAD_SIGNATURE = "bad_signature"  # verifier configured and the frame does not verify
+    BAD_SIGNATURE = "bad_signature"  # frame keys configured and the frame does not verify
+    UNSIGNED = "unsigned"  # signed frames are required and this one carries no signature
+    OUT_OF_BOUNDS = "out_of_bounds"  # far from the local clock or grid (see FrameGuard)
     STALE_TERM = "stale_term"  # from a term older than the last accepted frame's
     DUPLICATE = "duplicate"  # same term, beat index not newer than the last accepted
 
@@ -73,6 +75,8 @@ class AgentStats:
     frames_received: int = 0
     frames_accepted: int = 0
     frames_dropped: dict[str, int] = field(default_factory=dict)
+    #: Timeline announcements (NATS) refused by the frame guard, by reason.
+    timeline_records_dropped: dict[str, int] = field(default_factory=dict)
     beats_delivered: int = 0
     #: Beats delivered from the local timeline (frame late or missing).
     beats_local: int = 0

@@ -18,6 +18,7 @@ from backbeat.secrets._component import (
     with_nats_credentials,
     with_url_password,
 )
+from backbeat.secrets._ed25519_keys import PrivateKeys, PublicKeys
 from backbeat.secrets._env import ENV_PREFIX, EnvSecretSource, env_var
 from backbeat.secrets._production import production_check, production_problems
 from backbeat.secrets._rotating import RotatingSecret
@@ -64,6 +65,8 @@ __all__ = [
     "ComponentSecrets",
     "EnvSecretSource",
     "KeyRotator",
+    "PrivateKeys",
+    "PublicKeys",
     "RotatingSecret",
     "RotationEvent",
     "RotationSettings",

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from urllib.parse import quote, urlsplit, urlunsplit
 
+from backbeat.secrets._ed25519_keys import PrivateKeys, PublicKeys
 from backbeat.secrets._production import (
     REQUIRED_SECRETS,
     production_check,
@@ -76,6 +77,9 @@ class ComponentSecrets:
     api_token: ApiToken
     #: Present when the component asked for the keyring and one is configured.
     signing_keys: SigningKeys | None = None
+    #: Ed25519 keyrings the component asked for (``keyrings``) and that are configured, by
+    #: secret name: ``PrivateKeys`` for ``*_signing_keys``, ``PublicKeys`` for ``*_public_keys``.
+    keyrings: dict[str, PrivateKeys | PublicKeys] = field(default_factory=dict)
     nats_credentials: str = field(default="", repr=False)
     redis_password: str = field(default="", repr=False)
 
@@ -91,9 +95,19 @@ class ComponentSecrets:
     def redis_url(self, url: str) -> str:
         return with_url_password(url, self.redis_password)
 
+    def private_keys(self, name: SecretName) -> PrivateKeys | None:
+        keys = self.keyrings.get(name)
+        return keys if isinstance(keys, PrivateKeys) else None
+
+    def public_keys(self, name: SecretName) -> PublicKeys | None:
+        keys = self.keyrings.get(name)
+        return keys if isinstance(keys, PublicKeys) else None
+
     async def close(self) -> None:
         if self.signing_keys is not None:
             await self.signing_keys.close()
+        for keys in self.keyrings.values():
+            await keys.close()
         await self.source.close()
 
 
@@ -109,6 +123,7 @@ async def open_component_secrets(
     *,
     settings: SecretsSettings | None = None,
     signing: bool = False,
+    keyrings: tuple[SecretName, ...] = (),
     static_token: str = "",
     extra_problems: list[str] | None = None,
     urls: Sequence[str] = (),
@@ -120,6 +135,8 @@ async def open_component_secrets(
     In production, ``required`` secrets (plus the beat-signing keys when ``signing``) must be
     configured, ``urls`` (as configured, before credentials are added) must carry none, and a
     component that serves gRPC and the admin API says whether it has TLS (``tls_enabled``).
+    ``keyrings``: the Ed25519 keyrings to follow when configured; in production they are
+    required too (a consumer that cannot check signatures would trust anyone on NATS).
     Raises ``UnsafeConfiguration`` in production when anything is unsafe, ``SecretError`` when
     a configured secret cannot be loaded, ``ValueError`` for invalid settings.
     """
@@ -134,12 +151,17 @@ async def open_component_secrets(
             settings,
             source,
             signing=signing,
+            keyrings=keyrings,
             static_token=static_token,
             problems=[
                 *(extra_problems or []),
                 *transport_problems(urls=urls, tls_enabled=tls_enabled),
             ],
-            required=[*required, *([SecretName.BEAT_SIGNING_KEYS] if signing else [])],
+            required=[
+                *required,
+                *([SecretName.BEAT_SIGNING_KEYS] if signing else []),
+                *keyrings,
+            ],
         )
     except BaseException:
         await source.close()
@@ -152,6 +174,7 @@ async def _load(
     source: CachingSecretSource,
     *,
     signing: bool,
+    keyrings: tuple[SecretName, ...],
     static_token: str,
     problems: list[str],
     required: Sequence[SecretName],
@@ -186,12 +209,26 @@ async def _load(
             await source.get(SecretName.BEAT_SIGNING_KEYS)
             keys = SigningKeys(source)
             await keys.start()
+    followed: dict[str, PrivateKeys | PublicKeys] = {}
+    for name in keyrings:
+        try:
+            await source.get(name)
+        except SecretNotFound:
+            continue
+        ring = (
+            PrivateKeys(source, name)
+            if name.endswith("_signing_keys")
+            else PublicKeys(source, name)
+        )
+        await ring.start()
+        followed[name] = ring
     return ComponentSecrets(
         component=component,
         settings=settings,
         source=source,
         api_token=api_token,
         signing_keys=keys,
+        keyrings=followed,
         nats_credentials=await _optional(source, SecretName.NATS_CREDENTIALS),
         redis_password=await _optional(source, SecretName.REDIS_PASSWORD),
     )

@@ -179,8 +179,14 @@ _MISSING = {
     SecretName.REDIS_PASSWORD: "no Redis password: Redis must require authentication",
     SecretName.NATS_CREDENTIALS: "no NATS credentials: NATS must require authentication "
     "(one user per role, docs/security.md)",
-    SecretName.BEAT_SIGNING_KEYS: "no beat-signing keys: frames and claims would be unsigned",
+    SecretName.BEAT_SIGNING_KEYS: "no claim signing keys: claims would be unsigned",
     SecretName.ROLLUP_INVOKE_KEY: "no rollup invocation key: function calls would be unsigned",
+    SecretName.FRAME_SIGNING_KEYS: "no frame signing keys: beats and timelines would be unsigned",
+    SecretName.FRAME_PUBLIC_KEYS: "no frame public keys: forged beats and timelines could not "
+    "be told apart",
+    SecretName.REPORT_SIGNING_KEYS: "no report signing keys: bar reports would be unsigned",
+    SecretName.REPORT_PUBLIC_KEYS: "no report public keys: forged bar reports could not be "
+    "told apart",
 }
 
 

@@ -21,7 +21,11 @@ class SecretName(StrEnum):
 
     NATS_CREDENTIALS = "nats_credentials"  # a NATS token, user:password, or .creds file content
     REDIS_PASSWORD = "redis_password"
-    BEAT_SIGNING_KEYS = "beat_signing_keys"  # keyring document (or one raw key, >= 32 bytes)
+    BEAT_SIGNING_KEYS = "beat_signing_keys"  # claims' HMAC keyring (or one raw key, >= 32 bytes)
+    FRAME_SIGNING_KEYS = "frame_signing_keys"  # Ed25519 private keyring: the pulse only
+    FRAME_PUBLIC_KEYS = "frame_public_keys"  # its public keyring: every consumer of beats
+    REPORT_SIGNING_KEYS = "report_signing_keys"  # Ed25519 private keyring: the rollup only
+    REPORT_PUBLIC_KEYS = "report_public_keys"  # its public keyring: every reader of reports
     API_TOKEN = "api_token"  # bearer token of mutating API calls
     ROLLUP_INVOKE_KEY = "rollup_invoke_key"  # HMAC key of trigger -> rollup function calls
 

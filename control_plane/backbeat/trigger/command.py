@@ -23,6 +23,7 @@ from backbeat.secrets import (
 from backbeat.service import AdminServer, ShutdownSignal, configure_logging, get_logger, masked
 from backbeat.service.admin import json_response
 from backbeat.service.cli import add_common_arguments
+from backbeat.service.frame_checks import add_frame_check_arguments, require_signed_frames
 from backbeat.service.nats_connect import NatsUnreachable, check_connect_timeout, report_unreachable
 from backbeat.service.tls import TlsSettings, add_tls_arguments
 from backbeat.service.tracing import configure_tracing
@@ -106,6 +107,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--lease-ms", type=int, default=d.lease_ms, help="lease of an in-process rollup attempt"
     )
     add_tls_arguments(parser)
+    add_frame_check_arguments(parser)
 
 
 def settings_from(args: argparse.Namespace) -> TriggerSettings:
@@ -124,6 +126,7 @@ def settings_from(args: argparse.Namespace) -> TriggerSettings:
         durable=args.durable,
         lease_ms=args.lease_ms,
         nats_connect_timeout_s=check_connect_timeout(args.connect_timeout_s),
+        require_signed_frames=require_signed_frames(args),
     )
 
 
@@ -172,6 +175,7 @@ async def _main(args: argparse.Namespace) -> int:
         "reverb-trigger",
         urls=[settings.nats_url, settings.redis_url, args.function_url or ""],
         tls_enabled=tls.enabled,
+        keyrings=(SecretName.FRAME_PUBLIC_KEYS,),
     )
     try:
         settings = replace(
@@ -186,7 +190,11 @@ async def _main(args: argparse.Namespace) -> int:
         await invoke_key.start()
         async with (
             ShutdownSignal() as stop,
-            ReverbTrigger(settings, invoker=build_invoker(args, invoke_key.current)) as trigger,
+            ReverbTrigger(
+                settings,
+                invoker=build_invoker(args, invoke_key.current),
+                frame_keys=secrets.public_keys(SecretName.FRAME_PUBLIC_KEYS),
+            ) as trigger,
         ):
             admin = AdminServer(
                 host=args.admin_host,

@@ -31,11 +31,14 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from backbeat.core import subjects
+from backbeat.core.ed25519 import PublicKeyringProvider
+from backbeat.core.frame_guard import MAX_BAR_LENGTH, FrameGuard, GuardSettings
 from backbeat.core.kpi import FailedWindow
 from backbeat.core.messages import BeatFrame, CodecError, load_object
 from backbeat.core.timeline import NS_PER_MIN
 from backbeat.core.watermark import lagging
 from backbeat.reverb.store import WindowStore
+from backbeat.service.frame_checks import register_frame_guard
 from backbeat.service.lifecycle import stop_task
 from backbeat.service.logs import get_logger
 from backbeat.service.nats_connect import (
@@ -98,6 +101,9 @@ class TriggerSettings:
     #: A loop that has made no progress this long is unready, and restarted (see ready()).
     #: Longer than every bounded wait of the loop: a fetch (``FETCH_WAIT_S``), an invocation.
     stall_after_s: float = 120.0
+    #: Refuse downbeats that carry no signature (production); signed ones are always checked
+    #: against the pulse's public keyring when the trigger has one.
+    require_signed_frames: bool = False
 
     def __post_init__(self) -> None:
         if self.stall_after_s <= FETCH_WAIT_S:
@@ -211,6 +217,7 @@ class ReverbTrigger:
         redis: Redis | None = None,
         nats_client: nats.aio.client.Client | None = None,
         registry: CollectorRegistry | None = None,
+        frame_keys: PublicKeyringProvider | None = None,
     ) -> None:
         self.settings = settings
         self._invoker = invoker
@@ -219,6 +226,15 @@ class ReverbTrigger:
         self._own_redis = redis is None
         self._own_nats = nats_client is None
         self.metrics = TriggerMetrics(registry or CollectorRegistry())
+        # A downbeat is acted on only when the pulse signed it and its time is near the local
+        # clock: a forged one far in the future would otherwise hold the consumer for ever.
+        # Old downbeats are fine here (a backlog is left to the catch-up).
+        self.guard = FrameGuard(
+            settings.cluster_id,
+            frame_keys,
+            GuardSettings(require_signature=settings.require_signed_frames, max_age_ns=None),
+        )
+        register_frame_guard(self.guard, "reverb-trigger", self.metrics.registry)
         self.status = TriggerStatus.NEW
         self._task: asyncio.Task[None] | None = None
         self._log: Any = get_logger(component="reverb-trigger", cluster=settings.cluster_id)
@@ -230,6 +246,10 @@ class ReverbTrigger:
         self._progress_at = time.monotonic()
         #: Set when the trigger has failed for good (a stuck loop that would not stop).
         self.failed = asyncio.Event()
+
+    @property
+    def _max_wait_s(self) -> float:
+        return (self.guard.settings.max_clock_skew_ns / 1e6 + self.settings.grace_ms) / 1e3
 
     @property
     def invoker(self) -> Invoker:
@@ -386,8 +406,19 @@ class ReverbTrigger:
         if not frame.downbeat or frame.cluster_id != s.cluster_id:
             await msg.ack()
             return
+        refused = self.guard.check_frame(frame, time.time_ns())
+        if refused is not None:
+            self._log.warning(
+                "downbeat refused",
+                reason=refused.reason.value,
+                detail=refused.detail,
+                beat_index=frame.beat_index,
+                term=frame.term,
+            )
+            await msg.term()  # never redelivered, to this replica or another
+            return
         bar_length = raw.get("bar_length", s.bar_length)
-        if not isinstance(bar_length, int) or bar_length < 1:
+        if not isinstance(bar_length, int) or not 1 <= bar_length <= MAX_BAR_LENGTH:
             bar_length = s.bar_length
         if frame.beat_index - bar_length < 0:
             await msg.ack()  # the very first downbeat closes no window
@@ -430,7 +461,11 @@ class ReverbTrigger:
         # At most one bar past the grace: a frame stamped far ahead must not hold the loop.
         wait_s = (deadline_ns - time.time_ns()) / 1e9
         if wait_s > 0:
-            await asyncio.sleep(min(wait_s, s.grace_ms / 1000 + bar_length * beat_ns / 1e9))
+            # Bounded twice: by a bar (hangs), and by the guard, which refused downbeats further
+            # ahead than the clock skew allows.
+            await asyncio.sleep(
+                min(wait_s, s.grace_ms / 1000 + bar_length * beat_ns / 1e9, self._max_wait_s)
+            )
         await self._await_watermarks(deadline_ns, log)
         self.metrics.seal_delay.observe(max(time.time_ns() - downbeat_ns, 0) / 1e9)
         attempt = await self._roll_up(event)
