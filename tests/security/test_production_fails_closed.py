@@ -21,6 +21,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from backbeat.core.ed25519 import PrivateKey, PrivateKeyring
 from backbeat.embedded import NatsServer, RedisServer, free_port
 from backbeat.secrets import SecretName, production_check
 from backbeat.secrets._production import estimated_bits, transport_problems, weakness
@@ -190,6 +191,8 @@ class ProductionPulse:
         nats_credentials.write_text(f"{nats_user.name}:{nats_user.password}")
         keys = directory / "signing-keys"
         keys.write_text(secrets.token_hex(32))
+        frame_keys = directory / "frame-signing-keys"
+        frame_keys.write_text(PrivateKeyring([PrivateKey.generate("frame-1", 0)]).to_document())
         self.cert, key = self_signed(directory)
         self.admin_port = free_port()
         env = clean_env(
@@ -199,6 +202,9 @@ class ProductionPulse:
             BACKBEAT_SECRET_REDIS_PASSWORD_FILE=str(redis_password),
             BACKBEAT_SECRET_NATS_CREDENTIALS_FILE=str(nats_credentials),
             BACKBEAT_SECRET_BEAT_SIGNING_KEYS_FILE=str(keys),
+            # A private keyring document also serves as the public one (its public halves).
+            BACKBEAT_SECRET_FRAME_SIGNING_KEYS_FILE=str(frame_keys),
+            BACKBEAT_SECRET_FRAME_PUBLIC_KEYS_FILE=str(frame_keys),
             LOG_LEVEL="info",
         )
         argv = [sys.executable, "-m", "backbeat.cli", "pulse", "--cluster", cluster_id,

@@ -179,7 +179,7 @@ _MISSING = {
     SecretName.REDIS_PASSWORD: "no Redis password: Redis must require authentication",
     SecretName.NATS_CREDENTIALS: "no NATS credentials: NATS must require authentication "
     "(one user per role, docs/security.md)",
-    SecretName.BEAT_SIGNING_KEYS: "no claim signing keys: claims would be unsigned",
+    SecretName.BEAT_SIGNING_KEYS: "no beat-signing keys: claims would be unsigned",
     SecretName.ROLLUP_INVOKE_KEY: "no rollup invocation key: function calls would be unsigned",
     SecretName.FRAME_SIGNING_KEYS: "no frame signing keys: beats and timelines would be unsigned",
     SecretName.FRAME_PUBLIC_KEYS: "no frame public keys: forged beats and timelines could not "

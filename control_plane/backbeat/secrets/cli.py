@@ -8,6 +8,10 @@ production mode would refuse; exit status 1 when there is a problem and BACKBEAT
 key, appended to the keyring in FILE when given (activating after ``--lead-s`` seconds, so
 verifiers load it before signers use it).
 
+With ``--ed25519`` it does the same for an Ed25519 private keyring (``frame_signing_keys``,
+``report_signing_keys``); ``backbeat secrets public-keys --keyring FILE`` prints the public
+keyring of such a private one (``frame_public_keys``, ``report_public_keys``).
+
 ``backbeat secrets nats-config --cluster ID`` prints the ``authorization`` block of a
 nats-server configuration with one user per role and its permissions; the passwords are
 references to the server's environment (``$BACKBEAT_NATS_PULSE_PASSWORD``, ...), so the file
@@ -23,6 +27,7 @@ import os
 import sys
 import time
 
+from backbeat.core.ed25519 import PrivateKey, PrivateKeyring
 from backbeat.core.signing import Keyring, SigningError, SigningKey
 from backbeat.core.subjects import check_cluster_id, default_cluster_id
 from backbeat.secrets._production import production_problems
@@ -50,6 +55,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=120.0,
         help="seconds until the new key activates when extending a keyring (default 120)",
     )
+    new.add_argument(
+        "--ed25519",
+        action="store_true",
+        help="an Ed25519 private keyring (frame_signing_keys, report_signing_keys) instead of "
+        "the claims' HMAC keyring",
+    )
+    public = sub.add_parser(
+        "public-keys", help="print the public keyring of an Ed25519 private keyring"
+    )
+    public.add_argument("--keyring", required=True, help="file with the private keyring document")
 
     nats = sub.add_parser(
         "nats-config", help="print the NATS users and permissions of a cluster (one per role)"
@@ -75,7 +90,9 @@ async def _check(settings: SecretsSettings) -> dict[str, object]:
 
 def run(args: argparse.Namespace) -> int:
     if args.action == "new-key":
-        return _new_key(args)
+        return _new_ed25519_key(args) if args.ed25519 else _new_key(args)
+    if args.action == "public-keys":
+        return _public_keys(args.keyring)
     if args.action == "nats-config":
         return _nats_config(args.cluster)
     try:
@@ -111,6 +128,35 @@ def _new_key(args: argparse.Namespace) -> int:
     activates = now + int(args.lead_s * 1e9) if len(keyring) else now
     key = SigningKey(new_key_id(activates, keyring), os.urandom(32), activates)
     print(Keyring([*keyring.without_expired(now).keys, key]).to_document())
+    return 0
+
+
+def _read(path: str) -> str:
+    with open(path, encoding="utf-8") as handle:
+        return handle.read()
+
+
+def _new_ed25519_key(args: argparse.Namespace) -> int:
+    now = time.time_ns()
+    try:
+        keyring = PrivateKeyring.from_document(_read(args.keyring)) if args.keyring else None
+    except (OSError, SigningError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    keys = keyring.without_expired(now).keys if keyring is not None else ()
+    activates = now + int(args.lead_s * 1e9) if keys else now
+    taken = Keyring(SigningKey(k.key_id, b"x" * 32, k.activates_ns) for k in keys)
+    key_id = new_key_id(activates, taken).replace("beat-", "ed25519-", 1)
+    print(PrivateKeyring([*keys, PrivateKey.generate(key_id, activates)]).to_document())
+    return 0
+
+
+def _public_keys(path: str) -> int:
+    try:
+        print(PrivateKeyring.from_document(_read(path)).public().to_document())
+    except (OSError, SigningError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
