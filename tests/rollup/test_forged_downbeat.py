@@ -19,6 +19,7 @@ from backbeat.core.messages import BeatFrame
 from backbeat.core.timeline import Timeline
 from backbeat.embedded import NatsServer
 from backbeat.trigger import ReverbTrigger, TriggerSettings
+from tests.rollup.conftest import eventually
 from tests.rollup.test_trigger import wait_report
 
 pytestmark = pytest.mark.integration
@@ -77,6 +78,14 @@ async def test_a_downbeat_a_century_ahead_neither_stalls_nor_survives_a_restart(
         assert (report.from_beat, report.to_beat) == (4, 7)
         assert refused(trigger, "out_of_bounds") == 1
     await first.close()
+
+    async def no_pull_request_left() -> bool:  # the server saw the old process go away
+        info = await nc.jetstream().consumer_info(
+            subjects.downbeat_stream(cluster_id), settings(cluster_id).durable
+        )
+        return not info.num_waiting
+
+    await eventually(no_pull_request_left)
     # Another forgery waits for the next trigger; a restarted one refuses it as well.
     await publish(nc, downbeat(tl, 12, scheduled_ns=time.time_ns() + CENTURY_NS))
     second = await nats.connect(nats_server.url)
