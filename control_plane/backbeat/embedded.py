@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import random
 import shutil
 import signal
 import socket
@@ -30,11 +31,35 @@ class ServerError(RuntimeError):
     """A server binary is missing or a server did not come up."""
 
 
+#: Ports handed out by free_port are taken from below the kernel's ephemeral range, from here.
+_LOWEST_PORT = 10_000
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A TCP port on 127.0.0.1 that was free a moment ago.
+
+    The port goes to a child process that binds it a little later. A port from the kernel's
+    ephemeral range (what ``bind(0)`` returns) can be taken in between by any outgoing
+    connection on the machine, as its source port; on a busy machine that happens. So the
+    port is picked at random below that range, where the kernel hands out nothing by itself.
+    """
+    low = _ephemeral_low()
+    for _ in range(100):
+        port = random.randrange(_LOWEST_PORT, low) if low > _LOWEST_PORT + 1000 else 0
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return int(sock.getsockname()[1])
+    raise ServerError("no free TCP port found on 127.0.0.1")
+
+
+def _ephemeral_low() -> int:
+    """The first port of the kernel's ephemeral range (Linux; 32768 elsewhere)."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    return 32_768
 
 
 def _venv_binary(name: str) -> str | None:
