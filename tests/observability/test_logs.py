@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from typing import Any
 
@@ -90,6 +91,33 @@ def test_trace_ids_and_level_threshold(capsys: pytest.CaptureFixture[str]) -> No
     assert (line["cluster"], line["beat_index"], line["term"]) == ("c1", 8, 3)
 
 
+def output_once_started(process: subprocess.Popen[str], within_s: float = 90.0) -> tuple[str, str]:
+    """stdout and stderr of ``process``, stopped once its "starting" line came (or after
+    ``within_s``)."""
+    assert process.stdout is not None
+    assert process.stderr is not None
+    stderr_lines: list[str] = []
+    started = threading.Event()
+
+    def read_stderr() -> None:
+        assert process.stderr is not None
+        for line in process.stderr:
+            stderr_lines.append(line)
+            if '"event": "starting"' in line:
+                started.set()
+
+    reader = threading.Thread(target=read_stderr, daemon=True)
+    reader.start()
+    started.wait(within_s)
+    process.kill()
+    stdout = process.stdout.read()
+    process.wait(timeout=30)
+    reader.join(timeout=30)
+    process.stdout.close()
+    process.stderr.close()
+    return stdout, "".join(stderr_lines)
+
+
 def test_log_level_env_and_no_secrets_in_a_commands_output() -> None:
     token = "do-not-print-" + "z" * 24
     env = {k: v for k, v in os.environ.items() if not k.startswith(("BACKBEAT_", "VAULT_"))}
@@ -104,11 +132,9 @@ def test_log_level_env_and_no_secrets_in_a_commands_output() -> None:
         env=env | {"BACKBEAT_SECRET_API_TOKEN": token},
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
-    try:  # NATS is unreachable: it logs its start, then keeps trying; a few seconds suffice
-        stdout, stderr = process.communicate(timeout=8)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        stdout, stderr = process.communicate(timeout=30)
+    # NATS is unreachable: it logs its start, then keeps trying. Stopped once it has logged
+    # its start (a loaded machine may take many seconds to import and start it).
+    stdout, stderr = output_once_started(process)
     output = stdout + stderr
     lines = json_lines(stderr)
     assert any(x.get("event") == "starting" for x in lines), output
