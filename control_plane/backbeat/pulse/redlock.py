@@ -120,8 +120,11 @@ class Redlock:
             ok, pttl, holder = await client.eval(_ACQUIRE, 1, self.resource, token, self.ttl_ms)
             return bool(ok), int(pttl), holder.encode() if isinstance(holder, str) else holder
 
+        # Stop waiting early only on a win. A lost attempt waits for every master (each bounded
+        # by the socket timeout): a SET still in flight could land after the release below
+        # and leave a partial key behind, which delays the next election by up to the TTL.
         result = await self.masters.fanout(
-            set_nx, done=lambda r: _settled(r, sum(1 for won, _, _ in r.values.values() if won))
+            set_nx, done=lambda r: sum(1 for won, _, _ in r.values.values() if won) >= r.quorum
         )
         answered_at = time.monotonic()
         ok = sum(1 for won, _, _ in result.values.values() if won)
