@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from typing import Protocol
 
 from backbeat.core.claim_log import Promise
-from backbeat.core.window import WindowAggregate
+from backbeat.core.window import UnreportedWindow, WindowAggregate
 
 
 class WindowSource(Protocol):
@@ -30,7 +30,7 @@ class WindowSource(Protocol):
         """Record that the window's report was published (idempotent)."""
         ...
 
-    async def unreported_windows(self, before_beat: int) -> list[tuple[str, int, int]]:
-        """``(window_id, from_beat, to_beat)`` of windows ending before ``before_beat`` that
-        hold claims but have no published report yet, oldest first."""
+    async def unreported_windows(self, before_beat: int) -> list[UnreportedWindow]:
+        """Windows ending before ``before_beat`` that hold claims or had beats but have no
+        published report yet, oldest first (bounded by the store's retention)."""
         ...

@@ -217,16 +217,16 @@ async def test_mark_reported_keeps_report_and_starts_retention(
     await _append(store, tl, 9, [make_claim("a", "t", 1), make_claim("a", "t", 5)])
     await _append(store, tl, 9, [make_claim("a", "t", 9)])
     assert await store.unreported_windows(8) == [
-        (tl.window_id(0), 0, 3),
-        (tl.window_id(4), 4, 7),
+        (tl.window_id(0), 0, 3, True),
+        (tl.window_id(4), 4, 7, True),
     ]
-    assert await store.unreported_windows(7) == [(tl.window_id(0), 0, 3)]
+    assert await store.unreported_windows(7) == [(tl.window_id(0), 0, 3, True)]
     await store.seal_and_read(tl.window_id(0), 0, 3)
     await store.mark_reported(tl.window_id(0), b'{"report": 1}')
     await store.mark_reported(tl.window_id(0), b'{"report": 2}')
     assert await store.unreported_windows(100) == [
-        (tl.window_id(4), 4, 7),
-        (tl.window_id(8), 8, 11),
+        (tl.window_id(4), 4, 7, True),
+        (tl.window_id(8), 8, 11, True),
     ]
     detail = await store.get_window(tl.window_id(0))
     assert detail is not None

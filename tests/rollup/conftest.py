@@ -17,7 +17,7 @@ import pytest
 from redis.asyncio import Redis
 
 from backbeat.core.timeline import window_id
-from backbeat.core.window import BeatStats, WindowAggregate
+from backbeat.core.window import BeatStats, UnreportedWindow, WindowAggregate
 from backbeat.embedded import NatsServer, RedisServer
 
 
@@ -63,10 +63,10 @@ class CannedWindows:
     async def mark_reported(self, window_id: str, report_json: bytes) -> None:
         self.reported.setdefault(window_id, []).append(report_json)
 
-    async def unreported_windows(self, before_beat: int) -> list[tuple[str, int, int]]:
+    async def unreported_windows(self, before_beat: int) -> list[UnreportedWindow]:
         return sorted(
             (
-                (a.window_id, a.from_beat, a.to_beat)
+                UnreportedWindow(a.window_id, a.from_beat, a.to_beat, True)
                 for a in self.aggregates.values()
                 if a.window_id not in self.reported and a.to_beat < before_beat
             ),

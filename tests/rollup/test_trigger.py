@@ -244,8 +244,8 @@ async def test_window_with_beats_and_no_claims_is_caught_up_after_a_missed_downb
         await masters.close()
     store = WindowStore(redis, cluster_id)
     assert await store.unreported_windows(8) == [
-        (tl.window_id(0), 0, 3),
-        (tl.window_id(4), 4, 7),
+        (tl.window_id(0), 0, 3, False),  # beats only
+        (tl.window_id(4), 4, 7, False),
     ]
     async with ReverbTrigger(settings(cluster_id), redis=redis, nats_client=nc) as trigger:
         await publish_downbeat(nc, tl, 8)  # the downbeat 4 was never delivered
@@ -264,3 +264,38 @@ async def test_window_with_beats_and_no_claims_is_caught_up_after_a_missed_downb
     # Reported windows leave the index.
     assert await store.unreported_windows(8) == []
     assert await redis.zcard(keys.windows_with_beats(cluster_id)) == 0
+
+
+async def test_windows_with_claims_are_caught_up_however_old(
+    redis: Redis, redis_server: RedisServer, nc: nats.aio.client.Client, cluster_id: str
+) -> None:
+    """Downbeats of a stretch longer than the catch-up horizon were never stored (NATS down
+    while the leader failed over) and claims kept arriving over gRPC: every window holding
+    claims still gets its report; a beats-only window that old is skipped, counted once."""
+    tl = Timeline.start(cluster_id, TEMPO, time.time_ns())
+    store = WindowStore(redis, cluster_id)
+    old = [0, 40, 96]  # bars far behind the next downbeat (200) and a 64-beat horizon
+    for start in old:
+        await append(store, tl, start + 1, [claim("a", "t", start + 1)])
+    masters = RedisMasters([redis_server.url], timeout_s=2.0)
+    pulse = FencedStore(masters, cluster_id, "pulse-1")
+    try:
+        term, _ = await pulse.claim_term()
+        emitted = EmittedBeat(tl.window_id(20), False, 100, 20, 23)  # beats, no claims
+        assert (await pulse.write(term, beat=21, emitted=emitted)).outcome is WriteOutcome.OK
+    finally:
+        await masters.close()
+    async with ReverbTrigger(settings(cluster_id), redis=redis, nats_client=nc) as trigger:
+        await publish_downbeat(nc, tl, 200)
+        for start in old:
+            report = await wait_report(nc, cluster_id, tl.window_id(start))
+            assert (report.from_beat, report.agents_reporting) == (start, 1)
+
+        async def skipped() -> bool:
+            return bool(trigger.metrics.catch_up_skipped._value.get() == 1)
+
+        await eventually(skipped)
+        await publish_downbeat(nc, tl, 204)  # scanned again: still counted once
+        await wait_report(nc, cluster_id, tl.window_id(200))
+        assert trigger.metrics.catch_up_skipped._value.get() == 1
+    assert tl.window_id(20) not in await stored_reports(nc, cluster_id)

@@ -8,6 +8,18 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import NamedTuple
+
+
+class UnreportedWindow(NamedTuple):
+    """A window that closed without a published report (what the rollup's catch-up reads)."""
+
+    window_id: str
+    from_beat: int
+    to_beat: int
+    #: Whether it holds claims or was sealed (else the pulse only recorded its beats). Such a
+    #: window is caught up however old it is: every window with claims gets its report.
+    holds_claims: bool
 
 
 @dataclass(frozen=True, slots=True)

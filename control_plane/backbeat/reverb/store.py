@@ -25,7 +25,7 @@ from backbeat.core.claims import DEFAULT_LIMITS, ClaimFields, RejectReason, clai
 from backbeat.core.messages import BarReport, CodecError, StatusClaim
 from backbeat.core.timeline import Timeline
 from backbeat.core.watermark import Watermark
-from backbeat.core.window import BeatStats, WindowAggregate
+from backbeat.core.window import BeatStats, UnreportedWindow, WindowAggregate
 from backbeat.reverb import _lua
 
 #: How many windows, starting at the current beat's, may take late claims and rejects.
@@ -563,12 +563,12 @@ class WindowStore:
             ],
         )
 
-    async def unreported_windows(self, before_beat: int) -> list[tuple[str, int, int]]:
-        """``(window_id, from_beat, to_beat)`` of windows ending before ``before_beat`` that
-        hold claims, were sealed or had beats (recorded by the pulse leader) but are not
-        reported yet, oldest first."""
+    async def unreported_windows(self, before_beat: int) -> list[UnreportedWindow]:
+        """Windows ending before ``before_beat`` that hold claims, were sealed or had beats
+        (recorded by the pulse leader) but are not reported yet, oldest first."""
         bound = f"({before_beat}"
         starts: dict[str, int] = {}
+        with_claims: set[str] = set()
         for index in (
             keys.windows_with_beats(self.cluster_id),
             keys.windows_pending(self.cluster_id),
@@ -577,7 +577,9 @@ class WindowStore:
                 index, "-inf", bound, withscores=True
             ):
                 starts[_text(member)] = int(score)
-        out: list[tuple[str, int, int]] = []
+                if index == keys.windows_pending(self.cluster_id):
+                    with_claims.add(_text(member))
+        out: list[UnreportedWindow] = []
         for window_id, from_beat in sorted(starts.items(), key=lambda item: item[1]):
             to_beat, reported = await self._redis.hmget(
                 keys.window_aggregate(self.cluster_id, window_id), ["to_beat", "reported"]
@@ -591,7 +593,8 @@ class WindowStore:
             if to_beat is None:
                 continue
             if int(to_beat) < before_beat:
-                out.append((window_id, from_beat, int(to_beat)))
+                holds = window_id in with_claims
+                out.append(UnreportedWindow(window_id, from_beat, int(to_beat), holds))
         return out
 
     # -- admin side -------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any, Final
@@ -58,6 +59,8 @@ DEFAULT_DURABLE: Final = "reverb-trigger"
 #: How long one fetch asks JetStream for a downbeat, and the longest it may then take.
 FETCH_TIMEOUT_S: Final = 1.0
 FETCH_WAIT_S: Final = FETCH_TIMEOUT_S + FETCH_GRACE_S
+#: Windows the catch-up skipped that are remembered (so each is counted once).
+SKIPPED_REMEMBERED: Final = 4096
 _tracer = tracer("trigger")
 
 
@@ -81,8 +84,9 @@ class TriggerSettings:
     max_attempts: int = 5
     backoff_ms: float = 50.0
     backoff_max_ms: float = 2000.0
-    #: Only windows that started at most this many beats before the current one are caught
-    #: up (claims older than 64 beats are refused by ingest anyway).
+    #: Windows with beats but no claims are caught up only when they started at most this many
+    #: beats before the current one (older ones are skipped and counted). Windows holding
+    #: claims are caught up however old, as long as the claims store retains them.
     catch_up_beats: int = 64
     #: A downbeat older than this (a backlog after an outage) is not waited on or retried;
     #: the catch-up rolls up its window if it holds claims.
@@ -145,6 +149,7 @@ class TriggerMetrics:
     watermark_timeouts: Counter = field(init=False)
     stalled: Gauge = field(init=False)
     restarts: Counter = field(init=False)
+    catch_up_skipped: Counter = field(init=False)
     #: PER-002: rollup done within one beat of the closing downbeat.
     slo: SloTracker = field(init=False)
 
@@ -197,6 +202,12 @@ class TriggerMetrics:
             "Times the watchdog restarted a stalled trigger loop",
             registry=r,
         )
+        self.catch_up_skipped = Counter(
+            "backbeat_reverb_rollup_catch_up_skipped",
+            "Unreported windows without claims left out of the catch-up (older than "
+            "--catch-up-beats), each counted once",
+            registry=r,
+        )
 
 
 def downbeat_time_ns(frame: BeatFrame) -> int:
@@ -246,6 +257,7 @@ class ReverbTrigger:
         self._progress_at = time.monotonic()
         #: Set when the trigger has failed for good (a stuck loop that would not stop).
         self.failed = asyncio.Event()
+        self._skipped: OrderedDict[str, None] = OrderedDict()
 
     @property
     def _max_wait_s(self) -> float:
@@ -571,13 +583,25 @@ class ReverbTrigger:
             "window given up (dead letter)", window_id=event.window_id, attempts=attempts
         )
 
+    def _skip_once(self, window_id: str) -> None:
+        if window_id in self._skipped:
+            return
+        self._skipped[window_id] = None
+        while len(self._skipped) > SKIPPED_REMEMBERED:
+            self._skipped.popitem(last=False)
+        self.metrics.catch_up_skipped.inc()
+        self._log.info("window without claims too old to catch up", window_id=window_id)
+
     async def _catch_up(self, before_beat: int) -> None:
         """Roll up windows before ``before_beat`` that hold claims but have no report."""
         assert self._store is not None
         assert self._records is not None
         s = self.settings
-        for window_id, from_beat, to_beat in await self._store.unreported_windows(before_beat):
-            if from_beat < before_beat - s.catch_up_beats:
+        for window_id, from_beat, to_beat, holds_claims in await self._store.unreported_windows(
+            before_beat
+        ):
+            if not holds_claims and from_beat < before_beat - s.catch_up_beats:
+                self._skip_once(window_id)
                 continue
             if await self._records.is_dead_lettered(window_id):
                 continue
