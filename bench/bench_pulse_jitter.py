@@ -58,8 +58,7 @@ async def _pulse_node(redis_urls: list[str], nats_url: str, seconds: float) -> l
         if len(samples) >= seconds * 2:
             enough.set()
 
-    node = PulseNode(settings)
-    node.on_emitted = record
+    node = PulseNode(settings, on_emitted=record)
     async with node:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(enough.wait(), seconds + 15)

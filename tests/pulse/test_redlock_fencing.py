@@ -128,7 +128,7 @@ async def test_terms_increase_and_lower_terms_are_fenced(
 
     term_b, state = await b.claim_term()
     assert term_b > term_a
-    assert state.timelines == record
+    assert state.timelines == record.written_by(term_a)  # a record carries its writer's term
     assert state.beat == 3
     assert state.hlc == HLCTimestamp(100, 1, 1)
 

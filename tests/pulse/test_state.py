@@ -13,7 +13,6 @@ from backbeat.core.hlc import HLCTimestamp
 from backbeat.core.messages import BeatFrame
 from backbeat.core.timeline import TempoError, Timeline, check_tempo_step
 from backbeat.pulse.grpc_service import TempoRequestError, check_tempo_request
-from backbeat.pulse.node import next_beat_after
 from backbeat.pulse.scheduler import build_frame, next_renewal_ns
 from backbeat.pulse.state import PulseState, TimelineRecord
 
@@ -50,15 +49,18 @@ def test_record_switches_at_the_pending_downbeat() -> None:
 def test_next_beat_after_is_strictly_after(offset_ns: int) -> None:
     record = _record()
     now = T0 + offset_ns
-    n = next_beat_after(record, now)
+    n = record.next_beat_after(now)
     assert record.at(n).beat_time_ns(n) > now
     assert record.at(n - 1).beat_time_ns(n - 1) <= now
 
 
-def test_merge_takes_highest_revision_beat_and_hlc() -> None:
+def test_merge_takes_the_highest_term_then_revision_beat_and_hlc() -> None:
     old = TimelineRecord(Timeline.start("c1", 120, T0))
     new = _record()
+    assert new.revision > old.revision
     answers = [
+        # A deposed leader (term 4) left a newer revision on one master: the record that a
+        # leader of term 5 re-wrote wins over it, whatever the revisions.
         {b"timeline": old.encode().encode(), b"timeline_term": b"5", b"beat": b"10"},
         {
             b"timeline": new.encode().encode(),
@@ -69,10 +71,13 @@ def test_merge_takes_highest_revision_beat_and_hlc() -> None:
         {b"beat": b"11", b"hlc": b"10:0001:0002", b"timeline": b"{not json"},
     ]
     state = PulseState.merge(7, answers, 3)
-    assert state.timelines == new
+    assert state.timelines == old.written_by(5)
     assert state.beat == 12
     assert state.hlc == HLCTimestamp(0x10, 2, 1)
     assert state.term == 7
+    # Within one term the higher revision wins.
+    same_term = [answers[0], {**answers[1], b"timeline_term": b"5"}]
+    assert PulseState.merge(7, same_term, 2).timelines == new.written_by(5)
 
 
 def test_frame_carries_the_grid() -> None:

@@ -216,7 +216,8 @@ def _phases(name: str, value: object) -> bytes:
 def canonical_timeline_record(record: Mapping[str, Any]) -> bytes:
     """The bytes a timeline record's signature covers: its type line, then per timeline
     (``current``, ``pending``) one line per field of ``TIMELINE_FIELDS`` prefixed with the
-    timeline's name (``pending=null`` when there is none), then ``ramp_target_bpm``.
+    timeline's name (``pending=null`` when there is none), then ``ramp_target_bpm`` and the
+    writer's ``term`` (0 when absent).
 
     Built from the record's JSON object, so signer and verifier need no shared class. Raises
     SigningError when a field is missing or has the wrong type.
@@ -239,6 +240,11 @@ def canonical_timeline_record(record: Mapping[str, Any]) -> bytes:
     parts.append(
         b"ramp_target_bpm=" + (b"null" if ramp is None else _float("ramp_target_bpm", ramp)) + b"\n"
     )
+    # The writer's term decides which record wins (records order by term, then revision).
+    term = record.get("term", 0)
+    if isinstance(term, bool) or not isinstance(term, int):
+        raise SigningError("term: expected an integer")
+    parts.append(b"term=" + str(term).encode() + b"\n")
     return b"".join(parts)
 
 

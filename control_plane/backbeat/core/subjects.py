@@ -36,6 +36,11 @@ def downbeat(cluster_id: str) -> str:
     return f"backbeat.{cluster_id}.downbeat"
 
 
+def pulse_handoff(cluster_id: str) -> str:
+    """Pulse replicas only: a leader released the lock, or a new one was elected."""
+    return f"backbeat.{cluster_id}.pulse.handoff"
+
+
 def claims(cluster_id: str) -> str:
     """Status claims from agents (core NATS; ingest replicas share a queue group)."""
     return f"backbeat.{cluster_id}.claims"
@@ -58,6 +63,12 @@ def downbeat_stream(cluster_id: str) -> str:
     return f"BACKBEAT_{_stream_token(cluster_id)}_DOWNBEATS"
 
 
+def timeline_stream(cluster_id: str) -> str:
+    """JetStream keeps the last timeline record announced (a floor for the grid that survives
+    the loss of every Redis master's memory)."""
+    return f"BACKBEAT_{_stream_token(cluster_id)}_TIMELINE"
+
+
 def bar_stream(cluster_id: str) -> str:
     return f"BACKBEAT_{_stream_token(cluster_id)}_BARS"
 
@@ -66,6 +77,7 @@ CLAIMS_QUEUE_GROUP = "backbeat-reverb-ingest"
 
 
 def timeline(cluster_id: str) -> str:
-    """Core NATS: the leader announces its timeline record (current + pending) here on
-    election and on every change; followers and SDKs pick up pending tempo changes early."""
+    """The leader announces its timeline record (current + pending) here on election and on
+    every change; followers and SDKs pick up pending tempo changes early. JetStream keeps the
+    last one (``timeline_stream``)."""
     return f"backbeat.{cluster_id}.timeline"

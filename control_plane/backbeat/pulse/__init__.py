@@ -5,16 +5,20 @@ async with PulseNode(PulseSettings(...)) as node:
 """
 
 from backbeat.pulse.node import (
+    FencedError,
     NoQuorumError,
     NotLeaderError,
     PulseNode,
     PulseStatus,
     Role,
     TempoChange,
+    TempoConflictError,
+    TempoOutcomeUnknownError,
 )
 from backbeat.pulse.settings import PulseSettings
 
 __all__ = [
+    "FencedError",
     "NoQuorumError",
     "NotLeaderError",
     "PulseNode",
@@ -22,4 +26,6 @@ __all__ = [
     "PulseStatus",
     "Role",
     "TempoChange",
+    "TempoConflictError",
+    "TempoOutcomeUnknownError",
 ]

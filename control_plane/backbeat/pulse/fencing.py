@@ -170,12 +170,14 @@ class FencedStore:
         term, fields, answered = await self._read_raw()
         return PulseState.merge(term, fields, answered)
 
-    async def claim_term(self, attempts: int = 3) -> tuple[int, PulseState]:
+    async def claim_term(self, attempts: int = 3, *, min_term: int = 0) -> tuple[int, PulseState]:
         """Establish a new, higher term on a majority and return it with the merged state.
 
-        Call this only while holding the Redlock.
+        ``min_term`` is a floor from outside Redis (the highest term this replica has seen on
+        the wire), for when the masters lost their memory. Call this only while holding the
+        Redlock.
         """
-        floor = 0
+        floor = min_term
         for _ in range(attempts):
             read_term, read_fields, _ = await self._read_raw()
             term = max(read_term + 1, floor, time.time_ns() // 1_000_000)

@@ -30,7 +30,16 @@ from backbeat.core.protobuf import (
 )
 from backbeat.core.timeline import TempoError, Timeline, validate_tempo
 from backbeat.pulse.hub import HistoryGone, HubEvent
-from backbeat.pulse.node import NoQuorumError, NotLeaderError, PulseNode, Role, TempoChange
+from backbeat.pulse.node import (
+    FencedError,
+    NoQuorumError,
+    NotLeaderError,
+    PulseNode,
+    Role,
+    TempoChange,
+    TempoConflictError,
+    TempoOutcomeUnknownError,
+)
 from backbeat.pulse.tempo_limit import TempoRateLimited
 from backbeat.service.rpc import BearerAuth, abort_with_reason
 from backbeat.v1 import pulse_service_pb2 as pb
@@ -349,6 +358,20 @@ class PulseServicer:
             await abort_with_reason(
                 context, grpc.StatusCode.FAILED_PRECONDITION, "NO_QUORUM", str(exc)
             )
+        except TempoOutcomeUnknownError as exc:
+            await abort_with_reason(
+                context,
+                grpc.StatusCode.UNAVAILABLE,
+                "TEMPO_OUTCOME_UNKNOWN",
+                str(exc),
+                {"effective_beat": str(exc.effective_beat)},
+            )
+        except TempoConflictError as exc:
+            await abort_with_reason(context, grpc.StatusCode.ABORTED, "TEMPO_CONFLICT", str(exc))
+        except FencedError as exc:
+            await abort_with_reason(
+                context, grpc.StatusCode.FAILED_PRECONDITION, "FENCED", str(exc)
+            )
         except TempoRateLimited as exc:
             await abort_with_reason(
                 context,
@@ -501,6 +524,15 @@ async def apply_tempo(
         raise
     except NoQuorumError:
         outcome = "no_quorum"
+        raise
+    except TempoOutcomeUnknownError:
+        outcome = "unknown"
+        raise
+    except TempoConflictError:
+        outcome = "conflict"
+        raise
+    except FencedError:
+        outcome = "fenced"
         raise
     except NotLeaderError:
         outcome = "not_leader"

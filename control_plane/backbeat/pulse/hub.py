@@ -9,7 +9,8 @@ beat index repeat or go back.
 
 The hub also holds the timeline in effect and the accepted tempo change that is not in
 effect yet (a ``TimelineChange``), and fans both out when they move forward: a newer
-(revision, term) than what it holds. Changes are rare; the beat path never looks at them.
+(term, revision) than what it holds: a timeline of a newer term wins whatever its revision.
+Changes are rare; the beat path never looks at them.
 """
 
 from __future__ import annotations
@@ -104,10 +105,15 @@ class BeatHub:
         self.timeline: Timeline | None = None
         #: The accepted change not in effect yet (cleared once a timeline as new takes over).
         self.pending: TimelineChange | None = None
-        #: (revision, term) of the newest change fanned out: an older one is never sent again.
+        #: (term, revision) of the newest change fanned out: an older one is never sent again.
         self._pending_mark: tuple[int, int] = (-1, -1)
         self._order = FrameOrder()
         self.rejected = 0
+
+    @property
+    def last_frame(self) -> BeatFrame | None:
+        """The last accepted frame (None before any)."""
+        return self._history[-1] if self._history else None
 
     @property
     def oldest_beat(self) -> int | None:
@@ -137,9 +143,9 @@ class BeatHub:
 
     def set_timeline(self, timeline: Timeline) -> None:
         current = self.timeline
-        if current is not None and (timeline.revision, timeline.term) <= (
-            current.revision,
+        if current is not None and (timeline.term, timeline.revision) <= (
             current.term,
+            current.revision,
         ):
             return
         self.timeline = timeline
@@ -149,10 +155,10 @@ class BeatHub:
         self._fan_out(timeline)
 
     def set_pending(self, change: TimelineChange) -> bool:
-        """Hold and fan out ``change`` unless it is not newer (revision, term) than the change
+        """Hold and fan out ``change`` unless it is not newer (term, revision) than the change
         already fanned out, or its revision is already in effect (the current timeline's).
         Returns whether it was taken."""
-        key = (change.timeline.revision, change.timeline.term)
+        key = (change.timeline.term, change.timeline.revision)
         current = self.timeline
         if key <= self._pending_mark or (
             current is not None and change.timeline.revision <= current.revision

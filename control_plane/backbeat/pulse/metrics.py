@@ -43,6 +43,11 @@ class PulseMetrics:
             "Beats published without a Redis quorum, flagged degraded",
             registry=r,
         )
+        self.unreserved_beats = Counter(
+            "backbeat_pulse_unreserved_beats",
+            "Beats the leader skipped because no majority of Redis masters reserved them",
+            registry=r,
+        )
         self.degraded = Gauge(
             "backbeat_pulse_degraded", "1 while emitting degraded beats", registry=r
         )

@@ -10,10 +10,11 @@ import structlog
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js.api import StorageType, StreamConfig
-from nats.js.errors import BadRequestError
+from nats.js.errors import BadRequestError, NotFoundError
 
 from backbeat.core import subjects
-from backbeat.core.messages import BeatFrame
+from backbeat.core.messages import BeatFrame, CodecError
+from backbeat.pulse.handoff import HandoffMessage
 from backbeat.service.nats_connect import DEFAULT_CONNECT_TIMEOUT_S, connect_nats
 
 log = structlog.get_logger(component="pulse")
@@ -21,6 +22,8 @@ log = structlog.get_logger(component="pulse")
 #: JetStream drops a second downbeat with the same Msg-Id within this window (failover overlap).
 DUPLICATE_WINDOW_S = 300.0
 DOWNBEAT_MAX_AGE_S = 7 * 24 * 3600.0
+#: A newly elected leader waits at most this long for JetStream's floor of the grid.
+FLOOR_LOOKUP_TIMEOUT_S = 0.25
 
 
 def downbeat_msg_id(cluster_id: str, beat_index: int) -> str:
@@ -40,6 +43,7 @@ class BeatPublisher:
         *,
         name: str = "backbeat-pulse",
         connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
+        timeline_signer: Callable[[bytes], bytes] | None = None,
     ) -> None:
         self.url = url
         self.cluster_id = cluster_id
@@ -49,7 +53,7 @@ class BeatPublisher:
         self._pending_acks: set[asyncio.Task[None]] = set()
         self.downbeat_failures = 0
         #: Signs a timeline record's JSON before it is announced (None: sent unsigned).
-        self.timeline_signer: Callable[[bytes], bytes] | None = None
+        self.timeline_signer = timeline_signer
 
     async def start(self) -> None:
         if self.nc is not None:
@@ -64,18 +68,34 @@ class BeatPublisher:
             allow_reconnect=True,
         )
         await self.ensure_downbeat_stream()
+        await self.ensure_timeline_stream()
 
     async def ensure_downbeat_stream(self) -> None:
         """Create (or align) the downbeat stream; safe to run from every replica at once."""
+        await self._ensure_stream(
+            StreamConfig(
+                name=subjects.downbeat_stream(self.cluster_id),
+                subjects=[subjects.downbeat(self.cluster_id)],
+                storage=StorageType.FILE,
+                duplicate_window=DUPLICATE_WINDOW_S,
+                max_age=DOWNBEAT_MAX_AGE_S,
+            )
+        )
+
+    async def ensure_timeline_stream(self) -> None:
+        """The last announced timeline record, kept on disk (one message)."""
+        await self._ensure_stream(
+            StreamConfig(
+                name=subjects.timeline_stream(self.cluster_id),
+                subjects=[subjects.timeline(self.cluster_id)],
+                storage=StorageType.FILE,
+                max_msgs_per_subject=1,
+            )
+        )
+
+    async def _ensure_stream(self, config: StreamConfig) -> None:
         assert self.nc is not None
         js = self.nc.jetstream()
-        config = StreamConfig(
-            name=subjects.downbeat_stream(self.cluster_id),
-            subjects=[subjects.downbeat(self.cluster_id)],
-            storage=StorageType.FILE,
-            duplicate_window=DUPLICATE_WINDOW_S,
-            max_age=DOWNBEAT_MAX_AGE_S,
-        )
         try:
             await js.add_stream(config)
         except BadRequestError:
@@ -114,6 +134,56 @@ class BeatPublisher:
         if self.timeline_signer is not None:
             payload = self.timeline_signer(payload)
         await self.nc.publish(subjects.timeline(self.cluster_id), payload)
+
+    async def publish_handoff(self, message: HandoffMessage) -> None:
+        """Best effort, flushed: a follower learns of a released lock without waiting."""
+        if self.nc is None:
+            return
+        await self.nc.publish(subjects.pulse_handoff(self.cluster_id), message.encode())
+        await self.nc.flush(timeout=1)
+
+    async def subscribe_handoff(self, on_message: Callable[[HandoffMessage], None]) -> None:
+        assert self.nc is not None
+
+        async def deliver(msg: Msg) -> None:
+            with contextlib.suppress(ValueError):
+                on_message(HandoffMessage.decode(msg.data))
+
+        await self.nc.subscribe(subjects.pulse_handoff(self.cluster_id), cb=deliver)
+
+    async def last_downbeat(self) -> BeatFrame | None:
+        """The last downbeat JetStream stored (None: none, unreadable, or NATS unreachable)."""
+        data = await self._last_message(
+            subjects.downbeat_stream(self.cluster_id), subjects.downbeat(self.cluster_id)
+        )
+        if data is None:
+            return None
+        try:
+            frame = BeatFrame.decode(data)
+        except (CodecError, ValueError, TypeError, RecursionError):
+            return None
+        return frame if frame.cluster_id == self.cluster_id else None
+
+    async def last_timeline_payload(self) -> bytes | None:
+        """The last timeline record JetStream stored, as announced (None: none, unreachable).
+        Check it like any record received on NATS before acting on it."""
+        return await self._last_message(
+            subjects.timeline_stream(self.cluster_id), subjects.timeline(self.cluster_id)
+        )
+
+    async def _last_message(self, stream: str, subject: str) -> bytes | None:
+        if self.nc is None or not self.nc.is_connected:
+            return None
+        try:
+            msg = await asyncio.wait_for(
+                self.nc.jetstream().get_last_msg(stream, subject), FLOOR_LOOKUP_TIMEOUT_S
+            )
+        except (NotFoundError, TimeoutError):
+            return None
+        except Exception as exc:  # a floor we cannot read is no floor; the election goes on
+            log.warning("could not read %s from JetStream: %r", subject, exc)
+            return None
+        return msg.data
 
     async def subscribe(
         self,

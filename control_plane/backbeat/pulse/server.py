@@ -35,7 +35,16 @@ from backbeat.pulse.grpc_service import (
     add_pulse_service,
     apply_tempo,
 )
-from backbeat.pulse.node import NoQuorumError, NotLeaderError, PulseNode, Role, TempoChange
+from backbeat.pulse.node import (
+    FencedError,
+    NoQuorumError,
+    NotLeaderError,
+    PulseNode,
+    Role,
+    TempoChange,
+    TempoConflictError,
+    TempoOutcomeUnknownError,
+)
 from backbeat.pulse.settings import PulseSettings
 from backbeat.pulse.state import timeline_to_json
 from backbeat.pulse.tempo_limit import (
@@ -143,6 +152,7 @@ class PulseServer:
         tempo_changes_per_minute: int = DEFAULT_CHANGES_PER_MINUTE,
     ) -> None:
         self.settings = settings
+        self.jitter_s: deque[float] = deque(maxlen=4096)
         static_token = settings.token
         self.token: TokenSource = token or (lambda: static_token)
         self.auth = BearerAuth(self.token)
@@ -163,11 +173,13 @@ class PulseServer:
             settings,
             signer=frame_signer(frame_signing_keys) if frame_signing_keys is not None else None,
             guard=self.frame_guard,
+            timeline_signer=(
+                _timeline_signer(frame_signing_keys) if frame_signing_keys is not None else None
+            ),
+            tempo_limiter=TempoRateLimiter(tempo_changes_per_minute),
+            on_emitted=self._record_jitter,
         )
-        if frame_signing_keys is not None:
-            self.node.publisher.timeline_signer = _timeline_signer(frame_signing_keys)
         register_frame_guard(self.frame_guard, "pulse", self.node.metrics.registry)
-        self.node.tempo_limiter = TempoRateLimiter(tempo_changes_per_minute)
         self.servicer = PulseServicer(self.node, self.auth)
         if self.tls.enabled:
             self.servicer.forwarder.credentials = self.tls.channel_credentials()
@@ -192,8 +204,6 @@ class PulseServer:
             self.admin.add_route("POST", "/api/v1/tempo", self._tempo)
         self._started = False
         self._closed = False
-        self.jitter_s: deque[float] = deque(maxlen=4096)
-        self.node.on_emitted = self._record_jitter
 
     def _record_jitter(self, jitter_s: float) -> None:
         self.jitter_s.append(jitter_s)
@@ -332,6 +342,12 @@ class PulseServer:
             return error_response(400, exc.reason, str(exc))
         except NoQuorumError as exc:
             return error_response(409, "NO_QUORUM", str(exc))
+        except TempoOutcomeUnknownError as exc:
+            return error_response(503, "TEMPO_OUTCOME_UNKNOWN", str(exc))
+        except TempoConflictError as exc:
+            return error_response(409, "TEMPO_CONFLICT", str(exc))
+        except FencedError as exc:
+            return error_response(409, "FENCED", str(exc))
         except TempoRateLimited as exc:
             response = error_response(429, "TEMPO_RATE_LIMITED", str(exc))
             response.headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after_s)))

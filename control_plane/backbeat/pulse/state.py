@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from backbeat.core.hlc import HLCTimestamp
@@ -41,16 +41,33 @@ def timeline_from_json(obj: dict[str, Any]) -> Timeline:
 @dataclass(frozen=True, slots=True)
 class TimelineRecord:
     """The timeline in effect and the change accepted for the next downbeat, stored together so
-    that a reader never sees one without the other."""
+    that a reader never sees one without the other.
+
+    Records are ordered by ``(term, revision)``: ``term`` is the fencing term of the leader that
+    wrote the record. Every new leader re-writes the record it continues under its own term on a
+    majority before its first beat, so a record that a deposed leader managed to leave on a
+    lagging master (a write it was told had failed) never wins over it, whatever its revision.
+    """
 
     current: Timeline
     pending: Timeline | None = None
     #: A ramp in progress: the tempo the pending steps are heading for.
     ramp_target_bpm: float | None = None
+    #: The term of the leader that wrote this record (0: unknown, e.g. an old record).
+    term: int = 0
 
     @property
     def revision(self) -> int:
         return self.pending.revision if self.pending is not None else self.current.revision
+
+    @property
+    def order(self) -> tuple[int, int]:
+        """What makes one record newer than another: the writer's term, then the revision."""
+        return (self.term, self.revision)
+
+    def written_by(self, term: int) -> TimelineRecord:
+        """This record as re-written by the leader of ``term``."""
+        return replace(self, term=term)
 
     @property
     def change(self) -> TimelineChange | None:
@@ -68,8 +85,15 @@ class TimelineRecord:
     def promoted(self, beat_index: int) -> TimelineRecord:
         """The record once ``beat_index`` is reached: a due pending change becomes current."""
         if self.pending is not None and beat_index >= self.pending.anchor_beat:
-            return TimelineRecord(self.pending, None, self.ramp_target_bpm)
+            return TimelineRecord(self.pending, None, self.ramp_target_bpm, self.term)
         return self
+
+    def next_beat_after(self, time_ns: int) -> int:
+        """The first beat strictly after ``time_ns`` on the grid this record describes."""
+        timeline = self.current
+        if self.pending is not None and time_ns >= self.pending.anchor_time_ns:
+            timeline = self.pending
+        return timeline.next_beat_after(time_ns)
 
     def encode(self) -> str:
         return json.dumps(
@@ -79,6 +103,7 @@ class TimelineRecord:
                 # where the pending timeline takes over (its anchor, a downbeat), for readers
                 "effective_beat": self.pending.anchor_beat if self.pending else None,
                 "ramp_target_bpm": self.ramp_target_bpm,
+                "term": self.term,
             },
             separators=(",", ":"),
         )
@@ -92,6 +117,7 @@ class TimelineRecord:
             timeline_from_json(obj["current"]),
             timeline_from_json(pending) if pending else None,
             float(ramp) if ramp is not None else None,
+            int(obj.get("term", 0)),
         )
 
 
@@ -109,8 +135,11 @@ class PulseState:
 
     @staticmethod
     def merge(term: int, answers: list[dict[bytes, bytes]], answered: int) -> PulseState:
-        """Merge the state hashes of several masters (missing fields are simply absent)."""
-        best: tuple[int, int, TimelineRecord] | None = None
+        """Merge the state hashes of several masters (missing fields are simply absent).
+
+        The newest timeline record is the one of the highest ``(writer term, revision)``.
+        """
+        best: TimelineRecord | None = None
         beat = -1
         hlc: HLCTimestamp | None = None
         for fields in answers:
@@ -122,9 +151,9 @@ class PulseState:
                     record = None  # an unreadable record on one master is outvoted by the others
                 if record is not None:
                     writer_term = int(fields.get(b"timeline_term", b"0"))
-                    key = (record.revision, writer_term, record)
-                    if best is None or key[:2] > best[:2]:
-                        best = key
+                    record = record.written_by(max(writer_term, record.term))
+                    if best is None or record.order > best.order:
+                        best = record
             if b"beat" in fields:
                 beat = max(beat, int(fields[b"beat"]))
             if b"hlc" in fields:
@@ -135,7 +164,7 @@ class PulseState:
                 hlc = stamp if hlc is None or stamp > hlc else hlc
         return PulseState(
             term=term,
-            timelines=best[2] if best else None,
+            timelines=best,
             beat=beat,
             hlc=hlc,
             answered=answered,
