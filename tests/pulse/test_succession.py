@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import pytest
+
 from backbeat.core.hlc import HLCTimestamp
 from backbeat.core.messages import BeatFrame
 from backbeat.core.timeline import Timeline
@@ -101,7 +103,7 @@ def test_a_ramp_resumes_when_its_leader_died_before_the_next_step() -> None:
     assert first == 46
     assert record.pending is not None
     assert record.pending.anchor_beat == 48  # the next downbeat
-    assert record.pending.tempo_bpm == 132.0 * 1.1
+    assert record.pending.tempo_bpm == pytest.approx(132.0 * 1.1, abs=0.001)
     assert record.ramp_target_bpm == 200.0
     assert (
         next_ramp_step(
