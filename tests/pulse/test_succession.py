@@ -9,6 +9,7 @@ import pytest
 from backbeat.core.hlc import HLCTimestamp
 from backbeat.core.messages import BeatFrame
 from backbeat.core.timeline import Timeline
+from backbeat.pulse.leadership import LeaderState, past_revision
 from backbeat.pulse.scheduler import build_frame
 from backbeat.pulse.state import TimelineRecord
 from backbeat.pulse.succession import (
@@ -80,6 +81,19 @@ def test_a_change_in_force_is_kept() -> None:
     assert record.at(42).beat_time_ns(42) == changed.beat_time_ns(42)
 
 
+def test_a_frame_older_than_the_records_timeline_does_not_contradict_it() -> None:
+    # The last frame this replica saw (NATS went down) was emitted before a tempo change that
+    # is in the Redis record: the record wins, the grid is not rebuilt from the old frame.
+    changed = GRID.with_tempo(110.0, 24)
+    record_in = TimelineRecord(changed, term=3)
+    assert agrees(record_in, _frame(GRID, 18))
+    record, first = _continue(
+        GridKnowledge(record_in, 30, (), (_frame(GRID, 18),)), changed.beat_time_ns(30) + MS
+    )
+    assert first == 31
+    assert record.at(31).beat_time_ns(31) == changed.beat_time_ns(31)
+
+
 def test_a_higher_term_wins_over_a_higher_revision() -> None:
     stale = TimelineRecord(replace(GRID, revision=50), term=4)
     fresh = TimelineRecord(replace(GRID, revision=10), term=5)
@@ -118,3 +132,17 @@ def test_a_brand_new_cluster_starts_a_fresh_grid() -> None:
     assert first == 0
     assert record.current.tempo_bpm == 100.0
     assert record.current.revision == 1
+
+
+def test_an_unconfirmed_record_makes_the_grid_uncertain_until_a_later_one_is_confirmed() -> None:
+    state = LeaderState(term=9)
+    state.acknowledge(TimelineRecord(GRID, term=9))
+    step = replace(GRID.with_tempo(110.0, 40), revision=GRID.revision + 1)
+    sent = TimelineRecord(GRID, step, term=9)
+    state.attempted(sent)  # NO_QUORUM: it may be on a majority all the same
+    assert (state.uncertain_from, state.outranked) == (40, True)
+    # The next record stored goes past it and settles the grid again.
+    restamped = past_revision(state.record, state.revision_floor)  # type: ignore[arg-type]
+    assert restamped.revision == sent.revision + 1
+    state.acknowledge(restamped)
+    assert (state.uncertain_from, state.outranked) == (None, False)

@@ -5,12 +5,15 @@ Two paths, never mixed:
 * **fenced** (``run``) — the leader reserves beat *n* on a majority of Redis masters under its
   term (the reservation also stores a timeline change taking effect at *n*) shortly before *n*
   is due, and publishes *n* only if the majority confirmed. A beat no majority reserved is
-  never published on this path: the loop returns and the node decides (degraded or not).
+  never published: it is skipped, and if the quorum is really gone the lease lapses, the loop
+  returns and the node turns to the degraded path.
 * **degraded** (``run_degraded``) — no quorum: only the replica that led when the quorum was
   lost emits, on the last grid stored on a majority, with its old term and ``degraded: true``.
   It applies a change that was stored before (a committed pending step) but creates none: a
-  ramp waits for the quorum to come back. It stops when a majority answers again, when a
-  master fences it, or when it hears of a newer term.
+  ramp waits for the quorum to come back. It stops before a beat from which a record it sent
+  but could not confirm would change the grid (that record may be on a majority after all).
+  It stops when a majority answers again, when a master fences it, or when it hears of a newer
+  term.
 
 A graceful handoff overlaps instead of leaving a gap: after the handoff is requested the leader
 releases the lock but keeps reserving and emitting beats until its reservation is fenced by the
@@ -204,9 +207,9 @@ class BeatEmitter:
         """Reserve beat ``n`` (and store the record in force at ``n`` when it changes there).
         Returns the write's result and the record in force (the old one unless confirmed)."""
         state = self._state
-        promoted = record.promoted(n)
-        if promoted is not record:
-            promoted = next_ramp_step(promoted, n, state.term)
+        # A change due at n takes effect; a ramp whose next step is not stored yet (it just
+        # took a step, or storing the step failed) gets it at the next downbeat.
+        promoted = next_ramp_step(record.promoted(n), n, state.term)
         if state.outranked:
             promoted = past_revision(promoted, state.revision_floor)
         changed = promoted is not record
@@ -271,6 +274,16 @@ class BeatEmitter:
                 with collections_deferred():
                     if signals.closing or signals.newer_term_seen:
                         return (Stop.HANDOFF if signals.closing else Stop.LOST), n
+                    if state.uncertain_from is not None and n >= state.uncertain_from:
+                        # A record we could not confirm may be in force from here on (a
+                        # successor may continue it): emitting on our grid could contradict it.
+                        self._log.warning(
+                            "%s: grid uncertain from beat %d; degraded beats stop",
+                            self.node_id,
+                            n,
+                            beat_index=n,
+                        )
+                        return Stop.LOST, n
                     if pending_write is not None and pending_write.done():
                         back = self._degraded_write_outcome(pending_write)
                         if back is not None:

@@ -18,15 +18,27 @@ class LeaderState:
     last_emitted: int = -1
     #: The highest record revision ever sent to the masters, stored on a majority or not.
     revision_floor: int = 0
+    #: The first beat whose grid is uncertain: a record sent but not confirmed (it may sit on a
+    #: majority all the same) changes the grid from there. None while nothing is uncertain.
+    uncertain_from: int | None = None
 
     def acknowledge(self, record: TimelineRecord) -> None:
         """``record`` was stored on a majority: it is in force."""
         self.record = record
+        if record.revision >= self.revision_floor:
+            self.uncertain_from = None  # it outranks every record sent before it
         self.revision_floor = max(self.revision_floor, record.revision)
 
     def attempted(self, record: TimelineRecord) -> None:
-        """``record`` was sent but not confirmed by a majority: it may sit on some master."""
+        """``record`` was sent but not confirmed by a majority: it may sit on some master, and
+        a successor may continue it. From its pending change on, the grid is uncertain until a
+        later record is confirmed."""
         self.revision_floor = max(self.revision_floor, record.revision)
+        if record.pending is not None:
+            at = record.pending.anchor_beat
+            self.uncertain_from = (
+                at if self.uncertain_from is None else min(at, self.uncertain_from)
+            )
 
     @property
     def outranked(self) -> bool:

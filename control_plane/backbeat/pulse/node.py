@@ -367,21 +367,24 @@ class PulseNode:
     async def _take_term(self) -> int | None:
         """Claim a term, continue the grid and store it under that term on a majority.
         Returns the first beat to emit, or None if this replica does not lead after all."""
-        floors = asyncio.gather(
+        # What JetStream kept (each lookup bounded) also floors the term: when the masters lost
+        # their memory and this replica's clock is behind, the wall-clock floor alone could
+        # pick a term below the last leader's, and every consumer would drop the new frames.
+        durable_payload, last_downbeat = await asyncio.gather(
             self.publisher.last_timeline_payload(), self.publisher.last_downbeat()
         )
+        durable_record = self.follower.read_record(durable_payload) if durable_payload else None
+        seen_terms = [self.hub.last_term]
+        seen_terms += [r.term for r in (durable_record,) if r is not None]
+        seen_terms += [f.term for f in (last_downbeat,) if f is not None]
         try:
-            term, state = await self.store.claim_term(min_term=self.hub.last_term + 1)
+            term, state = await self.store.claim_term(min_term=max(seen_terms) + 1)
         except Exception as exc:
-            with contextlib.suppress(Exception):
-                await floors
             if isinstance(exc, ClaimError):
                 self._log.info("%s: won the lock but not a term: %s", self.node_id, exc)
             else:
                 self._log.warning("%s: claiming a term failed: %r", self.node_id, exc)
             return None
-        durable_payload, last_downbeat = await floors
-        durable_record = self.follower.read_record(durable_payload) if durable_payload else None
         self.emitter.reachability.observe(state.answered)
         self._restore_clock(state)
         now = time.time_ns()

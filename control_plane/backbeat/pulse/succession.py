@@ -65,7 +65,13 @@ def newest_record(records: Iterable[TimelineRecord | None]) -> TimelineRecord | 
 
 
 def agrees(record: TimelineRecord, frame: BeatFrame) -> bool:
-    """Whether ``frame`` lies on the grid ``record`` describes (its time and tempo)."""
+    """Whether ``frame`` lies on the grid ``record`` describes (its time and tempo).
+
+    A frame older than the record's current timeline (emitted before that timeline's anchor,
+    under an earlier tempo) cannot contradict it: the record is newer than the frame.
+    """
+    if frame.beat_index < record.current.anchor_beat:
+        return True
     timeline = record.at(frame.beat_index)
     return (
         frame.scheduled_ns is not None
