@@ -7,7 +7,8 @@ doing. Each role gets an allow-list of subjects (everything else is denied by th
 role      publishes                                    subscribes
 ========  ===========================================  =====================================
 pulse     beat, downbeat (JetStream), timeline,        beat, timeline, handoff, ``_INBOX.>``
-          handoff; creates the downbeat stream
+          handoff; creates the downbeat and timeline
+          streams and reads their last messages
 ingest    nothing on the data plane; JetStream API     claims, beat, timeline, bar reports,
           to read the bar stream (StreamBarReports)    ``_INBOX.>``
 rollup    bar reports (JetStream); trigger's durable   ``_INBOX.>``
@@ -85,6 +86,7 @@ class _Names:
     bars: str
     handoff: str
     downbeat_stream: str
+    timeline_stream: str
     bar_stream: str
 
     @classmethod
@@ -96,8 +98,9 @@ class _Names:
             timeline=subjects.timeline(token),
             claims=subjects.claims(token),
             bars=subjects.bars_wildcard(token),
-            handoff=f"backbeat.{token}.pulse.handoff",
+            handoff=subjects.pulse_handoff(token),
             downbeat_stream="*" if cluster_id is None else subjects.downbeat_stream(cluster_id),
+            timeline_stream="*" if cluster_id is None else subjects.timeline_stream(cluster_id),
             bar_stream="*" if cluster_id is None else subjects.bar_stream(cluster_id),
         )
 
@@ -116,12 +119,14 @@ def _read_stream_api(stream: str) -> tuple[str, ...]:
 
 
 def _pulse(n: _Names) -> Permissions:
+    d, t = n.downbeat_stream, n.timeline_stream
     return Permissions(
         publish=(
             n.beat, n.downbeat, n.timeline, n.handoff,
-            f"{_JS}.STREAM.INFO.{n.downbeat_stream}",
-            f"{_JS}.STREAM.CREATE.{n.downbeat_stream}",
-            f"{_JS}.STREAM.UPDATE.{n.downbeat_stream}",
+            f"{_JS}.STREAM.INFO.{d}", f"{_JS}.STREAM.CREATE.{d}", f"{_JS}.STREAM.UPDATE.{d}",
+            f"{_JS}.STREAM.INFO.{t}", f"{_JS}.STREAM.CREATE.{t}", f"{_JS}.STREAM.UPDATE.{t}",
+            # the floor of the grid a new leader reads: the last timeline record and downbeat
+            f"{_JS}.STREAM.MSG.GET.{d}", f"{_JS}.STREAM.MSG.GET.{t}",
         ),
         subscribe=(n.beat, n.timeline, n.handoff, _INBOX),
     )  # fmt: skip
