@@ -9,16 +9,16 @@ Two runs of the same fleet (same seed, agents sending every claim on its own bea
 * **baseline, no wait**: the same with ``--max-watermark-wait-ms 0``: the window is sealed at
   downbeat + grace whatever the ingest still holds, i.e. lateness by processing time.
 
-Figures: claims/s sent, the share of claims counted ``late`` in the bar reports (the
-agents' ``--verify``: every window of the run reported, ``sent = accepted + duplicate + late
-+ rejected``) beside the share that reached NATS after their window's deadline (downbeat +
-grace; a plain subscriber in this process timestamps every claim), i.e. what the rule says
-should be late given when the agents sent them, the agents' beat latency and fan-out p99 (scheduled beat time -> the SDK
-callback / the last simulated agent done), and the seal delay: from each closing downbeat's
-scheduled time (recorded from the pulse's frames) to the window's ``sealed_ns`` in the claims
-store. The notes carry the machine's load average: the box is shared, and with pulse, NATS,
-the ingest, the trigger and 10,000 agents on two cores every latency includes waiting for a
-core.
+Figures: claims/s sent, the share of claims counted ``late`` in the bar reports (the agents'
+``--verify``: every window of the run reported, ``sent = accepted + duplicate + late +
+rejected``) beside the share that reached NATS after their window's deadline (downbeat + grace;
+a plain subscriber in this process timestamps every claim), i.e. what the rule says should be
+late given when the agents sent them, the agents' beat latency and fan-out p99 (scheduled beat
+time -> the SDK callback / the last simulated agent done), and the seal delay: from each
+closing downbeat's scheduled time (recorded from the pulse's frames) to the window's
+``sealed_ns`` in the claims store. The notes carry the machine's load average: the box is
+shared, and with pulse, NATS, the ingest, the trigger and 10,000 agents on two cores every
+latency includes waiting for a core.
 """
 
 from __future__ import annotations
