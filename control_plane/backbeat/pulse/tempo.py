@@ -28,6 +28,10 @@ from backbeat.pulse.state import TimelineRecord
 
 #: Replayed request ids remembered (a retried SetTempo returns the first answer).
 REQUEST_IDS_KEPT = 1024
+#: Tries to store a change before its downbeat is reserved, the first with this margin for the
+#: write (doubled each time: 50 ms ... 800 ms).
+ATTEMPTS = 5
+MARGIN_NS = 50_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,8 +80,8 @@ class TempoControl:
         """Store a change for the next free downbeat. Raises TempoError, FencedError,
         TempoOutcomeUnknownError or TempoConflictError; nothing changes unless it returns."""
         async with self._lock:
-            for _ in range(3):
-                change = await self._try(tempo_bpm, ramp)
+            for attempt in range(ATTEMPTS):
+                change = await self._try(tempo_bpm, ramp, margin_ns=MARGIN_NS << attempt)
                 if change is not None:
                     if request_id:
                         self._results[request_id] = change
@@ -85,17 +89,18 @@ class TempoControl:
                             self._results.popitem(last=False)
                     return change
         raise TempoConflictError(
-            "the beat loop moved past the change's downbeat three times while it was being "
-            "stored; try again"
+            f"the beat loop moved past the change's downbeat {ATTEMPTS} times while it was "
+            "being stored; try again"
         )
 
-    async def _try(self, tempo_bpm: float, ramp: bool) -> TempoChange | None:
+    async def _try(self, tempo_bpm: float, ramp: bool, *, margin_ns: int) -> TempoChange | None:
         state = self._state
         record = state.record
         assert record is not None
         current = record.current
-        # Beats up to `horizon` may be reserved before our write lands.
-        horizon = record.next_beat_after(time.time_ns() + 2 * self._commit_lead_ns + 50_000_000)
+        # Beats up to `horizon` may be reserved before our write lands (a margin that doubles
+        # with every attempt: on a loaded host a write can take longer than the first guess).
+        horizon = record.next_beat_after(time.time_ns() + 2 * self._commit_lead_ns + margin_ns)
         effective = current.next_downbeat_after(max(state.reserved_beat, horizon))
         announced = record.pending
         if announced is not None and announced.anchor_beat < effective:
