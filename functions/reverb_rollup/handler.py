@@ -20,6 +20,7 @@ from opentelemetry import trace
 
 from backbeat.core import subjects
 from backbeat.core.claim_log import encode_promises
+from backbeat.core.ed25519 import PrivateKeyringProvider, report_headers
 from backbeat.core.kpi import compute_report
 from backbeat.core.messages import BarReport
 from backbeat.core.timeline import window_id as compute_window_id
@@ -158,6 +159,9 @@ class Rollup:
     rotations: RotationSource | None = None
     #: How the function was called (``inprocess``, ``cloudevents``, ``lambda``), for traces.
     runtime: str = "inprocess"
+    #: The function's Ed25519 keyring (``report_signing_keys``): every report is published
+    #: with its signature in NATS headers (None: unsigned, development).
+    report_keys: PrivateKeyringProvider | None = None
 
     async def __call__(self, event: RollupEvent) -> RollupResult:
         """Roll up ``event``'s window, in a ``reverb.rollup`` span continuing the caller's
@@ -272,9 +276,18 @@ class Rollup:
                 "backbeat.window_id": event.window_id,
             },
         ):
-            publication = await self.publisher.publish_once(
-                event.window_id, report, self.trace_headers(event)
-            )
+            headers = dict(self.trace_headers(event))
+            if self.report_keys is not None:
+                headers.update(
+                    report_headers(
+                        self.cluster_id,
+                        event.window_id,
+                        report,
+                        self.report_keys(),
+                        now_ns=time.time_ns(),
+                    )
+                )
+            publication = await self.publisher.publish_once(event.window_id, report, headers)
         if publication.report != report:
             # Cannot happen while every publisher goes through the record; if it does, the
             # published report wins (a published report never changes).

@@ -3,14 +3,17 @@ trigger's ``inprocess`` invoker. It borrows the caller's Redis and NATS connecti
 
 from __future__ import annotations
 
+import time
+from collections.abc import Mapping
 from types import TracebackType
 
 import nats.aio.client
 from redis.asyncio import Redis
 
+from backbeat.core.ed25519 import PrivateKeyringProvider, verify_report
 from reverb_rollup.event import RollupEvent
 from reverb_rollup.handler import Rollup, RollupHooks, RollupResult, RollupSettings
-from reverb_rollup.publisher import BarPublisher
+from reverb_rollup.publisher import BarPublisher, ReportCheck
 from reverb_rollup.record import RollupRecords
 from reverb_rollup.rotations import RotationLog
 from reverb_rollup.source import WindowSource
@@ -34,17 +37,37 @@ def build_rollup(
     settings: RollupSettings | None = None,
     hooks: RollupHooks | None = None,
     runtime: str = "inprocess",
+    report_keys: PrivateKeyringProvider | None = None,
 ) -> Rollup:
+    """The rollup of ``cluster_id``. With ``report_keys`` its reports are signed, and a report
+    found on a window's subject that the function did not sign is replaced, never adopted."""
     return Rollup(
         cluster_id=cluster_id,
         source=source if source is not None else default_source(redis, cluster_id),
         records=RollupRecords(redis, cluster_id),
-        publisher=BarPublisher(nats_client.jetstream(), cluster_id),
+        publisher=BarPublisher(
+            nats_client.jetstream(),
+            cluster_id,
+            is_genuine=genuine_reports(cluster_id, report_keys) if report_keys else None,
+        ),
         settings=settings or RollupSettings(),
         hooks=hooks or RollupHooks(),
         rotations=RotationLog(redis, cluster_id),
         runtime=runtime,
+        report_keys=report_keys,
     )
+
+
+def genuine_reports(cluster_id: str, keys: PrivateKeyringProvider) -> ReportCheck:
+    """A report check with the public half of the function's own keyring."""
+
+    def check(window_id: str, payload: bytes, headers: Mapping[str, str] | None) -> bool:
+        public = keys().public()
+        return verify_report(
+            cluster_id, window_id, payload, headers, public, now_ns=time.time_ns()
+        ).ok
+
+    return check
 
 
 class InProcessRollup:
@@ -59,6 +82,7 @@ class InProcessRollup:
         source: WindowSource | None = None,
         settings: RollupSettings | None = None,
         hooks: RollupHooks | None = None,
+        report_keys: PrivateKeyringProvider | None = None,
     ) -> None:
         self._rollup = build_rollup(
             cluster_id,
@@ -67,6 +91,7 @@ class InProcessRollup:
             source=source,
             settings=settings,
             hooks=hooks,
+            report_keys=report_keys,
         )
         self._started = False
 

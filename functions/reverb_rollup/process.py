@@ -79,6 +79,7 @@ class ProcessRuntime:
                     SecretName.NATS_CREDENTIALS,
                     SecretName.ROLLUP_INVOKE_KEY,
                 ),
+                optional_keyrings=(SecretName.REPORT_SIGNING_KEYS,),
             )
             key = RotatingSecret(self._secrets.source, SecretName.ROLLUP_INVOKE_KEY)
             await key.start()
@@ -118,6 +119,11 @@ class ProcessRuntime:
                     redis=redis,
                     nats_client=nc,
                     settings=RollupSettings(lease_ms=s.lease_ms),
+                    report_keys=(
+                        self._secrets.private_keys(SecretName.REPORT_SIGNING_KEYS)
+                        if self._secrets is not None
+                        else None
+                    ),
                 )
                 await rollup.publisher.ensure_stream()
                 self._rollup = rollup

@@ -108,6 +108,7 @@ async def serve(settings: ReverbSettings, args: argparse.Namespace | None = None
         "reverb",
         signing=True,
         keyrings=(SecretName.FRAME_PUBLIC_KEYS,),
+        optional_keyrings=(SecretName.REPORT_PUBLIC_KEYS,),
         static_token=static_token,
         urls=[settings.nats_url, settings.redis_url],
         tls_enabled=tls.enabled,
@@ -136,6 +137,7 @@ async def serve(settings: ReverbSettings, args: argparse.Namespace | None = None
             require_signed_claims=require_signed,
             frame_keys=secrets.public_keys(SecretName.FRAME_PUBLIC_KEYS),
             require_signed_frames=require_signed_frames(args),
+            report_keys=secrets.public_keys(SecretName.REPORT_PUBLIC_KEYS),
             tls=tls,
         )
         try:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any, Final
 
 import grpc
@@ -16,6 +17,7 @@ from opentelemetry.context import Context as TraceContext
 
 from backbeat.core import subjects
 from backbeat.core.claims import ClaimVerdict, RejectReason
+from backbeat.core.ed25519 import PublicKeyringProvider, verify_report
 from backbeat.core.hlc import HLCTimestamp
 from backbeat.core.messages import BarReport, CodecError, StatusClaim
 from backbeat.core.protobuf import bar_report_to_pb, status_claim_from_pb, timestamp_from_ns
@@ -93,6 +95,9 @@ class ReverbServicer(pb_grpc.ReverbServiceServicer):
         max_replay_reports: int = MAX_REPLAY_REPORTS,
     ) -> None:
         self.ingest = ingest
+        #: The rollup function's public keyring: StreamBarReports serves only the reports it
+        #: signed (None: every report, development).
+        self.report_keys: PublicKeyringProvider | None = None
         #: SubmitClaims and StreamBarReports replays (they cost the server) need the bearer
         #: token when one is configured; following new reports only is open, as on NATS.
         self.auth = auth
@@ -280,6 +285,8 @@ class ReverbServicer(pb_grpc.ReverbServiceServicer):
                         "the reverb is shutting down; reconnect to another replica",
                     )  # fmt: skip
                 msg = next_msg.result()
+                if not self.genuine_report(msg.subject, msg.data, msg.headers):
+                    continue  # not the function's report: published by someone else
                 try:
                     report = BarReport.decode(msg.data)
                 except (CodecError, ValueError):
@@ -291,6 +298,18 @@ class ReverbServicer(pb_grpc.ReverbServiceServicer):
             stopping.cancel()
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
+
+    def genuine_report(
+        self, subject: str, payload: bytes, headers: Mapping[str, str] | None
+    ) -> bool:
+        """Whether the report on ``subject`` carries the function's signature for its window
+        (the window id is taken from the subject the signature is bound to)."""
+        keys = self.report_keys
+        if keys is None:
+            return True
+        window_id = subject.rsplit(".", 1)[-1]
+        cluster = self.ingest.settings.cluster_id
+        return verify_report(cluster, window_id, payload, headers, keys(), now_ns=time.time_ns()).ok
 
 
 async def ensure_bar_stream(nc: NatsClient, cluster_id: str) -> None:

@@ -114,6 +114,7 @@ class ReverbServer:
         require_signed_claims: bool = False,
         frame_keys: PublicKeyringProvider | None = None,
         require_signed_frames: bool = False,
+        report_keys: PublicKeyringProvider | None = None,
         tls: TlsSettings | None = None,
     ) -> None:
         """``token``: bearer token of SubmitClaims and admin POSTs (rotatable; None or "" =
@@ -122,7 +123,8 @@ class ReverbServer:
         cluster); with ``require_signed_claims`` unsigned claims are refused too.
         ``frame_keys``: the pulse's public keyring; beat frames that do not verify (or, with
         ``require_signed_frames``, carry no signature) never move the ingest's timeline.
-        ``tls``: gRPC and the admin API over TLS."""
+        ``report_keys``: the rollup function's public keyring; StreamBarReports serves only
+        the reports it signed. ``tls``: gRPC and the admin API over TLS."""
         self.settings = settings
         check = (
             claim_signature_check(
@@ -149,6 +151,7 @@ class ReverbServer:
         self.token: TokenSource = token or (lambda: "")
         self.tls = tls or TlsSettings()
         self.servicer = ReverbServicer(self.ingest, BearerAuth(self.token))
+        self.servicer.report_keys = report_keys
         self.grpc: GrpcServer | None = None
         if settings.grpc_port >= 0:
             self.grpc = GrpcServer(

@@ -124,6 +124,7 @@ async def open_component_secrets(
     settings: SecretsSettings | None = None,
     signing: bool = False,
     keyrings: tuple[SecretName, ...] = (),
+    optional_keyrings: tuple[SecretName, ...] = (),
     static_token: str = "",
     extra_problems: list[str] | None = None,
     urls: Sequence[str] = (),
@@ -137,6 +138,7 @@ async def open_component_secrets(
     component that serves gRPC and the admin API says whether it has TLS (``tls_enabled``).
     ``keyrings``: the Ed25519 keyrings to follow when configured; in production they are
     required too (a consumer that cannot check signatures would trust anyone on NATS).
+    ``optional_keyrings`` are followed when configured, and never required.
     Raises ``UnsafeConfiguration`` in production when anything is unsafe, ``SecretError`` when
     a configured secret cannot be loaded, ``ValueError`` for invalid settings.
     """
@@ -151,7 +153,7 @@ async def open_component_secrets(
             settings,
             source,
             signing=signing,
-            keyrings=keyrings,
+            keyrings=(*keyrings, *optional_keyrings),
             static_token=static_token,
             problems=[
                 *(extra_problems or []),

@@ -176,6 +176,8 @@ async def _main(args: argparse.Namespace) -> int:
         urls=[settings.nats_url, settings.redis_url, args.function_url or ""],
         tls_enabled=tls.enabled,
         keyrings=(SecretName.FRAME_PUBLIC_KEYS,),
+        # The in-process rollup signs its reports; a remote function holds its own key.
+        optional_keyrings=(SecretName.REPORT_SIGNING_KEYS,) if args.invoker == "inprocess" else (),
     )
     try:
         settings = replace(
@@ -194,6 +196,7 @@ async def _main(args: argparse.Namespace) -> int:
                 settings,
                 invoker=build_invoker(args, invoke_key.current),
                 frame_keys=secrets.public_keys(SecretName.FRAME_PUBLIC_KEYS),
+                report_keys=secrets.private_keys(SecretName.REPORT_SIGNING_KEYS),
             ) as trigger,
         ):
             admin = AdminServer(

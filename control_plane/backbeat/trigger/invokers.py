@@ -15,6 +15,7 @@ import aiohttp
 import nats.aio.client
 from redis.asyncio import Redis
 
+from backbeat.core.ed25519 import PrivateKeyringProvider
 from reverb_rollup import CLOUDEVENT_TYPE, InProcessRollup, Outcome, RollupEvent, RollupSettings
 from reverb_rollup.invocation_auth import SIGNATURE_HEADER, sign_invocation
 
@@ -49,9 +50,14 @@ class InProcessInvoker:
         redis: Redis,
         nats_client: nats.aio.client.Client,
         settings: RollupSettings | None = None,
+        report_keys: PrivateKeyringProvider | None = None,
     ) -> None:
         self._fn = InProcessRollup(
-            cluster_id, redis=redis, nats_client=nats_client, settings=settings
+            cluster_id,
+            redis=redis,
+            nats_client=nats_client,
+            settings=settings,
+            report_keys=report_keys,
         )
 
     async def invoke(self, event: RollupEvent) -> bool:

@@ -32,7 +32,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from backbeat.core import subjects
-from backbeat.core.ed25519 import PublicKeyringProvider
+from backbeat.core.ed25519 import PrivateKeyringProvider, PublicKeyringProvider
 from backbeat.core.frame_guard import MAX_BAR_LENGTH, FrameGuard, GuardSettings
 from backbeat.core.kpi import FailedWindow
 from backbeat.core.messages import BeatFrame, CodecError, load_object
@@ -229,8 +229,11 @@ class ReverbTrigger:
         nats_client: nats.aio.client.Client | None = None,
         registry: CollectorRegistry | None = None,
         frame_keys: PublicKeyringProvider | None = None,
+        report_keys: PrivateKeyringProvider | None = None,
     ) -> None:
         self.settings = settings
+        #: The function's keyring, for the in-process rollup (signed reports).
+        self._report_keys = report_keys
         self._invoker = invoker
         self._redis = redis
         self._nc = nats_client
@@ -296,6 +299,7 @@ class ReverbTrigger:
                 redis=self._redis,
                 nats_client=self._nc,
                 settings=RollupSettings(lease_ms=s.lease_ms),
+                report_keys=self._report_keys,
             )
         sub = await js.pull_subscribe(
             subjects.downbeat(s.cluster_id),
