@@ -114,8 +114,8 @@ async def test_raw_signing_key_rotation_refuses_no_honest_claim() -> None:
     used: set[str] = set()
     started = time.monotonic()
     while time.monotonic() - started < 3 * refresh_s:
-        if time.monotonic() - started > refresh_s:
-            await verifier_source.refresh()  # ... the verifier a refresh interval later
+        if time.monotonic() - started > refresh_s / 2:
+            await verifier_source.refresh()  # ... the verifier later, within a refresh interval
         claim = StatusClaim("agent:a", "task:t", 7, "executing", 2, 0.5, "0001:0001:beef", "", "c")
         signed = sign_claim(claim, signer(), now_ns=time.time_ns())
         used.add(signed.key_id)
