@@ -237,3 +237,25 @@ async def test_without_signatures_the_bounds_refuse_the_same_forgeries(
     await _forge_and_check(unsigned_stack, hmac_signed=False)
     assert unsigned_stack.agent.stats.frames_dropped.get("out_of_bounds", 0) >= 1
     assert unsigned_stack.follower.frame_guard.refused.get("out_of_bounds", 0) >= 2
+
+
+async def test_a_forged_downbeat_kept_by_jetstream_does_not_floor_the_next_term(
+    signed_stack: Stack,
+) -> None:
+    """A new leader floors its term with the last downbeat JetStream kept: a forged one (term
+    2^62) must not give it a term every consumer then refuses."""
+    stack = signed_stack
+    leader, follower, agent = stack.leader, stack.follower, stack.agent
+    hub = leader.node.hub
+    await until(lambda: hub.last_frame is not None and hub.last_frame.downbeat, "a downbeat")
+    forged = forged_frame(stack.cluster_id, hmac_signed=True)
+    await stack.nc.jetstream().publish(
+        subjects.downbeat(stack.cluster_id), forged.encode(), headers={"Nats-Msg-Id": "forged"}
+    )
+    await leader.node.close(handoff=False)  # before its next downbeat: the forged one is last
+    await until(lambda: follower.node.role is Role.LEADER, "the follower taking over")
+    assert follower.node.term < HUGE_TERM
+    accepted = agent.stats.frames_accepted
+    await until(lambda: agent.stats.frames_accepted >= accepted + 4, "the new leader's beats")
+    assert agent.last_beat is not None
+    assert agent.last_beat.term == follower.node.term

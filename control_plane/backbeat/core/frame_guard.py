@@ -122,6 +122,27 @@ class FrameGuard:
             )
         return None
 
+    def check_stored_frame(self, frame: BeatFrame, now_ns: int) -> Refused | None:
+        """For a frame read back from storage (JetStream's last downbeat), which may be old:
+        the signature policy and the bounds that do not depend on its age (term and indexes
+        near the clock, tempo). The reference grid does not move."""
+        if frame.cluster_id != self.cluster_id:
+            return self._count(Refused(Refusal.WRONG_CLUSTER, "another cluster's frame"))
+        keys = self.keys
+        signature = verify_frame(frame, keys(), now_ns=now_ns) if keys is not None else None
+        refused = self._signature_problem(signature, frame.signature != "")
+        if refused is None:
+            tempo = frame.tempo_bpm
+            if not (math.isfinite(tempo) and MIN_TEMPO_BPM <= tempo <= MAX_TEMPO_BPM):
+                refused = _bounds(f"tempo {tempo:g} BPM is outside the allowed range")
+            elif not 0 <= frame.beat_index <= MAX_INDEX:
+                refused = _bounds(f"beat_index {frame.beat_index} is outside 0..2^48")
+            else:
+                clock_term = (now_ns + self.settings.max_clock_skew_ns) // 1_000_000
+                if not 0 <= frame.term <= clock_term + self.settings.max_term_step:
+                    refused = _bounds(f"term {frame.term} is far beyond the clock in ms")
+        return self._count(refused) if refused is not None else None
+
     def _frame_problem(self, frame: BeatFrame, now_ns: int) -> Refused | None:
         if frame.cluster_id != self.cluster_id:
             return Refused(Refusal.WRONG_CLUSTER, f"frame for cluster {frame.cluster_id[:64]!r}")

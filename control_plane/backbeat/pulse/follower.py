@@ -77,6 +77,13 @@ class Follower:
         if record is not None:
             self.follow(record)
 
+    def admit_stored_frame(self, frame: BeatFrame | None) -> BeatFrame | None:
+        """A frame JetStream kept (the last downbeat), once checked like one received (signature,
+        term near the clock): None when it must not floor a new leader's term or grid."""
+        if frame is None or self._guard is None:
+            return frame
+        return None if self._guard.check_stored_frame(frame, time.time_ns()) else frame
+
     def read_record(self, payload: bytes) -> TimelineRecord | None:
         """A timeline record as announced (on NATS, or kept by JetStream), once checked:
         signature and bounds (the guard), then decoded. None when it must not be acted on."""

@@ -374,6 +374,7 @@ class PulseNode:
             self.publisher.last_timeline_payload(), self.publisher.last_downbeat()
         )
         durable_record = self.follower.read_record(durable_payload) if durable_payload else None
+        last_downbeat = self.follower.admit_stored_frame(last_downbeat)
         seen_terms = [self.hub.last_term]
         seen_terms += [r.term for r in (durable_record,) if r is not None]
         seen_terms += [f.term for f in (last_downbeat,) if f is not None]
