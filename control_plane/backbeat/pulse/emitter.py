@@ -162,7 +162,15 @@ class BeatEmitter:
                 elif signals.newer_term_seen or time.monotonic() > handover_until:
                     return Stop.HANDOFF, n
                 hlc = self._clock.now()  # the frame carries the stamp its reservation stored
-                result, record = await self._reserve(n, record, previous, hlc)
+                # A tempo change may have been stored while we slept: reserve with the record
+                # in force now (a change never moves the time of a beat up to its downbeat).
+                record = state.record
+                assert record is not None
+                state.reserving = n
+                try:
+                    result, record = await self._reserve(n, record, previous, hlc)
+                finally:
+                    state.reserving = -1
                 previous = None
                 if result.outcome is WriteOutcome.FENCED:
                     if handover_until is not None:

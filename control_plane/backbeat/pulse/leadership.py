@@ -14,6 +14,9 @@ class LeaderState:
     record: TimelineRecord | None = None
     #: The highest beat reserved on a majority.
     reserved_beat: int = -1
+    #: The beat whose reservation is in flight (-1: none): a tempo change stored meanwhile for
+    #: that downbeat may lose to it, so it is scheduled again.
+    reserving: int = -1
     #: The highest beat emitted by this replica.
     last_emitted: int = -1
     #: The highest record revision ever sent to the masters, stored on a majority or not.

@@ -370,13 +370,18 @@ class PulseNode:
         # What JetStream kept (each lookup bounded) also floors the term: when the masters lost
         # their memory and this replica's clock is behind, the wall-clock floor alone could
         # pick a term below the last leader's, and every consumer would drop the new frames.
-        durable_payload, last_downbeat = await asyncio.gather(
-            self.publisher.last_timeline_payload(), self.publisher.last_downbeat()
-        )
-        durable_record = self.follower.read_record(durable_payload) if durable_payload else None
-        last_downbeat = self.follower.admit_stored_frame(last_downbeat)
+        # A replica that has followed the grid until now knows at least as much from NATS,
+        # and skips the lookups (they would only delay its first beat).
+        durable_record, last_downbeat = None, None
+        if not self._follows_live_grid():
+            durable_payload, stored_downbeat = await asyncio.gather(
+                self.publisher.last_timeline_payload(), self.publisher.last_downbeat()
+            )
+            if durable_payload is not None:
+                durable_record = self.follower.read_record(durable_payload)
+            last_downbeat = self.follower.admit_stored_frame(stored_downbeat)
         seen_terms = [self.hub.last_term]
-        seen_terms += [r.term for r in (durable_record,) if r is not None]
+        seen_terms += [r.term for r in (durable_record, self.follower.record) if r is not None]
         seen_terms += [f.term for f in (last_downbeat,) if f is not None]
         try:
             term, state = await self.store.claim_term(min_term=max(seen_terms) + 1)
@@ -436,6 +441,14 @@ class PulseNode:
         with contextlib.suppress(Exception):
             await self.publisher.publish_handoff(HandoffMessage(HandoffKind.ELECTED, term))
         return first
+
+    def _follows_live_grid(self) -> bool:
+        """Whether this replica heard the last leader's timeline and its beats until a moment
+        ago (within a few lock TTLs): then JetStream cannot tell it anything newer."""
+        frame = self.hub.last_frame
+        if frame is None or frame.scheduled_ns is None or self.follower.record is None:
+            return False
+        return time.time_ns() - frame.scheduled_ns < 4 * self.settings.lock_ttl_s * 1e9
 
     def _restore_clock(self, state: PulseState) -> None:
         """HLC stamps never go back: above the Redis mark and every frame this replica saw."""

@@ -127,7 +127,7 @@ class TempoControl:
         if result.outcome is WriteOutcome.NO_QUORUM:
             state.attempted(updated)
             raise TempoOutcomeUnknownError(effective, result.confirmed, self._store.masters.total)
-        if state.record is not record or state.reserved_beat >= effective:
+        if state.record is not record or max(state.reserved_beat, state.reserving) >= effective:
             state.attempted(updated)
             return None  # the beat loop moved on meanwhile: schedule again, later
         state.acknowledge(updated)
