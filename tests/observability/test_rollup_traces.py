@@ -72,6 +72,12 @@ async def test_one_trace_from_downbeat_to_report(
         msg = await nc.jetstream().get_last_msg(
             subjects.bar_stream(cluster_id), subjects.bar(cluster_id, window)
         )
+
+        # The trigger times the window once the invocation has returned, after the publish.
+        async def timed() -> bool:
+            return bool(trigger.metrics.slo.evaluate("PER-002")["samples"] >= 1)
+
+        await eventually(timed, within=20.0)
         assert trigger.metrics.slo.evaluate("PER-002")["samples"] == 1
 
     [trig] = named(spans, "reverb.trigger", **{"backbeat.window_id": window})
