@@ -146,3 +146,14 @@ def test_an_unconfirmed_record_makes_the_grid_uncertain_until_a_later_one_is_con
     assert restamped.revision == sent.revision + 1
     state.acknowledge(restamped)
     assert (state.uncertain_from, state.outranked) == (None, False)
+
+
+def test_after_a_degraded_emitter_the_first_beat_leaves_it_a_beat_to_stop() -> None:
+    degraded = replace(_frame(GRID, 40), degraded=True)
+    now = GRID.beat_time_ns(40) + 100 * MS
+    _, first = _continue(GridKnowledge(TimelineRecord(GRID, term=3), 39, (), (degraded,)), now)
+    assert first == 42  # not 41, due 400 ms from now: the old emitter may still be on it
+    _, first = _continue(
+        GridKnowledge(TimelineRecord(GRID, term=3), 39, (), (_frame(GRID, 40),)), now
+    )
+    assert first == 41

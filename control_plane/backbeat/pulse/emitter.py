@@ -196,6 +196,11 @@ class BeatEmitter:
                     emitted_ns = await sleep_until_ns(due)
                     if handover_until is None and not self._lease.covers(emitted_ns):
                         return (Stop.LOST if self._lease.lost else Stop.NO_QUORUM), n
+                    if self._hub.last_beat >= n:
+                        # An older term's emitter (degraded, or with a clock ahead) already
+                        # published this index on the same grid: consumers would drop ours.
+                        n += 1
+                        continue
                     frame = await self._emit(beat, emitted_ns)
                 finally:
                     beat.end()

@@ -143,6 +143,8 @@ class PulseNode:
         self._state = LeaderState()
         self._signals = EmitterSignals(asyncio.Event())
         self._wake = asyncio.Event()
+        #: The highest term another replica was heard to lead (elected announcements, frames).
+        self._newest_term_heard = 0
         self._main: asyncio.Task[None] | None = None
         self._started = False
         commit_lead_ns = int(settings.commit_lead_ms * 1e6)
@@ -359,6 +361,11 @@ class PulseNode:
             if outcome is not ExtendOutcome.NO_QUORUM:
                 self._log.info("%s: lease lapsed (%s); stepping down", self.node_id, outcome.value)
                 return
+            if self._newest_term_heard > self._state.term:
+                # A leader of a newer term was elected meanwhile (its announcement may have
+                # arrived while we were still leading): it emits, we do not.
+                self._log.info("%s: a newer term leads; not going degraded", self.node_id)
+                return
             self._set_role(Role.DEGRADED)
             self._log.warning("%s: lost the Redis quorum; emitting degraded beats", self.node_id)
             self._signals.newer_term_seen = False
@@ -490,6 +497,7 @@ class PulseNode:
         return None
 
     def _heard_newer_term(self, term: int) -> None:
+        self._newest_term_heard = max(self._newest_term_heard, term)
         if term > self._state.term and self.role in (Role.DEGRADED, Role.HANDING_OFF):
             self._signals.newer_term_seen = True  # stop emitting on the older term
 

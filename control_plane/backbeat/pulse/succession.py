@@ -43,6 +43,13 @@ class GridKnowledge:
     frames: tuple[BeatFrame, ...] = ()
 
     @property
+    def degraded_emitter(self) -> bool:
+        """Whether the newest frame known came from a degraded emitter (which may still be
+        emitting until it hears of the new term)."""
+        frame = self.floor_frame
+        return frame is not None and frame.degraded
+
+    @property
     def floor_frame(self) -> BeatFrame | None:
         """The newest emitted frame known (the one that bounds the grid from below)."""
         usable = [f for f in self.frames if f.scheduled_ns is not None]
@@ -169,6 +176,11 @@ def continue_grid(
             replace(fresh, anchor_beat=start, bar_origin=start, revision=1, term=term)
         )
     first = first_beat(record, knowledge.floor_beat, now_ns, lead_ns)
+    if knowledge.degraded_emitter:
+        # A degraded emitter stops when it hears of the new term (announced at election): give
+        # it a beat to hear it, so that the same index is not published by both.
+        period = round(record.at(first).period_ns)
+        first = max(first, record.next_beat_after(now_ns + period + lead_ns))
     record = record.promoted(first)
     # A ramp whose step was promoted (or whose leader died before scheduling the next step)
     # goes on: the next step at the first downbeat after the first beat.
