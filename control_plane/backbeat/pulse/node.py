@@ -455,7 +455,8 @@ class PulseNode:
         frame = self.hub.last_frame
         if frame is None or frame.scheduled_ns is None or self.follower.record is None:
             return False
-        return time.time_ns() - frame.scheduled_ns < 4 * self.settings.lock_ttl_s * 1e9
+        # (abs: a frame "from the future" means this replica's clock is off: look everywhere)
+        return abs(time.time_ns() - frame.scheduled_ns) < 4 * self.settings.lock_ttl_s * 1e9
 
     def _restore_clock(self, state: PulseState) -> None:
         """HLC stamps never go back: above the Redis mark and every frame this replica saw."""
