@@ -44,6 +44,7 @@ from backbeat.core.signing import (
     canonical_frame,
     canonical_report,
     canonical_timeline_record,
+    key_validity,
 )
 
 KEY_BYTES: Final = 32
@@ -203,21 +204,14 @@ class PublicKeyring:
             return Verification(
                 VerifyStatus.TAMPERED, key_id, f"signature does not match the content ({key_id})"
             )
-        if at_ns < key.activates_ns - self.clock_skew_ns:
-            return Verification(
-                VerifyStatus.NOT_YET_VALID,
-                key_id,
-                f"key {key_id} activates at {format_ns(key.activates_ns)}",
-            )
-        retired = self._retired[key_id]
-        if retired is not None and at_ns >= retired + self.grace_ns:
-            return Verification(
-                VerifyStatus.EXPIRED,
-                key_id,
-                f"key {key_id} retired at {format_ns(retired)} "
-                f"(grace {self.grace_ns / 1e9:g} s has passed)",
-            )
-        return Verification(VerifyStatus.VALID, key_id)
+        return key_validity(
+            key_id,
+            key.activates_ns,
+            self._retired[key_id],
+            at_ns,
+            grace_ns=self.grace_ns,
+            clock_skew_ns=self.clock_skew_ns,
+        )
 
     def without_expired(self, now_ns: int) -> PublicKeyring:
         keep = [

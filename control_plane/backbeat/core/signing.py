@@ -409,21 +409,14 @@ class Keyring:
             return Verification(
                 VerifyStatus.TAMPERED, key_id, f"signature does not match the content ({key_id})"
             )
-        if at_ns < key.activates_ns - self.clock_skew_ns:
-            return Verification(
-                VerifyStatus.NOT_YET_VALID,
-                key_id,
-                f"key {key_id} activates at {format_ns(key.activates_ns)}",
-            )
-        retired = self._retired[key_id]
-        if retired is not None and at_ns >= retired + self.grace_ns:
-            return Verification(
-                VerifyStatus.EXPIRED,
-                key_id,
-                f"key {key_id} retired at {format_ns(retired)} "
-                f"(grace {self.grace_ns / 1e9:g} s has passed)",
-            )
-        return Verification(VerifyStatus.VALID, key_id)
+        return key_validity(
+            key_id,
+            key.activates_ns,
+            self._retired[key_id],
+            at_ns,
+            grace_ns=self.grace_ns,
+            clock_skew_ns=self.clock_skew_ns,
+        )
 
     def without_expired(self, now_ns: int) -> Keyring:
         """A copy without keys that can no longer verify anything at ``now_ns``."""
@@ -509,6 +502,33 @@ def sign_claim(claim: StatusClaim, keyring: Keyring, *, now_ns: int | None = Non
     key = keyring.signing_key(time.time_ns() if now_ns is None else now_ns)
     signature = keyring.mac_hex(key.key_id, canonical_claim(claim))
     return replace(claim, key_id=key.key_id, signature=signature)
+
+
+def key_validity(
+    key_id: str,
+    activates_ns: int,
+    retired_ns: int | None,
+    at_ns: int,
+    *,
+    grace_ns: int,
+    clock_skew_ns: int,
+) -> Verification:
+    """Whether a key whose signature matched may vouch at ``at_ns``: activated (within the clock
+    skew), and not retired for longer than the grace. One rule for every keyring."""
+    if at_ns < activates_ns - clock_skew_ns:
+        return Verification(
+            VerifyStatus.NOT_YET_VALID,
+            key_id,
+            f"key {key_id} activates at {format_ns(activates_ns)}",
+        )
+    if retired_ns is not None and at_ns >= retired_ns + grace_ns:
+        return Verification(
+            VerifyStatus.EXPIRED,
+            key_id,
+            f"key {key_id} retired at {format_ns(retired_ns)} "
+            f"(grace {grace_ns / 1e9:g} s has passed)",
+        )
+    return Verification(VerifyStatus.VALID, key_id)
 
 
 def verify_claim(claim: StatusClaim, keyring: Keyring, *, now_ns: int) -> Verification:
