@@ -21,6 +21,7 @@ from backbeat.pulse.hub import BeatHub
 from backbeat.pulse.metrics import PulseMetrics
 from backbeat.pulse.publisher import BeatPublisher
 from backbeat.pulse.state import TimelineRecord
+from backbeat.service.lifecycle import stop_task
 
 
 class Follower:
@@ -128,6 +129,6 @@ class Follower:
 
         self._fetch = asyncio.create_task(fetch())
 
-    def cancel(self) -> None:
-        if self._fetch is not None:
-            self._fetch.cancel()
+    async def close(self) -> None:
+        """Stop fetching the stored record, if that is still under way."""
+        await stop_task(self._fetch)

@@ -55,6 +55,7 @@ from backbeat.pulse.state import PulseState, TimelineRecord
 from backbeat.pulse.succession import GridKnowledge, continue_grid
 from backbeat.pulse.tempo import TempoChange, TempoControl
 from backbeat.pulse.tempo_limit import TempoRateLimiter
+from backbeat.service.lifecycle import stop_task
 
 __all__ = [
     "FencedError",
@@ -216,13 +217,11 @@ class PulseNode:
                 self._signals.handoff.set()
                 with contextlib.suppress(TimeoutError, asyncio.CancelledError):
                     await asyncio.wait_for(asyncio.shield(self._main), grace_s)
-            self._main.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._main
+            await stop_task(self._main)
         self.role = Role.STOPPED
         self.metrics.is_leader.set(0)
         self.hub.close_all()
-        self.follower.cancel()
+        await self.follower.close()
         await self.publisher.close()
         await self.masters.close()
 
@@ -351,9 +350,7 @@ class PulseNode:
             self._signals.newer_term_seen = False
             reason, next_beat = await self.emitter.run(first)
         finally:
-            renew.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await renew
+            await stop_task(renew)
         if reason is Stop.NO_QUORUM and not self._signals.closing:
             # Ask once more before going degraded, so that a leader that was merely paused
             # (and has been replaced) steps down instead.

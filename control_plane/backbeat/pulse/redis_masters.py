@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+
+from backbeat.service.lifecycle import stop_task
 
 _T = TypeVar("_T")
 
@@ -56,7 +58,7 @@ class RedisMasters:
             )
             for url in urls
         ]
-        self._background: set[asyncio.Future[Any]] = set()
+        self._background: set[asyncio.Task[Any]] = set()
 
     @property
     def total(self) -> int:
@@ -68,7 +70,7 @@ class RedisMasters:
 
     async def fanout(
         self,
-        op: Callable[[aioredis.Redis], Awaitable[_T]],
+        op: Callable[[aioredis.Redis], Coroutine[Any, Any, _T]],
         *,
         done: Callable[[Fanout[_T]], bool] | None = None,
     ) -> Fanout[_T]:
@@ -78,10 +80,10 @@ class RedisMasters:
         has answered or failed. Unfinished calls keep running in the background.
         """
         result: Fanout[_T] = Fanout(self.total)
-        tasks: dict[asyncio.Future[_T], int] = {
-            asyncio.ensure_future(op(client)): index for index, client in enumerate(self.clients)
+        tasks: dict[asyncio.Task[_T], int] = {
+            asyncio.create_task(op(client)): index for index, client in enumerate(self.clients)
         }
-        pending: set[asyncio.Future[_T]] = set(tasks)
+        pending: set[asyncio.Task[_T]] = set(tasks)
         try:
             while pending:
                 finished, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
@@ -100,16 +102,13 @@ class RedisMasters:
                 task.add_done_callback(self._forget)
         return result
 
-    def _forget(self, task: asyncio.Future[Any]) -> None:
+    def _forget(self, task: asyncio.Task[Any]) -> None:
         self._background.discard(task)
         if not task.cancelled():
             task.exception()  # retrieved: a late failure of a slow master is expected
 
     async def close(self) -> None:
-        for task in list(self._background):
-            task.cancel()
-        with contextlib.suppress(Exception):
-            await asyncio.gather(*self._background, return_exceptions=True)
+        await asyncio.gather(*(stop_task(task) for task in list(self._background)))
         for client in self.clients:
             with contextlib.suppress(Exception):
                 await client.aclose()

@@ -8,7 +8,6 @@ close the admin server.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import math
 import time
@@ -62,6 +61,7 @@ from backbeat.service.admin import (
     read_json_object,
 )
 from backbeat.service.frame_checks import register_frame_guard
+from backbeat.service.lifecycle import stop_task
 from backbeat.service.rpc import BearerAuth, GrpcServer, TokenSource
 from backbeat.service.slo import JITTER, SloTracker
 from backbeat.service.tls import TlsSettings
@@ -244,10 +244,7 @@ class PulseServer:
         if self._closed or not self._started:
             return
         self._closed = True
-        if self._rotation_task is not None:
-            self._rotation_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._rotation_task
+        await stop_task(self._rotation_task)
         await self.grpc.set_serving(False)
         await self.node.close(handoff=True)  # ends streams with UNAVAILABLE
         await self.grpc.stop(grace=2.0)
