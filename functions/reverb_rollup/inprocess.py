@@ -38,6 +38,7 @@ def build_rollup(
     hooks: RollupHooks | None = None,
     runtime: str = "inprocess",
     report_keys: PrivateKeyringProvider | None = None,
+    stream_replicas: int = 1,
 ) -> Rollup:
     """The rollup of ``cluster_id``. With ``report_keys`` its reports are signed, and a report
     found on a window's subject that the function did not sign is replaced, never adopted."""
@@ -49,6 +50,7 @@ def build_rollup(
             nats_client.jetstream(),
             cluster_id,
             is_genuine=genuine_reports(cluster_id, report_keys) if report_keys else None,
+            stream_replicas=stream_replicas,
         ),
         settings=settings or RollupSettings(),
         hooks=hooks or RollupHooks(),
@@ -83,6 +85,7 @@ class InProcessRollup:
         settings: RollupSettings | None = None,
         hooks: RollupHooks | None = None,
         report_keys: PrivateKeyringProvider | None = None,
+        stream_replicas: int = 1,
     ) -> None:
         self._rollup = build_rollup(
             cluster_id,
@@ -92,6 +95,7 @@ class InProcessRollup:
             settings=settings,
             hooks=hooks,
             report_keys=report_keys,
+            stream_replicas=stream_replicas,
         )
         self._started = False
 

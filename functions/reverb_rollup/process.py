@@ -119,6 +119,7 @@ class ProcessRuntime:
                     redis=redis,
                     nats_client=nc,
                     settings=RollupSettings(lease_ms=s.lease_ms),
+                    stream_replicas=s.stream_replicas,
                     report_keys=(
                         self._secrets.private_keys(SecretName.REPORT_SIGNING_KEYS)
                         if self._secrets is not None

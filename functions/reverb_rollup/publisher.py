@@ -16,55 +16,15 @@ from dataclasses import dataclass
 from typing import Final
 
 from nats.js import JetStreamContext
-from nats.js.api import DiscardPolicy, StorageType, StreamConfig
-from nats.js.errors import APIError, BadRequestError, NotFoundError
+from nats.js.errors import APIError, NotFoundError
 
 from backbeat.core import subjects
+from backbeat.service import streams
 
 log = logging.getLogger("reverb_rollup")
 
-BAR_STREAM_MAX_AGE_S: Final = 7 * 24 * 3600.0
-DOWNBEAT_STREAM_MAX_AGE_S: Final = 24 * 3600.0
-DUPLICATE_WINDOW_S: Final = 120.0
-
-#: JetStream error codes (server ``errors.json``).
+#: JetStream error code (server ``errors.json``).
 _WRONG_LAST_SEQUENCE: Final = 10071
-_STREAM_NAME_IN_USE: Final = 10058
-
-
-def bar_stream_config(cluster_id: str) -> StreamConfig:
-    return StreamConfig(
-        name=subjects.bar_stream(cluster_id),
-        subjects=[subjects.bars_wildcard(cluster_id)],
-        storage=StorageType.FILE,
-        max_msgs_per_subject=1,
-        discard=DiscardPolicy.OLD,
-        max_age=BAR_STREAM_MAX_AGE_S,
-        duplicate_window=DUPLICATE_WINDOW_S,
-    )
-
-
-def downbeat_stream_config(cluster_id: str) -> StreamConfig:
-    return StreamConfig(
-        name=subjects.downbeat_stream(cluster_id),
-        subjects=[subjects.downbeat(cluster_id)],
-        storage=StorageType.FILE,
-        duplicate_window=DUPLICATE_WINDOW_S,
-        max_age=DOWNBEAT_STREAM_MAX_AGE_S,
-    )
-
-
-async def ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
-    """Create the stream unless it exists (whoever created it first wins; never updated)."""
-    assert config.name is not None
-    try:
-        await js.stream_info(config.name)
-    except NotFoundError:
-        try:
-            await js.add_stream(config)
-        except BadRequestError as exc:  # a concurrent creator won the race
-            if exc.err_code != _STREAM_NAME_IN_USE:
-                raise
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,8 +63,11 @@ class BarPublisher:
         *,
         timeout: float = 5.0,
         is_genuine: ReportCheck | None = None,
+        stream_replicas: int = streams.DEFAULT_REPLICAS,
     ) -> None:
         self._js = js
+        #: Replicas of the bar stream when this publisher is the one creating it.
+        self._stream_replicas = streams.check_replicas(stream_replicas)
         self._cluster = cluster_id
         self._stream = subjects.bar_stream(cluster_id)
         self._timeout = timeout
@@ -115,7 +78,9 @@ class BarPublisher:
 
     async def ensure_stream(self) -> None:
         if not self._stream_ready:
-            await ensure_stream(self._js, bar_stream_config(self._cluster))
+            await streams.ensure_stream(
+                self._js, streams.bar_stream_config(self._cluster, replicas=self._stream_replicas)
+            )
             self._stream_ready = True
 
     async def existing(self, window_id: str) -> Publication | None:

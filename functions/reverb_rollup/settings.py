@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from backbeat.core.subjects import check_cluster_id
+from backbeat.service import streams
 from backbeat.service.settings import masked
 
 #: LOG_LEVEL values (the seed's debug/info/warn/error) -> logging level names.
@@ -31,6 +32,8 @@ class FunctionSettings:
     log_level: str = "info"
     #: ``BACKBEAT_ROLLUP_LEASE_MS``: lease of an attempt (a crashed one is retried after it).
     lease_ms: int = 400
+    #: ``BACKBEAT_STREAM_REPLICAS``: replicas of the bar stream when the function creates it.
+    stream_replicas: int = 1
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> FunctionSettings:
@@ -45,6 +48,7 @@ class FunctionSettings:
             environment=env.get("BACKBEAT_ENV", "development"),
             log_level=_LEVELS.get(env.get("LOG_LEVEL", "info").lower(), "info"),
             lease_ms=int(env.get("BACKBEAT_ROLLUP_LEASE_MS", "400")),
+            stream_replicas=streams.replicas_from_env(dict(env)),
         )
 
     def masked(self) -> dict[str, object]:

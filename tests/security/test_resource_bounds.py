@@ -244,9 +244,9 @@ async def test_bar_reports_need_the_token_and_replay_a_bounded_history(
     nc = await nats.connect(nats_server.url_as(NatsRole.ROLLUP))
     try:
         js = nc.jetstream()
-        from reverb_rollup.publisher import bar_stream_config, ensure_stream
+        from backbeat.service import streams
 
-        await ensure_stream(js, bar_stream_config(cluster_id))
+        await streams.ensure_stream(js, streams.bar_stream_config(cluster_id))
         for beat in (100, 104, 108, 112, 116):
             await js.publish(
                 subjects.bar(cluster_id, f"{beat:032x}"), report(cluster_id, beat).encode()

@@ -109,6 +109,7 @@ def settings_from_args(args: argparse.Namespace) -> PulseSettings:
         environment=os.environ.get("BACKBEAT_ENV", "development"),
         log_level=args.log_level,
         nats_connect_timeout_s=args.connect_timeout_s,
+        stream_replicas=args.stream_replicas,
     )
 
 

@@ -135,6 +135,7 @@ class PulseNode:
             name=f"backbeat-pulse-{settings.node_id}",
             connect_timeout_s=settings.nats_connect_timeout_s,
             timeline_signer=timeline_signer,
+            stream_replicas=settings.stream_replicas,
         )
         self.hub = BeatHub(settings.history_beats)
         self.clock = HybridLogicalClock(node_id_from_name(settings.node_id))

@@ -9,19 +9,17 @@ from collections.abc import Awaitable, Callable, Mapping
 import structlog
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
-from nats.js.api import StorageType, StreamConfig
-from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.api import StreamConfig
+from nats.js.errors import NotFoundError
 
 from backbeat.core import subjects
 from backbeat.core.messages import BeatFrame, CodecError
 from backbeat.pulse.handoff import HandoffMessage
+from backbeat.service import streams
 from backbeat.service.nats_connect import DEFAULT_CONNECT_TIMEOUT_S, connect_nats
 
 log = structlog.get_logger(component="pulse")
 
-#: JetStream drops a second downbeat with the same Msg-Id within this window (failover overlap).
-DUPLICATE_WINDOW_S = 300.0
-DOWNBEAT_MAX_AGE_S = 7 * 24 * 3600.0
 #: A newly elected leader waits at most this long for JetStream's floor of the grid.
 FLOOR_LOOKUP_TIMEOUT_S = 0.25
 
@@ -44,8 +42,11 @@ class BeatPublisher:
         name: str = "backbeat-pulse",
         connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
         timeline_signer: Callable[[bytes], bytes] | None = None,
+        stream_replicas: int = streams.DEFAULT_REPLICAS,
     ) -> None:
         self.url = url
+        #: JetStream servers keeping the downbeat and timeline streams (``streams``).
+        self.stream_replicas = streams.check_replicas(stream_replicas)
         self.cluster_id = cluster_id
         self.name = name
         self.connect_timeout_s = connect_timeout_s
@@ -71,36 +72,20 @@ class BeatPublisher:
         await self.ensure_timeline_stream()
 
     async def ensure_downbeat_stream(self) -> None:
-        """Create (or align) the downbeat stream; safe to run from every replica at once."""
+        """Create (or align: the pulse owns it) the downbeat stream; safe from every replica."""
         await self._ensure_stream(
-            StreamConfig(
-                name=subjects.downbeat_stream(self.cluster_id),
-                subjects=[subjects.downbeat(self.cluster_id)],
-                storage=StorageType.FILE,
-                duplicate_window=DUPLICATE_WINDOW_S,
-                max_age=DOWNBEAT_MAX_AGE_S,
-            )
+            streams.downbeat_stream_config(self.cluster_id, replicas=self.stream_replicas)
         )
 
     async def ensure_timeline_stream(self) -> None:
         """The last announced timeline record, kept on disk (one message)."""
         await self._ensure_stream(
-            StreamConfig(
-                name=subjects.timeline_stream(self.cluster_id),
-                subjects=[subjects.timeline(self.cluster_id)],
-                storage=StorageType.FILE,
-                max_msgs_per_subject=1,
-            )
+            streams.timeline_stream_config(self.cluster_id, replicas=self.stream_replicas)
         )
 
     async def _ensure_stream(self, config: StreamConfig) -> None:
         assert self.nc is not None
-        js = self.nc.jetstream()
-        try:
-            await js.add_stream(config)
-        except BadRequestError:
-            # exists with a different config (e.g. an older max_age): bring it in line
-            await js.update_stream(config)
+        await streams.ensure_stream(self.nc.jetstream(), config, owner=True)
 
     async def publish_beat(
         self, frame: BeatFrame, payload: bytes, headers: Mapping[str, str] | None = None

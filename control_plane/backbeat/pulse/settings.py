@@ -8,6 +8,7 @@ from typing import Any
 
 from backbeat.core.subjects import check_cluster_id, default_cluster_id
 from backbeat.core.timeline import validate_tempo
+from backbeat.service import streams
 from backbeat.service.nats_connect import DEFAULT_CONNECT_TIMEOUT_S, check_connect_timeout
 from backbeat.service.settings import mask_url
 
@@ -20,6 +21,8 @@ class PulseSettings:
     nats_url: str = "nats://127.0.0.1:4222"
     #: How long a starting replica waits for its first NATS connection (0: for ever).
     nats_connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S
+    #: JetStream servers keeping the downbeat and timeline streams (3 on a NATS cluster).
+    stream_replicas: int = field(default_factory=streams.replicas_from_env)
     #: gRPC listen port (0: any free port) and the host other replicas reach it on.
     grpc_port: int = 0
     grpc_host: str = "127.0.0.1"
@@ -52,6 +55,7 @@ class PulseSettings:
         if not self.redis_urls:
             raise ValueError("at least one --redis URL is required")
         check_connect_timeout(self.nats_connect_timeout_s)
+        streams.check_replicas(self.stream_replicas)
         # Production without a token (flag or the api_token secret) is refused at start by
         # backbeat.secrets.open_component_secrets, which also judges weak and default secrets.
 

@@ -93,6 +93,7 @@ def settings_from_args(args: argparse.Namespace) -> ReverbSettings:
         retention_seconds=args.retention,
         log_level=args.log_level,
         nats_connect_timeout_s=check_connect_timeout(args.connect_timeout_s),
+        stream_replicas=args.stream_replicas,
     )
 
 

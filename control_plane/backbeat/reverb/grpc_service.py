@@ -23,6 +23,7 @@ from backbeat.core.messages import BarReport, CodecError, StatusClaim
 from backbeat.core.protobuf import bar_report_to_pb, status_claim_from_pb, timestamp_from_ns
 from backbeat.reverb.ingest import ClaimIngest, ClaimOutcome, NotReadyError
 from backbeat.reverb.store import WindowDetail
+from backbeat.service import streams
 from backbeat.service.rpc import BearerAuth, abort_with_reason
 from backbeat.service.tracing import extract_context, tracer
 from backbeat.service.tracing import traceparent as current_traceparent
@@ -93,8 +94,11 @@ class ReverbServicer(pb_grpc.ReverbServiceServicer):
         *,
         max_report_streams: int = MAX_REPORT_STREAMS,
         max_replay_reports: int = MAX_REPLAY_REPORTS,
+        stream_replicas: int = streams.DEFAULT_REPLICAS,
     ) -> None:
         self.ingest = ingest
+        #: Replicas of the bar stream when this replica is the one creating it.
+        self.stream_replicas = stream_replicas
         #: The rollup function's public keyring: StreamBarReports serves only the reports it
         #: signed (None: every report, development).
         self.report_keys: PublicKeyringProvider | None = None
@@ -261,7 +265,7 @@ class ReverbServicer(pb_grpc.ReverbServiceServicer):
                 "NO_NATS",
                 "this reverb runs without NATS; bar reports are not available",
             )
-        await ensure_bar_stream(nc, self.ingest.settings.cluster_id)
+        await ensure_bar_stream(nc, self.ingest.settings.cluster_id, self.stream_replicas)
         start = request.start_beat
         sub = await nc.jetstream().subscribe(
             subjects.bars_wildcard(self.ingest.settings.cluster_id),
@@ -312,11 +316,14 @@ class ReverbServicer(pb_grpc.ReverbServiceServicer):
         return verify_report(cluster, window_id, payload, headers, keys(), now_ns=time.time_ns()).ok
 
 
-async def ensure_bar_stream(nc: NatsClient, cluster_id: str) -> None:
-    """Create the bar-report stream with the rollup publisher's config unless it exists."""
-    from reverb_rollup.publisher import bar_stream_config, ensure_stream
-
-    await ensure_stream(nc.jetstream(), bar_stream_config(cluster_id))
+async def ensure_bar_stream(
+    nc: NatsClient, cluster_id: str, replicas: int = streams.DEFAULT_REPLICAS
+) -> None:
+    """Create the bar-report stream (its one definition, ``backbeat.service.streams``)
+    unless it exists."""
+    await streams.ensure_stream(
+        nc.jetstream(), streams.bar_stream_config(cluster_id, replicas=replicas)
+    )
 
 
 def report_pb_from_json(report_json: bytes) -> bar_report_pb2.BarReport | None:

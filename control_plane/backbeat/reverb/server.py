@@ -23,6 +23,7 @@ from backbeat.reverb.grpc_service import SERVICE_NAME, ReverbServicer, ensure_ba
 from backbeat.reverb.ingest import ClaimIngest, IngestSettings
 from backbeat.reverb.store import StoreSettings, WindowDetail
 from backbeat.reverb.timeline_follower import TimelineFollower
+from backbeat.service import streams
 from backbeat.service.admin import AdminServer, error_response, json_response
 from backbeat.service.frame_checks import register_frame_guard
 from backbeat.service.nats_connect import DEFAULT_CONNECT_TIMEOUT_S
@@ -52,6 +53,8 @@ class ReverbSettings:
     log_level: str = "info"
     #: How long start() waits for the first NATS connection (0: for ever).
     nats_connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S
+    #: JetStream servers keeping the bar stream when this replica creates it.
+    stream_replicas: int = field(default_factory=streams.replicas_from_env)
     environment: str = field(default_factory=lambda: os.environ.get("BACKBEAT_ENV", "development"))
 
     def ingest_settings(self) -> IngestSettings:
@@ -150,7 +153,9 @@ class ReverbServer:
         register_frame_guard(self.frame_guard, "reverb", self.ingest.metrics.registry)
         self.token: TokenSource = token or (lambda: "")
         self.tls = tls or TlsSettings()
-        self.servicer = ReverbServicer(self.ingest, BearerAuth(self.token))
+        self.servicer = ReverbServicer(
+            self.ingest, BearerAuth(self.token), stream_replicas=settings.stream_replicas
+        )
         self.servicer.report_keys = report_keys
         self.grpc: GrpcServer | None = None
         if settings.grpc_port >= 0:
@@ -187,8 +192,10 @@ class ReverbServer:
             await self.admin.start()
         await self.ingest.start()
         if self.ingest.nats is not None:
-            # The rollup publisher creates it too; whoever comes first, same config.
-            await ensure_bar_stream(self.ingest.nats, self.settings.cluster_id)
+            # The rollup publisher creates it too; whoever comes first, same definition.
+            await ensure_bar_stream(
+                self.ingest.nats, self.settings.cluster_id, self.settings.stream_replicas
+            )
         if self.grpc is not None:
             await self.grpc.start()
 

@@ -1,9 +1,11 @@
 """Flags every long-running service shares (``pulse``, ``reverb``, ``reverb-trigger``).
 
-``--cluster``, ``--nats``, ``--redis``, ``--admin-host``, ``--admin-port``, ``--log-level``
-and ``--connect-timeout-s`` are declared here once, with the same names, help and
-environment fallbacks everywhere: ``BACKBEAT_CLUSTER``, ``NATS_URL``, ``REDIS_URL`` and
-``LOG_LEVEL`` (an unset or empty variable means the built-in default). Each command passes
+``--cluster``, ``--nats``, ``--stream-replicas``, ``--redis``, ``--admin-host``,
+``--admin-port``, ``--log-level`` and ``--connect-timeout-s`` are declared here once, with the
+same names, help and environment fallbacks everywhere: ``BACKBEAT_CLUSTER``, ``NATS_URL``,
+``BACKBEAT_STREAM_REPLICAS``, ``REDIS_URL`` and ``LOG_LEVEL`` (an unset or empty variable means
+the built-in default). ``--nats`` takes one URL or several, comma-separated (the servers of a
+NATS cluster). Each command passes
 what differs: its Redis role and default, its admin port default.
 """
 
@@ -13,6 +15,7 @@ import argparse
 from typing import Final
 
 from backbeat.core.subjects import default_cluster_id
+from backbeat.service import streams
 from backbeat.service.nats_connect import DEFAULT_CONNECT_TIMEOUT_S
 from backbeat.service.settings import env_default
 
@@ -47,7 +50,14 @@ def add_common_arguments(
         "--nats",
         metavar="URL",
         default=env_default("NATS_URL", nats_url),
-        help="NATS URL (env NATS_URL)",
+        help="NATS URL, or several comma-separated: the servers of a NATS cluster (env NATS_URL)",
+    )
+    parser.add_argument(
+        "--stream-replicas",
+        type=int,
+        default=streams.replicas_from_env(),
+        help="JetStream servers keeping each stream: 1 on a single server, 3 on a three-node "
+        "NATS cluster (env BACKBEAT_STREAM_REPLICAS; default 1)",
     )
     if redis_url is None:
         parser.add_argument("--redis", metavar="URL", action="append", help=redis_help)

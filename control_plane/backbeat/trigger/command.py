@@ -127,6 +127,7 @@ def settings_from(args: argparse.Namespace) -> TriggerSettings:
         lease_ms=args.lease_ms,
         nats_connect_timeout_s=check_connect_timeout(args.connect_timeout_s),
         require_signed_frames=require_signed_frames(args),
+        stream_replicas=args.stream_replicas,
     )
 
 

@@ -51,6 +51,7 @@ class InProcessInvoker:
         nats_client: nats.aio.client.Client,
         settings: RollupSettings | None = None,
         report_keys: PrivateKeyringProvider | None = None,
+        stream_replicas: int = 1,
     ) -> None:
         self._fn = InProcessRollup(
             cluster_id,
@@ -58,6 +59,7 @@ class InProcessInvoker:
             nats_client=nats_client,
             settings=settings,
             report_keys=report_keys,
+            stream_replicas=stream_replicas,
         )
 
     async def invoke(self, event: RollupEvent) -> bool:

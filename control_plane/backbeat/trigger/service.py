@@ -39,6 +39,7 @@ from backbeat.core.messages import BeatFrame, CodecError, load_object
 from backbeat.core.timeline import NS_PER_MIN
 from backbeat.core.watermark import lagging
 from backbeat.reverb.store import WindowStore
+from backbeat.service import streams
 from backbeat.service.frame_checks import register_frame_guard
 from backbeat.service.lifecycle import stop_task
 from backbeat.service.logs import get_logger
@@ -52,7 +53,6 @@ from backbeat.service.slo import ROLLUP, SloTracker
 from backbeat.service.tracing import extract_context, inject_headers, tracer
 from backbeat.trigger.invokers import InProcessInvoker, InvokeError, Invoker
 from reverb_rollup import RollupEvent, RollupSettings
-from reverb_rollup.publisher import bar_stream_config, downbeat_stream_config, ensure_stream
 from reverb_rollup.record import RollupRecords
 
 DEFAULT_DURABLE: Final = "reverb-trigger"
@@ -108,8 +108,11 @@ class TriggerSettings:
     #: Refuse downbeats that carry no signature (production); signed ones are always checked
     #: against the pulse's public keyring when the trigger has one.
     require_signed_frames: bool = False
+    #: JetStream servers keeping the downbeat and bar streams when the trigger creates them.
+    stream_replicas: int = field(default_factory=streams.replicas_from_env)
 
     def __post_init__(self) -> None:
+        streams.check_replicas(self.stream_replicas)
         if self.stall_after_s <= FETCH_WAIT_S:
             raise ValueError(f"stall_after_s must be more than a fetch's bound, {FETCH_WAIT_S:g} s")
         if self.max_watermark_wait_ms < 0 or self.watermark_stale_ms <= 0:
@@ -289,8 +292,11 @@ class ReverbTrigger:
                 socket_connect_timeout=s.redis_timeout_s,
             )
         js = self._nc.jetstream()
-        await ensure_stream(js, downbeat_stream_config(s.cluster_id))
-        await ensure_stream(js, bar_stream_config(s.cluster_id))
+        replicas = s.stream_replicas
+        await streams.ensure_stream(
+            js, streams.downbeat_stream_config(s.cluster_id, replicas=replicas)
+        )
+        await streams.ensure_stream(js, streams.bar_stream_config(s.cluster_id, replicas=replicas))
         self._store = WindowStore(self._redis, s.cluster_id)
         self._records = RollupRecords(self._redis, s.cluster_id)
         if self._invoker is None:
@@ -300,6 +306,7 @@ class ReverbTrigger:
                 nats_client=self._nc,
                 settings=RollupSettings(lease_ms=s.lease_ms),
                 report_keys=self._report_keys,
+                stream_replicas=s.stream_replicas,
             )
         sub = await js.pull_subscribe(
             subjects.downbeat(s.cluster_id),

@@ -1,0 +1,108 @@
+"""The JetStream streams are defined once: whoever creates one, it has the same configuration,
+and only its owner brings an existing one in line (against a real nats-server)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import nats
+import nats.aio.client
+import pytest
+from nats.js.api import StreamConfig
+
+from backbeat.core import subjects
+from backbeat.embedded import NatsServer
+from backbeat.pulse.publisher import BeatPublisher
+from backbeat.service import streams
+from backbeat.service.nats_permissions import NatsRole
+from reverb_rollup.publisher import BarPublisher
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def nc(nats_server: NatsServer) -> AsyncIterator[nats.aio.client.Client]:
+    client = await nats.connect(nats_server.url)
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+def test_replicas_are_checked() -> None:
+    assert streams.replicas_from_env({}) == 1
+    assert streams.replicas_from_env({streams.REPLICAS_ENV: "3"}) == 3
+    for bad in ("0", "6", "three"):
+        with pytest.raises(ValueError, match=streams.REPLICAS_ENV if bad == "three" else "1-5"):
+            streams.replicas_from_env({streams.REPLICAS_ENV: bad})
+
+
+async def test_pulse_and_trigger_create_the_same_downbeat_stream(
+    nc: nats.aio.client.Client, nats_server: NatsServer, cluster_id: str
+) -> None:
+    """Created by the trigger's side first (the rollup role), the pulse finds nothing to align;
+    created by the pulse first, the trigger finds nothing different either."""
+    js = nc.jetstream()
+    wanted = streams.downbeat_stream_config(cluster_id)
+    await streams.ensure_stream(js, wanted)
+    info = await js.stream_info(subjects.downbeat_stream(cluster_id))
+    assert streams.differences(info.config, wanted) == {}
+    created = info.created
+
+    publisher = BeatPublisher(nats_server.url_as(NatsRole.PULSE), cluster_id)
+    await publisher.start()
+    try:
+        info = await js.stream_info(subjects.downbeat_stream(cluster_id))
+        assert info.created == created
+        assert streams.differences(info.config, wanted) == {}
+        assert info.config.duplicate_window == streams.DOWNBEAT_DUPLICATE_WINDOW_S
+        assert info.config.max_age == streams.DOWNBEAT_MAX_AGE_S
+    finally:
+        await publisher.close()
+
+
+async def test_the_owner_aligns_a_stream_others_leave_it(
+    nc: nats.aio.client.Client, nats_server: NatsServer, cluster_id: str
+) -> None:
+    js = nc.jetstream()
+    name = subjects.downbeat_stream(cluster_id)
+    # A downbeat stream as an older version defined it (another duplicate window and age).
+    await js.add_stream(
+        StreamConfig(
+            name=name,
+            subjects=[subjects.downbeat(cluster_id)],
+            duplicate_window=120.0,
+            max_age=24 * 3600.0,
+        )
+    )
+    wanted = streams.downbeat_stream_config(cluster_id)
+    await streams.ensure_stream(js, wanted)  # not the owner: used as it is
+    info = await js.stream_info(name)
+    assert set(streams.differences(info.config, wanted)) >= {"duplicate_window", "max_age"}
+
+    publisher = BeatPublisher(nats_server.url_as(NatsRole.PULSE), cluster_id)
+    await publisher.start()  # the owner, with the pulse role's permissions
+    try:
+        info = await js.stream_info(name)
+        assert streams.differences(info.config, wanted) == {}
+    finally:
+        await publisher.close()
+
+
+async def test_the_bar_stream_is_the_same_from_the_function_and_the_ingest(
+    nc: nats.aio.client.Client, cluster_id: str
+) -> None:
+    js = nc.jetstream()
+    await BarPublisher(js, cluster_id).ensure_stream()
+    info = await js.stream_info(subjects.bar_stream(cluster_id))
+    assert streams.differences(info.config, streams.bar_stream_config(cluster_id)) == {}
+    assert info.config.max_msgs_per_subject == 1
+
+
+async def test_a_replica_count_larger_than_the_servers_is_refused(
+    nc: nats.aio.client.Client, cluster_id: str
+) -> None:
+    """One server cannot keep three replicas: JetStream says so instead of storing less."""
+    js = nc.jetstream()
+    with pytest.raises(nats.js.errors.APIError):
+        await streams.ensure_stream(js, streams.timeline_stream_config(cluster_id, replicas=3))
