@@ -21,6 +21,7 @@ from backbeat.core.messages import StatusClaim
 from .test_messages import SEED_STATUSCLAIM
 
 NOW = 1234
+SKEW_NS = 500_000_000
 
 
 def claim(**changes: Any) -> bytes:
@@ -137,11 +138,28 @@ def _same_as_full_validation(payload: bytes, cluster_id: str = "") -> None:
         return
     verdict = validate_claim(payload, current_beat=NOW, cluster_id=cluster_id)
     assert verdict.claim is not None, verdict
-    fields, physical = fast
-    assert fields == claim_fields(verdict.claim)
-    assert physical == HLCTimestamp.parse(verdict.claim.hlc).physical_ms
+    assert fast == claim_fields(verdict.claim)
     assert checked == [verdict.claim]
     assert fast_checked == (None if verdict.claim.agent_id.startswith("mallory") else fast)
+    # The clock-skew rule draws the same line on both paths: at the bound, and just past it.
+    stamp_ns = HLCTimestamp.parse(verdict.claim.hlc).physical_ms * 1_000_000
+    for now_ns, accepted in ((stamp_ns - SKEW_NS, True), (stamp_ns - SKEW_NS - 1, False)):
+        skewed = accept_fast(
+            payload,
+            current_beat=NOW,
+            now_ns=now_ns,
+            max_clock_skew_ns=SKEW_NS,
+            cluster_id=cluster_id,
+        )
+        assert skewed == (fast if accepted else None)
+        verdict = validate_claim(
+            payload,
+            current_beat=NOW,
+            now_ns=now_ns,
+            max_clock_skew_ns=SKEW_NS,
+            cluster_id=cluster_id,
+        )
+        assert verdict.reason is (None if accepted else RejectReason.CLOCK_SKEW), verdict
 
 
 def test_fast_path_takes_plain_claims() -> None:
@@ -149,8 +167,14 @@ def test_fast_path_takes_plain_claims() -> None:
     for payload in (SEED_STATUSCLAIM.encode(), claim(progress=1), signed, claim(beats_left=-3)):
         assert accept_fast(payload, current_beat=NOW, cluster_id="chorus") is not None
         _same_as_full_validation(payload, "chorus")
-    fields, _ = accept_fast(signed, current_beat=NOW) or ((), 0)
-    assert fields == ("agent:xyz", "task:123", 1234, "executing", 3, "k1")
+    assert accept_fast(signed, current_beat=NOW) == (
+        "agent:xyz",
+        "task:123",
+        1234,
+        "executing",
+        3,
+        "k1",
+    )
 
 
 @pytest.mark.parametrize(

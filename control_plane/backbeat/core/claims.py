@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Final
 
-from backbeat.core.hlc import physical_ms
+from backbeat.core.hlc import DEFAULT_MAX_OFFSET_MS, physical_ms
 from backbeat.core.messages import (
     STATUSCLAIM_TYPE,
     TASK_STATES,
@@ -50,6 +50,10 @@ class ClaimLimits:
 
 
 DEFAULT_LIMITS: Final = ClaimLimits()
+
+#: A claim whose HLC stamp is further ahead of the receiver's clock than this is rejected
+#: (clock_skew): the HLC's own bound on a remote clock's offset.
+DEFAULT_MAX_CLOCK_SKEW_NS: Final = DEFAULT_MAX_OFFSET_MS * 1_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,11 +118,19 @@ def validate_claim(
     payload: bytes | str | Mapping[str, Any] | StatusClaim,
     *,
     current_beat: int,
+    now_ns: int | None = None,
+    max_clock_skew_ns: int = DEFAULT_MAX_CLOCK_SKEW_NS,
     cluster_id: str = "",
     limits: ClaimLimits = DEFAULT_LIMITS,
     check_signature: SignatureCheck | None = None,
 ) -> ClaimVerdict:
-    """Decode and validate one claim against the current beat. Never raises on bad input."""
+    """Decode and validate one claim against the current beat. Never raises on bad input.
+
+    ``now_ns`` is the receiver's wall clock (Unix ns): a claim whose HLC stamp is more than
+    ``max_clock_skew_ns`` ahead of it is rejected (clock_skew). HLC stamps carry wall-clock
+    time, so this is the real clock, not the grid's. None skips the rule (claims checked
+    away from any receiver, e.g. by the simulator).
+    """
     if isinstance(payload, bytes | str) and len(payload) > limits.max_payload_bytes:
         return _reject(
             RejectReason.OVERSIZED,
@@ -185,19 +197,36 @@ def validate_claim(
         problem = check_signature(claim)
         if problem is not None:
             return _reject(RejectReason.BAD_SIGNATURE, problem)
+    if now_ns is not None and _hlc_ahead(claim.hlc, now_ns + max_clock_skew_ns):
+        return _reject(
+            RejectReason.CLOCK_SKEW,
+            f"hlc: {claim.hlc[:40]!r} is more than {max_clock_skew_ns // 1_000_000} "
+            "ms ahead of the receiver's clock",
+        )
     return ClaimVerdict(claim)
+
+
+def _hlc_ahead(hlc: str, limit_ns: int) -> bool:
+    """Whether the physical part of an HLC stamp is later than ``limit_ns``."""
+    head = hlc.split(":", 1)[0]
+    try:
+        return int(head, 16) * 1_000_000 > limit_ns
+    except ValueError:
+        return False
 
 
 def accept_fast(
     payload: bytes,
     *,
     current_beat: int,
+    now_ns: int | None = None,
+    max_clock_skew_ns: int = DEFAULT_MAX_CLOCK_SKEW_NS,
     cluster_id: str = "",
     limits: ClaimLimits = DEFAULT_LIMITS,
     check_signature: SignatureCheck | None = None,
-) -> tuple[ClaimFields, int] | None:
-    """The fields and the HLC physical time (ms) of a claim that ``validate_claim`` accepts,
-    or None: then ``validate_claim`` gives the verdict.
+) -> ClaimFields | None:
+    """The fields of a claim that ``validate_claim`` (given the same arguments) accepts, or
+    None: then ``validate_claim`` gives the verdict.
 
     The ingest's hot path. One JSON parse and plain type checks, no StatusClaim: it only
     recognises claims that are plainly fine (UTF-8, exact JSON types, printable ids) and
@@ -264,6 +293,8 @@ def accept_fast(
     physical = physical_ms(hlc)
     if physical is None:
         return None
+    if now_ns is not None and physical * 1_000_000 > now_ns + max_clock_skew_ns:
+        return None
     if check_signature is not None:
         # What StatusClaim.decode makes of these (already checked) values.
         claim = StatusClaim(
@@ -281,4 +312,4 @@ def accept_fast(
         )
         if check_signature(claim) is not None:
             return None
-    return (agent, task, beat, state, left, key_id if signature else None), physical
+    return (agent, task, beat, state, left, key_id if signature else None)

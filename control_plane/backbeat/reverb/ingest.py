@@ -150,6 +150,12 @@ _Item = tuple[
 ]
 
 
+def _arrival(item: _Item) -> int:
+    """When a buffered claim arrived (ns, the arrival clock)."""
+    _fields, _raw, _traceparent, received, _future, _reject = item
+    return received
+
+
 class _Sent:
     """A batch handed to Redis, waiting for its outcomes."""
 
@@ -323,8 +329,10 @@ class ClaimIngest:
             # Drained: nothing of ours is pending, so nobody needs to wait for this replica.
             await asyncio.wait_for(self.store.forget_watermark(self.settings.node_id), 2.0)
         stranded = [item for sent in self._in_flight for item in sent.items]
-        for item in [*stranded, *self._buffer]:
-            future = item[4]
+        for _fields, _raw, _traceparent, _received, future, _reject in [
+            *stranded,
+            *self._buffer,
+        ]:
             if future is not None and not future.done():
                 future.set_exception(NotReadyError("the ingest stopped"))
         self._buffer.clear()
@@ -446,11 +454,13 @@ class ClaimIngest:
                 },
             ) as span:
                 item = self._validate(msg.data, traceparent, None)
-                fields, reject = item[0], item[5]
+                fields, _raw, _traceparent, _received, _future, reject = item
                 if fields is not None:
-                    span.set_attribute("backbeat.beat_index", fields[2])
+                    _agent, _task, beat_index, _state, _left, _key = fields
+                    span.set_attribute("backbeat.beat_index", beat_index)
                 else:
-                    span.set_attribute("backbeat.reject_reason", str(reject[0] if reject else ""))
+                    reason, _detail = reject or ("", "")
+                    span.set_attribute("backbeat.reject_reason", str(reason))
         buffer = self._buffer
         if len(buffer) < self.settings.buffer_capacity:
             buffer.append(item)
@@ -510,17 +520,20 @@ class ClaimIngest:
             self._track_beat(received)
         if traceparent:
             traceparent = valid_traceparent(traceparent)
+        now_ns = time.time_ns()
         if isinstance(payload, bytes):
             # The hot path: plainly valid claims, checked without the full decode.
-            fast = accept_fast(
+            fields = accept_fast(
                 payload,
                 current_beat=self._beat,
+                now_ns=now_ns,
+                max_clock_skew_ns=self._skew_ns,
                 cluster_id=self.settings.cluster_id,
                 limits=self.settings.limits,
                 check_signature=self.check_signature,
             )
-            if fast is not None and fast[1] * 1_000_000 <= time.time_ns() + self._skew_ns:
-                return (fast[0], payload, traceparent, received, future, None)
+            if fields is not None:
+                return (fields, payload, traceparent, received, future, None)
         if isinstance(payload, ClaimVerdict):
             verdict = payload
             raw = b"" if verdict.claim is None else _claim_json(verdict.claim)
@@ -529,25 +542,13 @@ class ClaimIngest:
             verdict = validate_claim(
                 payload,
                 current_beat=self._beat,
+                now_ns=now_ns,
+                max_clock_skew_ns=self._skew_ns,
                 cluster_id=self.settings.cluster_id,
                 limits=self.settings.limits,
                 check_signature=self.check_signature,
             )
         claim = verdict.claim
-        # HLC stamps carry wall-clock time: compare with the real clock, not the grid's.
-        if claim is not None and _hlc_ahead(claim.hlc, time.time_ns() + self._skew_ns):
-            return (
-                None,
-                raw,
-                traceparent,
-                received,
-                future,
-                (
-                    RejectReason.CLOCK_SKEW,
-                    f"hlc: {claim.hlc[:40]!r} is more than {self.settings.max_clock_skew_ms} "
-                    "ms ahead of the receiver's clock",
-                ),
-            )
         if claim is not None:
             return (claim_fields(claim), raw, traceparent, received, future, None)
         reject = (verdict.reason or RejectReason.MALFORMED, verdict.detail)
@@ -679,8 +680,7 @@ class ClaimIngest:
     def _fail(self, items: list[_Item], exc: Exception) -> None:
         self._log.exception("batch failed", claims=len(items))
         self.metrics.dropped.labels("error").inc(len(items))
-        for item in items:
-            future = item[4]
+        for _fields, _raw, _traceparent, _received, future, _reject in items:
             if future is not None and not future.done():
                 future.set_exception(exc)
 
@@ -741,7 +741,7 @@ class ClaimIngest:
         for why, n in sent.rejected.items():
             self.metrics.processed.labels("rejected", why).inc(n)
         self.metrics.batches.inc()
-        self.metrics.ingest_lag.set(max(0.0, (committed - items[0][3]) / 1e9))
+        self.metrics.ingest_lag.set(max(0.0, (committed - _arrival(items[0])) / 1e9))
 
     def _track_agents(self, sent: _Sent, result: str) -> None:
         """Agents with a claim this replica accepted for the current window (the report
@@ -752,10 +752,14 @@ class ClaimIngest:
             self._agents_window = window_start
             self._window_agents.clear()
         agents = self._window_agents
-        for item, code in zip(sent.items, result, strict=True):
-            fields = item[0]
-            if code == "a" and fields is not None and fields[2] >= window_start:
-                agents.add(fields[0])
+        for (fields, _raw, _traceparent, _received, _future, _reject), code in zip(
+            sent.items, result, strict=True
+        ):
+            if code != "a" or fields is None:
+                continue
+            agent, _task, beat_index, _state, _left, _key = fields
+            if beat_index >= window_start:
+                agents.add(agent)
         self.metrics.agents_reporting.set(len(agents))
 
     def low_watermark(self) -> int:
@@ -764,9 +768,9 @@ class ClaimIngest:
         flight, or now when there is none."""
         low = self.follower.clock()
         if self._in_flight:
-            low = min(low, self._in_flight[0].items[0][3])
+            low = min(low, _arrival(self._in_flight[0].items[0]))
         if self._buffer:
-            low = min(low, self._buffer[0][3])
+            low = min(low, _arrival(self._buffer[0]))
         return low
 
     async def _watermark_loop(self) -> None:
@@ -819,12 +823,3 @@ def _claim_json(claim: StatusClaim) -> bytes:
         return claim.encode()
     except ValueError:
         return json.dumps(claim.to_json_dict(), separators=(",", ":")).encode()
-
-
-def _hlc_ahead(hlc: str, limit_ns: int) -> bool:
-    """Whether the physical part of an HLC stamp is later than ``limit_ns``."""
-    head = hlc.split(":", 1)[0]
-    try:
-        return int(head, 16) * 1_000_000 > limit_ns
-    except ValueError:
-        return False
