@@ -24,12 +24,8 @@ from pathlib import Path
 from types import TracebackType
 from urllib.parse import quote
 
+from backbeat.errors import ServerError as ServerError  # noqa: PLC0414 (re-exported)
 from backbeat.service.nats_permissions import NatsUser, render_authorization
-
-
-class ServerError(RuntimeError):
-    """A server binary is missing or a server did not come up."""
-
 
 #: Ports handed out by free_port are taken from below the kernel's ephemeral range, from here.
 _LOWEST_PORT = 10_000

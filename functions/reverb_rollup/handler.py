@@ -25,6 +25,7 @@ from backbeat.core.kpi import compute_report
 from backbeat.core.messages import BarReport
 from backbeat.core.timeline import window_id as compute_window_id
 from backbeat.core.window import WindowAggregate
+from backbeat.errors import BackbeatError
 from backbeat.service.tracing import context_from_traceparent, inject_headers, tracer
 from reverb_rollup.event import RollupEvent
 from reverb_rollup.publisher import BarPublisher
@@ -36,7 +37,7 @@ log = logging.getLogger("reverb_rollup")
 _tracer = tracer("rollup")
 
 
-class RollupError(RuntimeError):
+class RollupError(BackbeatError, RuntimeError):
     """The window could not be reported by this invocation; the trigger retries it."""
 
 

@@ -18,6 +18,8 @@ import hmac
 from collections.abc import Iterable
 from typing import Final
 
+from backbeat.errors import BackbeatError
+
 #: The HTTP header (and Lambda request header) carrying the signature.
 SIGNATURE_HEADER: Final = "X-Backbeat-Signature"
 #: How far the signing time may be from the verifier's clock, either way (seconds).
@@ -26,7 +28,7 @@ DEFAULT_MAX_AGE_S: Final = 300
 MIN_KEY_BYTES: Final = 32
 
 
-class InvocationRefused(PermissionError):
+class InvocationRefused(BackbeatError, PermissionError):
     """The invocation carries no valid signature; the message says why (never the key)."""
 
 

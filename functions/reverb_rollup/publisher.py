@@ -19,6 +19,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import APIError, NotFoundError
 
 from backbeat.core import subjects
+from backbeat.errors import BackbeatError
 from backbeat.service import streams
 
 log = logging.getLogger("reverb_rollup")
@@ -47,7 +48,7 @@ ReportCheck = Callable[[str, bytes, Mapping[str, str] | None], bool]
 _MAX_REPLACEMENTS: Final = 3
 
 
-class ForgedReports(RuntimeError):
+class ForgedReports(BackbeatError, RuntimeError):
     """The window's subject keeps receiving reports that are not the function's."""
 
 

@@ -16,12 +16,13 @@ from typing import Any
 from backbeat.core import keys
 from backbeat.core.messages import BarReport
 from backbeat.core.timeline import window_id as compute_window_id
+from backbeat.errors import BackbeatError
 from backbeat.reverb.store import WindowStore
 from reverb_rollup.handler import report_from
 from reverb_rollup.record import RecordState, RollupRecords
 
 
-class ReplayError(RuntimeError):
+class ReplayError(BackbeatError, RuntimeError):
     """The window cannot be replayed (no report yet, or its claims or inputs have expired)."""
 
 

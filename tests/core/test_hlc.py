@@ -4,7 +4,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from backbeat.core.hlc import ClockSkewError, HLCTimestamp, HybridLogicalClock, node_id_from_name
+from backbeat.core.hlc import HLCTimestamp, HybridLogicalClock, node_id_from_name
+from backbeat.errors import ClockSkewError
 
 
 class FakeWall:

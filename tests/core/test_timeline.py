@@ -10,13 +10,13 @@ from backbeat.core.timeline import (
     MAX_TEMPO_BPM,
     MIN_TEMPO_BPM,
     Phase,
-    TempoError,
     Timeline,
     allowed_step,
     check_tempo_step,
     ramp_steps,
     window_id,
 )
+from backbeat.errors import TempoError
 
 T0 = 1_700_000_000 * 10**9
 tempos = st.floats(min_value=MIN_TEMPO_BPM, max_value=MAX_TEMPO_BPM, allow_nan=False)

@@ -13,8 +13,8 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from backbeat.core import keys, subjects
 from backbeat.core.messages import BeatFrame
-from backbeat.core.timeline import TempoError
 from backbeat.embedded import NatsServer, RedisServer
+from backbeat.errors import TempoError
 from backbeat.pulse import NotLeaderError, PulseNode, PulseSettings, Role
 from tests.pulse.collect import BeatCollector, assert_strictly_forward
 

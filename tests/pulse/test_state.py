@@ -11,8 +11,9 @@ from hypothesis import strategies as st
 
 from backbeat.core.hlc import HLCTimestamp
 from backbeat.core.messages import BeatFrame
-from backbeat.core.timeline import TempoError, Timeline, check_tempo_step
-from backbeat.pulse.grpc_service import TempoRequestError, check_tempo_request
+from backbeat.core.timeline import Timeline, check_tempo_step
+from backbeat.errors import TempoError, TempoRequestError
+from backbeat.pulse.grpc_service import check_tempo_request
 from backbeat.pulse.scheduler import build_frame, next_renewal_ns
 from backbeat.pulse.state import PulseState, TimelineRecord
 

@@ -178,7 +178,8 @@ async def test_windows_shows_whole_ids_and_takes_a_prefix(server: ReverbServer) 
 
 
 def test_an_ambiguous_prefix_is_refused_with_the_candidates() -> None:
-    from backbeat.ctl.windows import PrefixError, match_prefix
+    from backbeat.ctl.windows import match_prefix
+    from backbeat.errors import PrefixError
 
     ids = ["ab" + "0" * 30, "ab" + "1" * 30, "cd" + "0" * 30]
     assert match_prefix("ab1", ids) == ids[1]

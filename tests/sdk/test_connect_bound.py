@@ -8,8 +8,8 @@ import asyncio
 import pytest
 
 from backbeat.embedded import free_port
+from backbeat.errors import NatsUnreachable
 from backbeat.sdk import Agent, AgentSettings
-from backbeat.service.nats_connect import NatsUnreachable
 
 
 async def test_start_gives_up_on_an_unreachable_nats(cluster_id: str) -> None:

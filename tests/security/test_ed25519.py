@@ -17,7 +17,8 @@ from backbeat.core.ed25519 import (
     verify_report,
     verify_timeline_record,
 )
-from backbeat.core.signing import SigningError, VerifyStatus, canonical_timeline_record
+from backbeat.core.signing import VerifyStatus, canonical_timeline_record
+from backbeat.errors import SigningError
 
 S = 1_000_000_000
 T0 = 1_700_000_000 * S

@@ -24,7 +24,6 @@ from backbeat.core.signing import (
     FRAME_FIELDS,
     UNSIGNED_FIELDS,
     Keyring,
-    SigningError,
     SigningKey,
     VerifyStatus,
     canonical_claim,
@@ -33,6 +32,7 @@ from backbeat.core.signing import (
     sign_claim,
     verify_claim,
 )
+from backbeat.errors import SigningError
 
 S = 1_000_000_000
 T0 = 1_700_000_000 * S

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from backbeat.embedded import NatsServer, free_port
+from backbeat.errors import NatsUnreachable
 from backbeat.processes import ComponentProcess
-from backbeat.service.nats_connect import EXIT_UNREACHABLE, NatsUnreachable, connect_nats
+from backbeat.service.nats_connect import EXIT_UNREACHABLE, connect_nats
 
 
 async def test_gives_up_after_the_timeout_naming_the_url() -> None:

@@ -5,18 +5,18 @@ pulling in servers.
 """
 
 from backbeat.core.frame_order import FrameOrder
-from backbeat.core.hlc import ClockSkewError, HLCTimestamp, HybridLogicalClock
+from backbeat.core.hlc import HLCTimestamp, HybridLogicalClock
 from backbeat.core.timeline import (
     DEFAULT_PHASES,
     MAX_TEMPO_BPM,
     MAX_TEMPO_STEP,
     MIN_TEMPO_BPM,
     Phase,
-    TempoError,
     Timeline,
     TimelineChange,
     window_id,
 )
+from backbeat.errors import ClockSkewError, TempoError
 
 __all__ = [
     "DEFAULT_PHASES",

@@ -38,7 +38,6 @@ from backbeat.core.rfc3339 import format_ns, parse_ns
 from backbeat.core.signing import (
     DEFAULT_CLOCK_SKEW_NS,
     DEFAULT_GRACE_NS,
-    SigningError,
     Verification,
     VerifyStatus,
     canonical_frame,
@@ -46,6 +45,7 @@ from backbeat.core.signing import (
     canonical_timeline_record,
     key_validity,
 )
+from backbeat.errors import SigningError
 
 KEY_BYTES: Final = 32
 SIGNATURE_HEX_CHARS: Final = 128

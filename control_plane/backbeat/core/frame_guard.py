@@ -31,13 +31,9 @@ from typing import Any, Final
 
 from backbeat.core.ed25519 import PublicKeyring, verify_frame, verify_timeline_record
 from backbeat.core.messages import BeatFrame
-from backbeat.core.signing import (
-    SigningError,
-    Verification,
-    VerifyStatus,
-    canonical_timeline_record,
-)
+from backbeat.core.signing import Verification, VerifyStatus, canonical_timeline_record
 from backbeat.core.timeline import MAX_TEMPO_BPM, MIN_TEMPO_BPM, NS_PER_MIN
+from backbeat.errors import SigningError
 
 #: No honest grid reaches these: 2^48 beats at 300 BPM last ~1.8 million years.
 MAX_INDEX: Final = 2**48

@@ -16,13 +16,11 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from backbeat.errors import ClockSkewError
+
 #: Default bound on how far ahead of our physical clock a remote stamp may be (ms).
 DEFAULT_MAX_OFFSET_MS = 500
 _MAX_FIELD = (1 << 64) - 1
-
-
-class ClockSkewError(ValueError):
-    """A remote stamp is further ahead of the local physical clock than ``max_offset_ms``."""
 
 
 _HLC_RE = re.compile(r"([0-9a-fA-F]{1,16}):([0-9a-fA-F]{1,16}):([0-9a-fA-F]{1,16})")

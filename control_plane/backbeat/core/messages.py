@@ -15,6 +15,7 @@ from typing import Any, Final, TypeVar
 
 from backbeat.core.hlc import HLCTimestamp
 from backbeat.core.rfc3339 import format_ns, parse_ns
+from backbeat.errors import CodecError as CodecError  # noqa: PLC0414 (re-exported)
 
 BEATFRAME_TYPE: Final = "backbeat.beatframe.v1"
 STATUSCLAIM_TYPE: Final = "backbeat.statusclaim.v1"
@@ -31,14 +32,6 @@ class TaskState(StrEnum):
 
 
 TASK_STATES: Final = frozenset(s.value for s in TaskState)
-
-
-class CodecError(ValueError):
-    """A payload that does not decode. ``field`` names the offending field ("" for the whole)."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}" if field else message)
-        self.field = field
 
 
 def _reject_constant(name: str) -> Any:

@@ -54,6 +54,7 @@ from backbeat.core.messages import (
     StatusClaim,
 )
 from backbeat.core.rfc3339 import format_ns, parse_ns
+from backbeat.errors import SigningError
 
 #: Signed fields of a BeatFrame, in canonical order, with how each is encoded.
 FRAME_FIELDS: Final[tuple[tuple[str, str], ...]] = (
@@ -96,10 +97,6 @@ DEFAULT_CLOCK_SKEW_NS: Final = 5 * 1_000_000_000
 
 _KEY_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 _SIGNATURE_RE = re.compile(r"[0-9a-f]{64}")
-
-
-class SigningError(ValueError):
-    """No key can sign now, or a key or keyring document is invalid."""
 
 
 def _bad(name: str, expected: str, value: object) -> SigningError:

@@ -12,6 +12,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
+from backbeat.errors import TempoError
+
 NS_PER_S = 1_000_000_000
 NS_PER_MIN = 60 * NS_PER_S
 
@@ -33,15 +35,6 @@ class Phase:
 
 #: Default phases of a 4-beat bar: plan 1, execution 2, review 1.
 DEFAULT_PHASES: tuple[Phase, ...] = (Phase("plan", 1), Phase("execution", 2), Phase("review", 1))
-
-
-class TempoError(ValueError):
-    """A tempo that may not be applied. ``reason`` is a stable machine-readable code."""
-
-    def __init__(self, reason: str, message: str, *, allowed: tuple[float, float]) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.allowed = allowed
 
 
 def window_id(cluster_id: str, from_beat: int) -> str:

@@ -23,6 +23,7 @@ from backbeat.ctl._common import (
     say,
     to_dict,
 )
+from backbeat.errors import PrefixError
 from backbeat.v1 import reverb_service_pb2 as reverb_pb
 from backbeat.v1 import reverb_service_pb2_grpc as reverb_grpc
 from reverb_rollup.replay import ReplayError, replay_window
@@ -30,10 +31,6 @@ from reverb_rollup.replay import ReplayError, replay_window
 WINDOW_ID_LENGTH = 32
 #: How many windows a prefix is looked up among (the server's largest page).
 PREFIX_SEARCH_WINDOWS = 1000
-
-
-class PrefixError(ValueError):
-    """A window id prefix that names no window, or more than one."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

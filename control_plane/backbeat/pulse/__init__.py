@@ -4,17 +4,14 @@ async with PulseNode(PulseSettings(...)) as node:
     ...
 """
 
-from backbeat.pulse.node import (
+from backbeat.errors import (
     FencedError,
     NoQuorumError,
     NotLeaderError,
-    PulseNode,
-    PulseStatus,
-    Role,
-    TempoChange,
     TempoConflictError,
     TempoOutcomeUnknownError,
 )
+from backbeat.pulse.node import PulseNode, PulseStatus, Role, TempoChange
 from backbeat.pulse.settings import PulseSettings
 
 __all__ = [

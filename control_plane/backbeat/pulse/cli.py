@@ -12,6 +12,7 @@ from dataclasses import replace
 
 from redis.asyncio import Redis
 
+from backbeat.errors import NatsUnreachable
 from backbeat.pulse.settings import PulseSettings
 from backbeat.pulse.tempo_limit import DEFAULT_CHANGES_PER_MINUTE
 from backbeat.secrets import (
@@ -26,7 +27,7 @@ from backbeat.secrets import (
 from backbeat.service.cli import add_common_arguments
 from backbeat.service.frame_checks import add_frame_check_arguments, require_signed_frames
 from backbeat.service.logs import configure_logging, get_logger
-from backbeat.service.nats_connect import NatsUnreachable, report_unreachable
+from backbeat.service.nats_connect import report_unreachable
 from backbeat.service.tls import TlsSettings, add_tls_arguments
 
 

@@ -35,6 +35,7 @@ import redis.asyncio as aioredis
 
 from backbeat.core import keys
 from backbeat.core.hlc import HLCTimestamp
+from backbeat.errors import TermError
 from backbeat.pulse.redis_masters import Fanout, RedisMasters
 from backbeat.pulse.state import PulseState, TimelineRecord
 
@@ -133,10 +134,6 @@ class EmittedBeat:
     to_beat: int = -1
 
 
-class ClaimError(RuntimeError):
-    """The term could not be established on a majority (no quorum, or lost a race)."""
-
-
 class FencedStore:
     """Term, timeline, beat and HLC marks of one cluster on R masters."""
 
@@ -159,14 +156,14 @@ class FencedStore:
 
         result = await self.masters.fanout(read, done=lambda r: r.answered >= r.quorum)
         if result.answered < self.masters.quorum:
-            raise ClaimError(
+            raise TermError(
                 f"only {result.answered} of {self.masters.total} Redis masters answered"
             )
         answers = list(result.values.values())
         return max(t for t, _ in answers), [f for _, f in answers], result.answered
 
     async def read(self) -> PulseState:
-        """The merged state of the first majority to answer (raises ClaimError without one)."""
+        """The merged state of the first majority to answer (raises TermError without one)."""
         term, fields, answered = await self._read_raw()
         return PulseState.merge(term, fields, answered)
 
@@ -200,7 +197,7 @@ class FencedStore:
             floor = max([term] + [stored + 1 for _, stored, _ in result.values.values()])
             if result.answered < self.masters.quorum:
                 break
-        raise ClaimError("could not establish a fencing term on a majority of Redis masters")
+        raise TermError("could not establish a fencing term on a majority of Redis masters")
 
     async def write(
         self,

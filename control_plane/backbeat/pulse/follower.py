@@ -16,7 +16,7 @@ from nats.aio.msg import Msg
 
 from backbeat.core.frame_guard import FrameGuard
 from backbeat.core.messages import BeatFrame, CodecError
-from backbeat.core.timeline import TempoError
+from backbeat.errors import TempoError
 from backbeat.pulse.hub import BeatHub
 from backbeat.pulse.metrics import PulseMetrics
 from backbeat.pulse.publisher import BeatPublisher

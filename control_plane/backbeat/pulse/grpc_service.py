@@ -28,19 +28,20 @@ from backbeat.core.protobuf import (
     timeline_to_pb,
     timestamp_from_ns,
 )
-from backbeat.core.timeline import TempoError, Timeline, validate_tempo
-from backbeat.pulse.hub import HistoryGone, HubEvent
-from backbeat.pulse.node import (
+from backbeat.core.timeline import Timeline, validate_tempo
+from backbeat.errors import (
     FencedError,
+    HistoryGone,
     NoQuorumError,
     NotLeaderError,
-    PulseNode,
-    Role,
-    TempoChange,
     TempoConflictError,
+    TempoError,
     TempoOutcomeUnknownError,
+    TempoRateLimited,
+    TempoRequestError,
 )
-from backbeat.pulse.tempo_limit import TempoRateLimited
+from backbeat.pulse.hub import HubEvent
+from backbeat.pulse.node import PulseNode, Role, TempoChange
 from backbeat.service.rpc import BearerAuth, abort_with_reason
 from backbeat.v1 import pulse_service_pb2 as pb
 from backbeat.v1 import pulse_service_pb2_grpc as pb_grpc
@@ -74,14 +75,6 @@ def tempo_response(change: TempoChange) -> pb.SetTempoResponse:
         target_tempo_bpm=change.target_tempo_bpm,
         remaining_steps=change.remaining_steps,
     )
-
-
-class TempoRequestError(ValueError):
-    """A SetTempo request that is wrong whatever the state (maps to INVALID_ARGUMENT)."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
 
 
 def check_tempo_request(tempo_bpm: float, request_id: str) -> None:

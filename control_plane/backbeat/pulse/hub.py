@@ -21,21 +21,12 @@ from collections import deque
 from backbeat.core.frame_order import FrameOrder
 from backbeat.core.messages import BeatFrame
 from backbeat.core.timeline import Timeline, TimelineChange
+from backbeat.errors import HistoryGone
 
 #: A subscriber queue holds at most this many events; beyond that events are dropped (counted).
 SUBSCRIBER_QUEUE = 256
 
 HubEvent = BeatFrame | Timeline | TimelineChange
-
-
-class HistoryGone(LookupError):
-    """The requested start beat is older than the retained history."""
-
-    def __init__(self, start_beat: int, oldest: int) -> None:
-        super().__init__(
-            f"beat {start_beat} is no longer retained; the oldest retained beat is {oldest}"
-        )
-        self.oldest = oldest
 
 
 class Subscription:

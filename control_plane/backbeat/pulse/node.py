@@ -32,15 +32,13 @@ from backbeat.core import keys
 from backbeat.core.frame_guard import FrameGuard
 from backbeat.core.hlc import HLCTimestamp, HybridLogicalClock, node_id_from_name
 from backbeat.core.timeline import Timeline, default_phases
-from backbeat.pulse.emitter import BeatEmitter, EmitterSignals, FrameSigner, HeadersHook, Stop
-from backbeat.pulse.errors import (
-    FencedError,
+from backbeat.errors import (
     NoQuorumError,
     NotLeaderError,
-    TempoConflictError,
-    TempoOutcomeUnknownError,
+    TermError,
 )
-from backbeat.pulse.fencing import ClaimError, FencedStore, WriteOutcome
+from backbeat.pulse.emitter import BeatEmitter, EmitterSignals, FrameSigner, HeadersHook, Stop
+from backbeat.pulse.fencing import FencedStore, WriteOutcome
 from backbeat.pulse.follower import Follower
 from backbeat.pulse.handoff import HandoffKind, HandoffMessage
 from backbeat.pulse.hub import BeatHub
@@ -58,17 +56,12 @@ from backbeat.pulse.tempo_limit import TempoRateLimiter
 from backbeat.service.lifecycle import stop_task
 
 __all__ = [
-    "FencedError",
     "FrameSigner",
     "HeadersHook",
-    "NoQuorumError",
-    "NotLeaderError",
     "PulseNode",
     "PulseStatus",
     "Role",
     "TempoChange",
-    "TempoConflictError",
-    "TempoOutcomeUnknownError",
 ]
 
 log = structlog.get_logger(component="pulse")
@@ -391,7 +384,7 @@ class PulseNode:
         try:
             term, state = await self.store.claim_term(min_term=max(seen_terms) + 1)
         except Exception as exc:
-            if isinstance(exc, ClaimError):
+            if isinstance(exc, TermError):
                 self._log.info("%s: won the lock but not a term: %s", self.node_id, exc)
             else:
                 self._log.warning("%s: claiming a term failed: %r", self.node_id, exc)

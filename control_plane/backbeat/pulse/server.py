@@ -26,35 +26,26 @@ from backbeat.core.ed25519 import (
     sign_timeline_record,
 )
 from backbeat.core.frame_guard import FrameGuard, GuardSettings
-from backbeat.core.timeline import TempoError, Timeline
-from backbeat.pulse.grpc_service import (
-    SERVICE_NAME,
-    PulseServicer,
-    TempoRequestError,
-    add_pulse_service,
-    apply_tempo,
-)
-from backbeat.pulse.node import (
+from backbeat.core.timeline import Timeline
+from backbeat.errors import (
     FencedError,
+    MalformedBody,
     NoQuorumError,
     NotLeaderError,
-    PulseNode,
-    Role,
-    TempoChange,
     TempoConflictError,
+    TempoError,
     TempoOutcomeUnknownError,
+    TempoRateLimited,
+    TempoRequestError,
 )
+from backbeat.pulse.grpc_service import SERVICE_NAME, PulseServicer, add_pulse_service, apply_tempo
+from backbeat.pulse.node import PulseNode, Role, TempoChange
 from backbeat.pulse.settings import PulseSettings
 from backbeat.pulse.state import timeline_to_json
-from backbeat.pulse.tempo_limit import (
-    DEFAULT_CHANGES_PER_MINUTE,
-    TempoRateLimited,
-    TempoRateLimiter,
-)
+from backbeat.pulse.tempo_limit import DEFAULT_CHANGES_PER_MINUTE, TempoRateLimiter
 from backbeat.secrets import KeyRotator
 from backbeat.service.admin import (
     AdminServer,
-    MalformedBody,
     error_response,
     finite_number,
     json_response,

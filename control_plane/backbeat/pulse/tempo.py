@@ -16,11 +16,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 
 from backbeat.core.timeline import Timeline, check_tempo_step, ramp_steps
-from backbeat.pulse.errors import (
-    FencedError,
-    TempoConflictError,
-    TempoOutcomeUnknownError,
-)
+from backbeat.errors import FencedError, TempoConflictError, TempoOutcomeUnknownError
 from backbeat.pulse.fencing import FencedStore, WriteOutcome
 from backbeat.pulse.leadership import LeaderState
 from backbeat.pulse.metrics import PulseMetrics

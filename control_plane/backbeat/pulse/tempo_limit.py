@@ -13,17 +13,10 @@ import time
 from collections import deque
 from collections.abc import Callable
 
+from backbeat.errors import TempoRateLimited
+
 DEFAULT_CHANGES_PER_MINUTE = 6
 _WINDOW_S = 60.0
-
-
-class TempoRateLimited(RuntimeError):
-    def __init__(self, limit: int, retry_after_s: float) -> None:
-        super().__init__(
-            f"at most {limit} tempo changes per minute are accepted; retry in {retry_after_s:.1f} s"
-        )
-        self.limit = limit
-        self.retry_after_s = retry_after_s
 
 
 class TempoRateLimiter:

@@ -8,12 +8,13 @@ import os
 import sys
 from dataclasses import replace
 
+from backbeat.errors import NatsUnreachable
 from backbeat.reverb.server import ReverbServer, ReverbSettings
 from backbeat.secrets import SecretError, SecretName, UnsafeConfiguration, open_component_secrets
 from backbeat.service.cli import add_common_arguments
 from backbeat.service.frame_checks import add_frame_check_arguments, require_signed_frames
 from backbeat.service.logs import configure_logging, get_logger
-from backbeat.service.nats_connect import NatsUnreachable, check_connect_timeout, report_unreachable
+from backbeat.service.nats_connect import check_connect_timeout, report_unreachable
 from backbeat.service.tls import TlsSettings, add_tls_arguments
 
 

@@ -21,7 +21,8 @@ from backbeat.core.ed25519 import PublicKeyringProvider, verify_report
 from backbeat.core.hlc import HLCTimestamp
 from backbeat.core.messages import BarReport, CodecError, StatusClaim
 from backbeat.core.protobuf import bar_report_to_pb, status_claim_from_pb, timestamp_from_ns
-from backbeat.reverb.ingest import ClaimIngest, ClaimOutcome, NotReadyError
+from backbeat.errors import NotReadyError
+from backbeat.reverb.ingest import ClaimIngest, ClaimOutcome
 from backbeat.reverb.store import WindowDetail
 from backbeat.service import streams
 from backbeat.service.rpc import BearerAuth, abort_with_reason

@@ -49,6 +49,7 @@ from backbeat.core.hlc import DEFAULT_MAX_OFFSET_MS
 from backbeat.core.messages import BarReport, CodecError, StatusClaim
 from backbeat.core.timeline import Timeline
 from backbeat.core.watermark import Watermark
+from backbeat.errors import NotReadyError
 from backbeat.reverb.metrics import ReverbMetrics
 from backbeat.reverb.store import (
     AppendBatch,
@@ -198,10 +199,6 @@ class RecentIds:
         if len(self._ids) > self._capacity:
             del self._ids[next(iter(self._ids))]
         return True
-
-
-class NotReadyError(RuntimeError):
-    """The ingest cannot take claims yet (no timeline) or any more (closing)."""
 
 
 class ClaimIngest:
@@ -485,7 +482,8 @@ class ClaimIngest:
         """Submit claims (decoded, pre-rejected or raw INT-B JSON) and wait for their outcomes.
 
         A ``ClaimVerdict`` without a claim is a claim that could not even be read (e.g. a
-        protobuf claim with a bad HLC): it is dead-lettered with its reason.
+        protobuf claim with a bad HLC): it is dead-lettered with its reason. Raises
+        NotReadyError before the first beat frame and once the ingest is closing.
         """
         if self._closing:
             raise NotReadyError("the ingest is shutting down")

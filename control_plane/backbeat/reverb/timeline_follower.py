@@ -15,7 +15,8 @@ from collections.abc import Callable
 from backbeat.core.frame_guard import FrameGuard
 from backbeat.core.frame_order import FrameOrder
 from backbeat.core.messages import BeatFrame, CodecError
-from backbeat.core.timeline import TempoError, Timeline, default_phases
+from backbeat.core.timeline import Timeline, default_phases
+from backbeat.errors import TempoError
 
 Clock = Callable[[], int]
 

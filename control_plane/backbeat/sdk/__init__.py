@@ -13,21 +13,13 @@ The agent keeps a local copy of the timeline, so beats keep coming on the grid b
 and while frames are missing (``AgentStatus.DEGRADED``).
 """
 
+from backbeat.errors import ClaimBufferFull, ClaimsRefused
 from backbeat.sdk._agent import Agent, BeatStream
 from backbeat.sdk._clock import Clock, SystemClock, VirtualClock
 from backbeat.sdk._metrics import AgentCollector, register_metrics
 from backbeat.sdk._settings import AgentSettings, FrameKeys
 from backbeat.sdk._slo import SdkSloRecorder, register_slo_metrics
-from backbeat.sdk._types import (
-    AgentStats,
-    AgentStatus,
-    Beat,
-    BeatSource,
-    ClaimBufferFull,
-    ClaimsRefused,
-    FrameDrop,
-    TempoChange,
-)
+from backbeat.sdk._types import AgentStats, AgentStatus, Beat, BeatSource, FrameDrop, TempoChange
 
 __all__ = [
     "Agent",

@@ -15,10 +15,11 @@ from nats.aio.client import Client as NatsClient
 
 from backbeat.core.ed25519 import PublicKeyring
 from backbeat.core.frame_guard import FrameGuard
-from backbeat.core.hlc import ClockSkewError, HLCTimestamp, HybridLogicalClock, node_id_from_name
+from backbeat.core.hlc import HLCTimestamp, HybridLogicalClock, node_id_from_name
 from backbeat.core.messages import BeatFrame, StatusClaim
 from backbeat.core.signing import sign_claim
 from backbeat.core.timeline import Timeline
+from backbeat.errors import ClockSkewError
 from backbeat.sdk._clock import Clock, SystemClock
 from backbeat.sdk._follower import BeatFollower
 from backbeat.sdk._reporter import ClaimReporter, ClaimSink
@@ -374,7 +375,9 @@ class Agent:
         progress: float = 0.0,
         notes: str = "",
     ) -> None:
-        """Queue a claim; waits while the buffer is full (back-pressure)."""
+        """Queue a claim; waits while the buffer is full (back-pressure).
+
+        Raises ClaimsRefused once the ingest has refused this agent's claims."""
         await self.report_claim(
             self.claim(
                 task_id,
@@ -396,7 +399,8 @@ class Agent:
         progress: float = 0.0,
         notes: str = "",
     ) -> None:
-        """Queue a claim from sync code; raises ClaimBufferFull when the buffer is full."""
+        """Queue a claim from sync code; raises ClaimBufferFull when the buffer is full, and
+        ClaimsRefused once the ingest has refused this agent's claims."""
         self.report_claim_nowait(
             self.claim(
                 task_id,

@@ -17,8 +17,8 @@ from backbeat.core.protobuf import (
     timeline_change_from_pb,
     timeline_from_pb,
 )
+from backbeat.errors import ClaimsRefused
 from backbeat.sdk._follower import BeatFollower
-from backbeat.sdk._types import ClaimsRefused
 from backbeat.service.tracing import context_from_traceparent, inject_headers
 from backbeat.v1 import (
     pulse_service_pb2,

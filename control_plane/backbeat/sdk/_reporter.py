@@ -18,7 +18,8 @@ from typing import Protocol
 from opentelemetry import trace
 
 from backbeat.core.messages import StatusClaim
-from backbeat.sdk._types import AgentStats, ClaimBufferFull, ClaimsRefused
+from backbeat.errors import ClaimBufferFull, ClaimsRefused
+from backbeat.sdk._types import AgentStats
 from backbeat.service.tracing import traceparent
 
 log = logging.getLogger("backbeat.sdk")

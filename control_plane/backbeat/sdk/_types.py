@@ -100,13 +100,3 @@ class AgentStats:
     claims_duplicate: int = 0
     claims_late: int = 0
     claims_rejected: int = 0
-
-
-class ClaimBufferFull(RuntimeError):
-    """``report_nowait`` found the claim buffer full: the sink is slower than the producers."""
-
-
-class ClaimsRefused(RuntimeError):
-    """The claim ingest refuses this agent's claims (no API token, or a wrong one): nothing it
-    reports can be delivered until its settings change. Raised by ``report`` and
-    ``report_nowait`` from the first refusal on, and logged as an error when it happens."""

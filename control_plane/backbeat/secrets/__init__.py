@@ -11,9 +11,15 @@ keep serving the last good value when the backend is down. See docs/security.md.
         await keys.start()
 """
 
+from backbeat.errors import (
+    SecretError,
+    SecretNotFound,
+    SecretRejected,
+    SecretUnavailable,
+    UnsafeConfiguration,
+)
 from backbeat.secrets._component import (
     ComponentSecrets,
-    UnsafeConfiguration,
     open_component_secrets,
     with_nats_credentials,
     with_url_password,
@@ -33,12 +39,8 @@ from backbeat.secrets._signing_keys import ApiToken, SigningKeys, raw_key_id
 from backbeat.secrets._source import (
     CachingSecretSource,
     Secret,
-    SecretError,
     SecretName,
-    SecretNotFound,
-    SecretRejected,
     SecretSource,
-    SecretUnavailable,
     SecretWriter,
 )
 from backbeat.secrets._vault import VaultSecretSource

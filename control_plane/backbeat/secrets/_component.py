@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from urllib.parse import quote, urlsplit, urlunsplit
 
+from backbeat.errors import SecretError, SecretNotFound, UnsafeConfiguration
 from backbeat.secrets._ed25519_keys import PrivateKeys, PublicKeys
 from backbeat.secrets._production import (
     REQUIRED_SECRETS,
@@ -30,21 +31,9 @@ from backbeat.secrets._production import (
 )
 from backbeat.secrets._settings import SecretsSettings
 from backbeat.secrets._signing_keys import ApiToken, SigningKeys
-from backbeat.secrets._source import CachingSecretSource, SecretError, SecretName, SecretNotFound
+from backbeat.secrets._source import CachingSecretSource, SecretName
 from backbeat.service.rpc import TokenSource
 from backbeat.service.settings import Environment
-
-
-class UnsafeConfiguration(RuntimeError):
-    """BACKBEAT_ENV=production and the configuration is unsafe; ``problems`` says why."""
-
-    def __init__(self, component: str, problems: list[str]) -> None:
-        self.component = component
-        self.problems = problems
-        lines = "\n".join(f"  - {p}" for p in problems)
-        super().__init__(
-            f"backbeat {component}: refusing to start with BACKBEAT_ENV=production:\n{lines}"
-        )
 
 
 def with_url_password(url: str, password: str, *, user: str = "") -> str:

@@ -7,7 +7,8 @@ from collections.abc import Callable
 from typing import Generic, TypeVar
 
 from backbeat.core.ed25519 import PrivateKey, PrivateKeyring, PublicKey, PublicKeyring
-from backbeat.core.signing import DEFAULT_CLOCK_SKEW_NS, DEFAULT_GRACE_NS, SigningError
+from backbeat.core.signing import DEFAULT_CLOCK_SKEW_NS, DEFAULT_GRACE_NS
+from backbeat.errors import SigningError
 from backbeat.secrets._source import Secret, SecretSource
 from backbeat.service.logs import get_logger
 

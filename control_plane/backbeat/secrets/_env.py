@@ -10,7 +10,8 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
-from backbeat.secrets._source import CachingSecretSource, SecretError, SecretNotFound
+from backbeat.errors import SecretError, SecretNotFound
+from backbeat.secrets._source import CachingSecretSource
 
 ENV_PREFIX = "BACKBEAT_SECRET_"
 

@@ -9,10 +9,11 @@ from collections.abc import Iterable, Mapping
 from typing import Final
 from urllib.parse import urlsplit
 
-from backbeat.core.signing import MIN_KEY_BYTES, Keyring, SigningError
+from backbeat.core.signing import MIN_KEY_BYTES, Keyring
+from backbeat.errors import SecretError, SecretNotFound, SigningError
 from backbeat.secrets._env import env_var
 from backbeat.secrets._settings import SecretsSettings
-from backbeat.secrets._source import SecretError, SecretName, SecretNotFound, SecretSource
+from backbeat.secrets._source import SecretName, SecretSource
 from backbeat.service.settings import mask_url, url_has_credentials
 
 MIN_API_TOKEN_CHARS = 32

@@ -5,7 +5,8 @@ from __future__ import annotations
 import contextlib
 import time
 
-from backbeat.secrets._source import Secret, SecretNotFound, SecretSource
+from backbeat.errors import SecretNotFound
+from backbeat.secrets._source import Secret, SecretSource
 
 
 class RotatingSecret:

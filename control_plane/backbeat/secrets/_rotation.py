@@ -34,14 +34,9 @@ from redis.asyncio import Redis
 
 from backbeat.core import keys
 from backbeat.core.rfc3339 import format_ns
-from backbeat.core.signing import DEFAULT_GRACE_NS, Keyring, SigningError, SigningKey
-from backbeat.secrets._source import (
-    SecretError,
-    SecretName,
-    SecretNotFound,
-    SecretSource,
-    SecretWriter,
-)
+from backbeat.core.signing import DEFAULT_GRACE_NS, Keyring, SigningKey
+from backbeat.errors import SecretError, SecretNotFound, SigningError
+from backbeat.secrets._source import SecretName, SecretSource, SecretWriter
 from backbeat.service.logs import get_logger
 
 ROTATIONS = Counter(

@@ -6,13 +6,8 @@ import hashlib
 import time
 from collections.abc import Callable
 
-from backbeat.core.signing import (
-    DEFAULT_CLOCK_SKEW_NS,
-    DEFAULT_GRACE_NS,
-    Keyring,
-    SigningError,
-    SigningKey,
-)
+from backbeat.core.signing import DEFAULT_CLOCK_SKEW_NS, DEFAULT_GRACE_NS, Keyring, SigningKey
+from backbeat.errors import SigningError
 from backbeat.secrets._source import Secret, SecretName, SecretSource
 from backbeat.service.logs import get_logger
 

@@ -13,6 +13,7 @@ from typing import Protocol, Self, runtime_checkable
 
 from prometheus_client import Counter, Gauge
 
+from backbeat.errors import SecretError, SecretRejected, SecretUnavailable
 from backbeat.service.logs import get_logger
 
 
@@ -28,28 +29,6 @@ class SecretName(StrEnum):
     REPORT_PUBLIC_KEYS = "report_public_keys"  # its public keyring: every reader of reports
     API_TOKEN = "api_token"  # bearer token of mutating API calls
     ROLLUP_INVOKE_KEY = "rollup_invoke_key"  # HMAC key of trigger -> rollup function calls
-
-
-class SecretError(Exception):
-    """A secret could not be obtained. The message says which and why, never the value."""
-
-    def __init__(self, name: str, message: str) -> None:
-        name = str(name)  # a SecretName prints as its plain value
-        super().__init__(f"secret {name!r}: {message}")
-        self.name = name
-
-
-class SecretNotFound(SecretError):
-    """The backend answered, and the secret does not exist there."""
-
-
-class SecretUnavailable(SecretError):
-    """The backend is unreachable, sealed, refused access or timed out."""
-
-
-class SecretRejected(SecretError):
-    """The backend answered with a value that fails the checks (``value_check``): it is not
-    used, and the last good value stays in use."""
 
 
 @dataclass(frozen=True, slots=True)

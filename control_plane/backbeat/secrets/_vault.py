@@ -22,14 +22,9 @@ import hvac
 import hvac.exceptions
 from prometheus_client import Counter
 
+from backbeat.errors import SecretError, SecretNotFound, SecretUnavailable
 from backbeat.secrets._settings import VaultSettings
-from backbeat.secrets._source import (
-    CachingSecretSource,
-    Secret,
-    SecretError,
-    SecretNotFound,
-    SecretUnavailable,
-)
+from backbeat.secrets._source import CachingSecretSource, Secret
 
 VAULT_AUTH = Counter(
     "backbeat_vault_auth_total",

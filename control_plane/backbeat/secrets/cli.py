@@ -28,12 +28,13 @@ import sys
 import time
 
 from backbeat.core.ed25519 import PrivateKey, PrivateKeyring
-from backbeat.core.signing import Keyring, SigningError, SigningKey
+from backbeat.core.signing import Keyring, SigningKey
 from backbeat.core.subjects import check_cluster_id, default_cluster_id
+from backbeat.errors import SecretError, SigningError
 from backbeat.secrets._production import production_problems
 from backbeat.secrets._rotation import new_key_id
 from backbeat.secrets._settings import SecretsSettings
-from backbeat.secrets._source import SecretError, SecretName
+from backbeat.secrets._source import SecretName
 from backbeat.service.nats_permissions import (
     password_references,
     render_authorization,

@@ -16,6 +16,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 
+from backbeat.errors import MalformedBody
 from backbeat.service.rpc import TokenSource, token_matches
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -32,10 +33,6 @@ def json_response(payload: Any, status: int = 200) -> web.Response:
 
 def error_response(status: int, reason: str, message: str) -> web.Response:
     return json_response({"error": {"reason": reason, "message": message}}, status=status)
-
-
-class MalformedBody(ValueError):
-    """The request body is not what the route takes; answered with 400 MALFORMED."""
 
 
 async def read_json_object(request: web.Request) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from typing import Any, Final
 from nats import errors as nats_errors
 from nats.aio.client import Client as NatsClient
 
+from backbeat.errors import NatsUnreachable
 from backbeat.service.logs import get_logger
 from backbeat.service.settings import mask_url
 
@@ -34,15 +35,10 @@ ErrorCallback = Callable[[Exception], Awaitable[None]]
 _CONNECTION_CALLBACKS: Final = ("disconnected_cb", "reconnected_cb", "closed_cb")
 
 
-class NatsUnreachable(RuntimeError):
-    """No connection to NATS could be made within the connect timeout."""
-
-    def __init__(self, url: str, timeout_s: float, last_error: BaseException | None) -> None:
-        self.url = mask_url(url)
-        self.timeout_s = timeout_s
-        self.last_error = describe_error(last_error) if last_error is not None else ""
-        detail = f" (last error: {self.last_error})" if self.last_error else ""
-        super().__init__(f"cannot connect to NATS at {self.url} within {timeout_s:g} s{detail}")
+def _unreachable(url: str, timeout_s: float, last_error: BaseException | None) -> NatsUnreachable:
+    """The error of a connect that timed out: the URL masked, the last failure described."""
+    described = describe_error(last_error) if last_error is not None else ""
+    return NatsUnreachable(mask_url(url), timeout_s, described)
 
 
 def describe_error(exc: BaseException) -> str:
@@ -117,14 +113,14 @@ async def connect_nats(
             await asyncio.wait_for(client.connect(url, error_cb=on_error, **options), remaining)
         except TimeoutError:
             await _close_quietly(client)
-            raise NatsUnreachable(url, connect_timeout_s, last_error) from None
+            raise _unreachable(url, connect_timeout_s, last_error) from None
         except nats_errors.NoServersError as exc:
             # The client's own attempts ran out (a finite max_reconnect_attempts): start over
             # with a fresh client until the deadline.
             await _close_quietly(client)
             last_error = last_error or exc
             if deadline is not None and loop.time() >= deadline:
-                raise NatsUnreachable(url, connect_timeout_s, last_error) from None
+                raise _unreachable(url, connect_timeout_s, last_error) from None
             await asyncio.sleep(0.25)
             continue
         except BaseException:

@@ -1,13 +1,8 @@
 """The reverb trigger: invokes the rollup function for every closed window (``backbeat
 reverb-trigger``)."""
 
-from backbeat.trigger.invokers import (
-    HttpInvoker,
-    InProcessInvoker,
-    InvokeError,
-    Invoker,
-    LambdaInvoker,
-)
+from backbeat.errors import InvokeError
+from backbeat.trigger.invokers import HttpInvoker, InProcessInvoker, Invoker, LambdaInvoker
 from backbeat.trigger.service import ReverbTrigger, TriggerSettings, TriggerStatus
 
 __all__ = [

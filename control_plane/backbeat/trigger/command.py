@@ -11,6 +11,7 @@ from dataclasses import replace
 from aiohttp import web
 
 from backbeat.core.subjects import check_cluster_id
+from backbeat.errors import NatsUnreachable
 from backbeat.ports import TRIGGER_ADMIN_PORT
 from backbeat.secrets import (
     RotatingSecret,
@@ -24,7 +25,7 @@ from backbeat.service import AdminServer, ShutdownSignal, configure_logging, get
 from backbeat.service.admin import json_response
 from backbeat.service.cli import add_common_arguments
 from backbeat.service.frame_checks import add_frame_check_arguments, require_signed_frames
-from backbeat.service.nats_connect import NatsUnreachable, check_connect_timeout, report_unreachable
+from backbeat.service.nats_connect import check_connect_timeout, report_unreachable
 from backbeat.service.tls import TlsSettings, add_tls_arguments
 from backbeat.service.tracing import configure_tracing
 from backbeat.trigger.invokers import HttpInvoker, InvokeKey, Invoker, LambdaInvoker

@@ -16,6 +16,7 @@ import nats.aio.client
 from redis.asyncio import Redis
 
 from backbeat.core.ed25519 import PrivateKeyringProvider
+from backbeat.errors import InvokeError
 from reverb_rollup import CLOUDEVENT_TYPE, InProcessRollup, Outcome, RollupEvent, RollupSettings
 from reverb_rollup.invocation_auth import SIGNATURE_HEADER, sign_invocation
 
@@ -23,16 +24,15 @@ from reverb_rollup.invocation_auth import SIGNATURE_HEADER, sign_invocation
 InvokeKey = Callable[[], str]
 
 
-class InvokeError(RuntimeError):
-    """The function did not report the window (it failed, timed out or was unreachable)."""
-
-
 class Invoker(Protocol):
     name: str
 
     async def invoke(self, event: RollupEvent) -> bool | None:
         """Have the window reported: True when this call published its report, False when
-        the window had its report already, None when the function does not say."""
+        the window had its report already, None when the function does not say.
+
+        Raises InvokeError when the function did not report the window (failed, timed out or
+        was unreachable); the trigger tries again."""
         ...
 
     async def close(self) -> None: ...

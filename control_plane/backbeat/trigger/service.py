@@ -38,6 +38,7 @@ from backbeat.core.kpi import FailedWindow
 from backbeat.core.messages import BeatFrame, CodecError, load_object
 from backbeat.core.timeline import NS_PER_MIN
 from backbeat.core.watermark import lagging
+from backbeat.errors import InvokeError
 from backbeat.reverb.store import WindowStore
 from backbeat.service import streams
 from backbeat.service.frame_checks import register_frame_guard
@@ -51,7 +52,7 @@ from backbeat.service.nats_connect import (
 )
 from backbeat.service.slo import ROLLUP, SloTracker
 from backbeat.service.tracing import extract_context, inject_headers, tracer
-from backbeat.trigger.invokers import InProcessInvoker, InvokeError, Invoker
+from backbeat.trigger.invokers import InProcessInvoker, Invoker
 from reverb_rollup import RollupEvent, RollupSettings
 from reverb_rollup.record import RollupRecords
 
