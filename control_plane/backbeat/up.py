@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-import nats
 from nats.aio.msg import Msg
 from nats.js.errors import NotFoundError
 from rich.console import Console, Group
@@ -45,6 +44,7 @@ from backbeat.ports import PULSE_ADMIN_PORTS, PULSE_GRPC_PORTS
 from backbeat.processes import ComponentProcess
 from backbeat.secrets import SecretName, env_var
 from backbeat.service.lifecycle import ShutdownSignal
+from backbeat.service.nats_connect import connect_nats
 from backbeat.service.nats_permissions import NatsRole, role_credentials, role_users
 from backbeat.v1 import pulse_service_pb2 as pulse_pb
 from backbeat.v1 import pulse_service_pb2_grpc as pulse_grpc
@@ -390,7 +390,7 @@ async def _follow(args: argparse.Namespace, stack: LocalStack, console: Console)
         else:
             console.log(line, markup=False)
 
-    nc = await nats.connect(stack.view_nats_url, name="backbeat-up", max_reconnect_attempts=-1)
+    nc = await connect_nats(stack.view_nats_url, name="backbeat-up", max_reconnect_attempts=-1)
 
     async def on_beat(msg: Msg) -> None:
         try:

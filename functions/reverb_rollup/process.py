@@ -21,11 +21,11 @@ from collections.abc import Coroutine, Mapping
 from dataclasses import replace
 from typing import Any, TypeVar
 
-import nats
 from redis.asyncio import Redis
 
 from backbeat.secrets import ComponentSecrets, RotatingSecret, SecretName
 from backbeat.service.logs import configure_logging
+from backbeat.service.nats_connect import connect_nats
 from backbeat.service.tracing import configure_tracing, force_flush
 from reverb_rollup.event import RollupEvent
 from reverb_rollup.handler import Rollup, RollupSettings, refuse_open_window
@@ -40,6 +40,8 @@ _T = TypeVar("_T")
 INVOKE_TIMEOUT_S = 30.0
 #: Bound of every Redis command of the function (seconds).
 REDIS_TIMEOUT_S = 5.0
+#: The first NATS connection of a runtime is waited for this long (an invocation is bounded).
+NATS_CONNECT_TIMEOUT_S = 10.0
 
 
 class ProcessRuntime:
@@ -112,7 +114,14 @@ class ProcessRuntime:
                     socket_timeout=REDIS_TIMEOUT_S,
                     socket_connect_timeout=REDIS_TIMEOUT_S,
                 )
-                nc = await nats.connect(nats_url, name=f"reverb-rollup-{s.cluster_id}")
+                # Several URLs (a NATS cluster) comma-separated; reconnects across them.
+                nc = await connect_nats(
+                    nats_url,
+                    connect_timeout_s=NATS_CONNECT_TIMEOUT_S,
+                    name=f"reverb-rollup-{s.cluster_id}",
+                    max_reconnect_attempts=-1,
+                    reconnect_time_wait=0.25,
+                )
                 self._connections += [nc, redis]
                 rollup = build_rollup(
                     s.cluster_id,

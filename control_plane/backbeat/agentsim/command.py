@@ -25,7 +25,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--cluster", default=default_cluster_id(), help="cluster id (env BACKBEAT_CLUSTER)"
     )
     parser.add_argument(
-        "--nats", default=os.environ.get("NATS_URL", "nats://127.0.0.1:4222"), help="NATS URL"
+        "--nats",
+        default=os.environ.get("NATS_URL", "nats://127.0.0.1:4222"),
+        help="NATS URL, or several comma-separated (a NATS cluster; env NATS_URL)",
     )
     parser.add_argument("--agents", type=int, default=50, help="simulated agents (default 50)")
     parser.add_argument(

@@ -17,13 +17,13 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-import nats
 from nats.aio.msg import Msg
 
 from backbeat.agentsim.model import Behaviour, SimAgent, make_fleet
 from backbeat.core import subjects
 from backbeat.core.messages import BarReport, CodecError, StatusClaim
 from backbeat.sdk import Agent, AgentSettings, Beat
+from backbeat.service.nats_connect import connect_nats
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,7 +250,9 @@ class Simulation:
         )
         reports_nc = None
         if s.verify:
-            reports_nc = await nats.connect(s.nats_url)
+            reports_nc = await connect_nats(
+                s.nats_url, name="agent-sim-reports", max_reconnect_attempts=-1
+            )
             await reports_nc.subscribe(subjects.bars_wildcard(s.cluster_id), cb=self._on_report)
         try:
             async with Agent(agent_settings) as sdk:

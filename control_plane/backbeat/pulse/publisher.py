@@ -16,10 +16,18 @@ from backbeat.core import subjects
 from backbeat.core.messages import BeatFrame, CodecError
 from backbeat.pulse.handoff import HandoffMessage
 from backbeat.service import streams
-from backbeat.service.nats_connect import DEFAULT_CONNECT_TIMEOUT_S, connect_nats
+from backbeat.service.nats_connect import (
+    DEFAULT_CONNECT_TIMEOUT_S,
+    connect_nats,
+    publish_retrying,
+)
 
 log = structlog.get_logger(component="pulse")
 
+#: A downbeat publish is retried (same Msg-Id) this long: a NATS cluster that lost the node
+#: leading the downbeat stream elects another within seconds (election timeouts of 4-9 s).
+DOWNBEAT_PUBLISH_WITHIN_S = 30.0
+DOWNBEAT_ATTEMPT_TIMEOUT_S = 2.0
 #: A newly elected leader waits at most this long for JetStream's floor of the grid.
 FLOOR_LOOKUP_TIMEOUT_S = 0.25
 
@@ -107,10 +115,15 @@ class BeatPublisher:
         if headers:
             msg_headers.update(headers)
         try:
-            await self.nc.jetstream().publish(
-                subjects.downbeat(self.cluster_id), payload, headers=msg_headers, timeout=2.0
+            await publish_retrying(
+                self.nc.jetstream(),
+                subjects.downbeat(self.cluster_id),
+                payload,
+                headers=msg_headers,
+                attempt_timeout_s=DOWNBEAT_ATTEMPT_TIMEOUT_S,
+                within_s=DOWNBEAT_PUBLISH_WITHIN_S,
             )
-        except Exception as exc:  # the core-NATS beat went out; JetStream retries are moot
+        except Exception as exc:  # the core-NATS beat went out; the trigger catches up
             self.downbeat_failures += 1
             log.warning("downbeat %s not stored in JetStream: %r", frame.beat_index, exc)
 
@@ -185,6 +198,8 @@ class BeatPublisher:
             return
         if self._pending_acks:
             await asyncio.wait(self._pending_acks, timeout=2.0)
+            for task in self._pending_acks:  # a retry still waiting for a stream leader
+                task.cancel()
         with contextlib.suppress(Exception):
             await nc.drain()
         with contextlib.suppress(Exception):

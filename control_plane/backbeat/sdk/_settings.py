@@ -25,7 +25,8 @@ class AgentSettings:
     Beats come over NATS when ``nats_url`` is set, otherwise over gRPC ``StreamBeats`` from
     ``pulse_targets`` (tried in turn; any pulse replica relays the leader's beats). Claims go
     over NATS when ``nats_url`` is set, otherwise over gRPC ``SubmitClaims`` to
-    ``reverb_target``.
+    ``reverb_target``. ``nats_url`` may name several servers, comma-separated (a NATS
+    cluster): the agent reconnects to another when its server is lost.
     """
 
     cluster_id: str

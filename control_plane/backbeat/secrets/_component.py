@@ -46,7 +46,14 @@ def with_url_password(url: str, password: str, *, user: str = "") -> str:
 
 
 def with_nats_credentials(url: str, credentials: str) -> str:
-    """A NATS URL carrying ``credentials`` (``user:password`` or a token)."""
+    """A NATS URL carrying ``credentials`` (``user:password`` or a token); several URLs,
+    comma-separated (a NATS cluster), each get them."""
+    if "," in url:
+        return ",".join(
+            with_nats_credentials(part.strip(), credentials)
+            for part in url.split(",")
+            if part.strip()
+        )
     parts = urlsplit(url)
     if not credentials or "@" in parts.netloc:
         return url

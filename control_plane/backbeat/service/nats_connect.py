@@ -5,6 +5,11 @@ ever), logging one warning at the first failure instead of a traceback per attem
 up with :class:`NatsUnreachable`; its command logs one error naming the URL and exits
 non-zero. Once connected, the client's own reconnect policy (the options passed through)
 applies unchanged.
+
+A URL may name several servers, comma-separated (the nodes of a NATS cluster): the client
+connects to one of them and, when it is lost, reconnects to another (:func:`nats_servers`).
+A JetStream publish that meets a cluster electing a stream leader is retried within a bound
+(:func:`publish_retrying`).
 """
 
 from __future__ import annotations
@@ -16,6 +21,9 @@ from typing import Any, Final
 
 from nats import errors as nats_errors
 from nats.aio.client import Client as NatsClient
+from nats.js import JetStreamContext
+from nats.js import errors as js_errors
+from nats.js.api import PubAck
 
 from backbeat.errors import NatsUnreachable
 from backbeat.service.logs import get_logger
@@ -41,6 +49,18 @@ def _unreachable(url: str, timeout_s: float, last_error: BaseException | None) -
     return NatsUnreachable(mask_url(url), timeout_s, described)
 
 
+def nats_servers(url: str) -> list[str]:
+    """The servers of ``url``: one URL or several, comma-separated (spaces ignored).
+
+    >>> nats_servers("nats://n1:4222, nats://n2:4222")
+    ['nats://n1:4222', 'nats://n2:4222']
+    """
+    servers = [part.strip() for part in url.split(",") if part.strip()]
+    if not servers:
+        raise ValueError("a NATS URL is required (several: comma-separated)")
+    return servers
+
+
 def describe_error(exc: BaseException) -> str:
     text = str(exc).strip()
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
@@ -60,7 +80,8 @@ async def connect_nats(
     log: Any = None,
     **options: Any,
 ) -> NatsClient:
-    """Connect to ``url``, retrying the first connection for up to ``connect_timeout_s``.
+    """Connect to ``url`` (one server or several, comma-separated), retrying the first
+    connection for up to ``connect_timeout_s``.
 
     ``options`` go to :meth:`nats.aio.client.Client.connect` as they are (reconnect policy,
     name, callbacks). ``error_cb`` and the connection callbacks are called once the client is
@@ -110,7 +131,9 @@ async def connect_nats(
         client = NatsClient()
         remaining = None if deadline is None else max(deadline - loop.time(), 0.0)
         try:
-            await asyncio.wait_for(client.connect(url, error_cb=on_error, **options), remaining)
+            await asyncio.wait_for(
+                client.connect(nats_servers(url), error_cb=on_error, **options), remaining
+            )
         except TimeoutError:
             await _close_quietly(client)
             raise _unreachable(url, connect_timeout_s, last_error) from None
@@ -180,3 +203,49 @@ def _abandon(fetching: asyncio.Future[Any]) -> None:
     fetching.cancel()
     # Its outcome no longer matters, but is read so that a failure is not reported as lost.
     fetching.add_done_callback(lambda done: done.cancelled() or done.exception())
+
+
+#: What a JetStream publish meets while a cluster moves a stream's leader or a client moves to
+#: another server: no answer in time, no responder yet, "temporarily unavailable" (503).
+_TRANSIENT_PUBLISH_ERRORS: Final = (
+    nats_errors.TimeoutError,
+    js_errors.NoStreamResponseError,
+    js_errors.ServiceUnavailableError,
+    nats_errors.ConnectionReconnectingError,
+)
+
+
+async def publish_retrying(
+    js: JetStreamContext,
+    subject: str,
+    payload: bytes,
+    *,
+    headers: dict[str, str],
+    attempt_timeout_s: float,
+    within_s: float,
+    pause_s: float = 0.05,
+) -> PubAck:
+    """``js.publish`` retried on transient failures until ``within_s`` has passed.
+
+    ``headers`` must carry a ``Nats-Msg-Id``: an attempt that was stored but whose
+    acknowledgement was lost is then answered as a duplicate when retried, never stored twice.
+    Each attempt waits at most ``attempt_timeout_s`` (and no longer than what is left); the
+    last transient error is raised when the time is up, any other error at once.
+    """
+    if "Nats-Msg-Id" not in headers:
+        raise ValueError("a retried JetStream publish needs a Nats-Msg-Id header")
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within_s
+    while True:
+        left = deadline - loop.time()
+        try:
+            return await js.publish(
+                subject,
+                payload,
+                headers=dict(headers),
+                timeout=max(min(attempt_timeout_s, left), 0.01),
+            )
+        except _TRANSIENT_PUBLISH_ERRORS:
+            if loop.time() + pause_s >= deadline:
+                raise
+        await asyncio.sleep(pause_s)
