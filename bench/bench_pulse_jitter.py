@@ -78,7 +78,7 @@ async def _emission_path(
     lead_ns = min(25_000_000, period_ns // 3)
     samples: list[float] = []
     try:
-        term, _ = await store.claim_term()
+        term, _ = await store.take_term()
         start = time.time_ns() + 200_000_000
         framing = Timeline.start(cluster, 120.0, start)
         for k in range(int(seconds * hz)):

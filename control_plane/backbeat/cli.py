@@ -25,9 +25,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "tempo": ("backbeat.ctl.tempo", "change the tempo at the next downbeat (±10 % a step)"),
     "windows": ("backbeat.ctl.windows", "list windows, or show one in detail"),
     "reports": ("backbeat.ctl.reports", "print bar reports (--follow for new ones)"),
-    "reverb-trigger": ("backbeat.trigger.command", "invoke the rollup function at every downbeat"),
+    "reverb-trigger": ("backbeat.trigger.cli", "invoke the rollup function at every downbeat"),
     "secrets": ("backbeat.secrets.cli", "check secret settings; create signing keys"),
-    "agent-sim": ("backbeat.agentsim.command", "simulate a fleet of agents (load tests)"),
+    "agent-sim": ("backbeat.agentsim.cli", "simulate a fleet of agents (load tests)"),
 }
 
 

@@ -10,10 +10,10 @@ Runtimes (adapters over one handler, ``handler.Rollup``):
 
 from reverb_rollup.event import CLOUDEVENT_TYPE, ROLLUP_EVENT_TYPE, RollupEvent
 from reverb_rollup.handler import (
-    Outcome,
     Rollup,
     RollupError,
     RollupHooks,
+    RollupOutcome,
     RollupResult,
     RollupSettings,
     WindowNotClosed,
@@ -26,11 +26,11 @@ __all__ = [
     "CLOUDEVENT_TYPE",
     "ROLLUP_EVENT_TYPE",
     "InProcessRollup",
-    "Outcome",
     "Rollup",
     "RollupError",
     "RollupEvent",
     "RollupHooks",
+    "RollupOutcome",
     "RollupResult",
     "RollupSettings",
     "WindowNotClosed",

@@ -50,7 +50,7 @@ class WindowNotClosed(RollupError):
     now would seal it early and turn its honest claims late. Retry after the downbeat."""
 
 
-class Outcome(StrEnum):
+class RollupOutcome(StrEnum):
     PUBLISHED = "published"  # this invocation stored the report on JetStream
     ALREADY_PUBLISHED = "already_published"  # the window had its report already
 
@@ -69,7 +69,7 @@ def refuse_open_window(event: RollupEvent, now_ns: int) -> None:
 @dataclass(frozen=True, slots=True)
 class RollupResult:
     window_id: str
-    outcome: Outcome
+    outcome: RollupOutcome
     report: bytes
 
     def decoded(self) -> BarReport:
@@ -199,7 +199,7 @@ class Rollup:
                 # Our report, or (when our lease was lost) the record of whoever took over.
                 view = await self._compute(event, owner, started)
             if view.state == RecordState.PUBLISHED:
-                return RollupResult(event.window_id, Outcome.ALREADY_PUBLISHED, view.report)
+                return RollupResult(event.window_id, RollupOutcome.ALREADY_PUBLISHED, view.report)
             if view.state == RecordState.COMPUTED:
                 return await self._publish(event, view.report)
             if time.monotonic() >= deadline:
@@ -295,5 +295,5 @@ class Rollup:
             log.error("window %s: JetStream holds a different report", event.window_id)
         await self.source.mark_reported(event.window_id, publication.report)
         await self.records.mark_published(event.window_id, publication.report)
-        outcome = Outcome.PUBLISHED if publication.fresh else Outcome.ALREADY_PUBLISHED
+        outcome = RollupOutcome.PUBLISHED if publication.fresh else RollupOutcome.ALREADY_PUBLISHED
         return RollupResult(event.window_id, outcome, publication.report)

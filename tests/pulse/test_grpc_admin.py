@@ -110,8 +110,8 @@ async def test_grpcurl_style_set_tempo_through_reflection(make_server: ServerFac
     )
     # proto3 JSON renders int64 as a string (for JavaScript clients): "effectiveBeat": "8"
     assert isinstance(reply["effectiveBeat"], str)
-    assert server.node.timelines is not None
-    pending = server.node.timelines.pending
+    assert server.node.record is not None
+    pending = server.node.record.pending
     assert pending is not None
     assert int(reply["effectiveBeat"]) == pending.anchor_beat
     assert math.isclose(reply["timeline"]["tempoBpm"], 252.0)
@@ -138,7 +138,7 @@ async def test_bad_set_tempo_requests_change_nothing(make_server: ServerFactory)
         (250.0, (("authorization", "Basic x"),), grpc.StatusCode.UNAUTHENTICATED, ""),
         (250.0, (), grpc.StatusCode.UNAUTHENTICATED, "UNAUTHENTICATED"),
     ]
-    before = server.node.timelines
+    before = server.node.record
     async with grpc.aio.insecure_channel(server.grpc.address) as channel:
         stub = pb_grpc.PulseServiceStub(channel)
         for bpm, metadata, code, reason in cases:
@@ -152,7 +152,7 @@ async def test_bad_set_tempo_requests_change_nothing(make_server: ServerFactory)
         assert "216.00 to 264.00" in (info.value.details() or "")  # names the allowed range
         timeline = await stub.GetTimeline(pb.GetTimelineRequest())
         assert not timeline.HasField("pending")
-        assert server.node.timelines == before
+        assert server.node.record == before
         ok = await stub.SetTempo(pb.SetTempoRequest(tempo_bpm=250.0), metadata=good)
         assert ok.timeline.tempo_bpm == 250.0
 

@@ -118,17 +118,17 @@ async def test_terms_increase_and_lower_terms_are_fenced(
 ) -> None:
     a = FencedStore(masters, cluster_id, "a")
     b = FencedStore(masters, cluster_id, "b")
-    term_a, state = await a.claim_term()
-    assert state.timelines is None
+    term_a, state = await a.take_term()
+    assert state.record is None
     assert state.beat == -1
     record = TimelineRecord(Timeline.start(cluster_id, 120, time.time_ns(), term=term_a))
-    ok = await a.write(term_a, beat=3, hlc=HLCTimestamp(100, 1, 1), timelines=record)
+    ok = await a.write(term_a, beat=3, hlc=HLCTimestamp(100, 1, 1), record=record)
     assert ok.outcome is WriteOutcome.OK
     assert ok.confirmed >= 2
 
-    term_b, state = await b.claim_term()
+    term_b, state = await b.take_term()
     assert term_b > term_a
-    assert state.timelines == record.written_by(term_a)  # a record carries its writer's term
+    assert state.record == record.written_by(term_a)  # a record carries its writer's term
     assert state.beat == 3
     assert state.hlc == HLCTimestamp(100, 1, 1)
 
@@ -153,7 +153,7 @@ async def test_beat_stats_hash_as_the_rollup_reads_it(
     masters: RedisMasters, cluster_id: str
 ) -> None:
     store = FencedStore(masters, cluster_id, "a")
-    term, _ = await store.claim_term()
+    term, _ = await store.take_term()
     window = "ab" * 16
     await store.write(term, beat=1, emitted=EmittedBeat(window, False, 120))
     await store.write(term, beat=2, emitted=EmittedBeat(window, True, 45))
@@ -189,11 +189,11 @@ async def test_term_survives_a_master_restarting_empty(
         store = FencedStore(masters, cluster_id, "a")
         seen = []
         for victim in servers:
-            term, _ = await store.claim_term()
+            term, _ = await store.take_term()
             seen.append(term)
             await store.write(term, beat=len(seen))
             victim.restart()  # not persistent: comes back with no keys at all
-        term, state = await store.claim_term()
+        term, state = await store.take_term()
         seen.append(term)
         assert seen == sorted(set(seen))
         assert state.beat == 3

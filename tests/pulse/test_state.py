@@ -72,13 +72,13 @@ def test_merge_takes_the_highest_term_then_revision_beat_and_hlc() -> None:
         {b"beat": b"11", b"hlc": b"10:0001:0002", b"timeline": b"{not json"},
     ]
     state = PulseState.merge(7, answers, 3)
-    assert state.timelines == old.written_by(5)
+    assert state.record == old.written_by(5)
     assert state.beat == 12
     assert state.hlc == HLCTimestamp(0x10, 2, 1)
     assert state.term == 7
     # Within one term the higher revision wins.
     same_term = [answers[0], {**answers[1], b"timeline_term": b"5"}]
-    assert PulseState.merge(7, same_term, 2).timelines == new.written_by(5)
+    assert PulseState.merge(7, same_term, 2).record == new.written_by(5)
 
 
 def test_frame_carries_the_grid() -> None:

@@ -17,10 +17,10 @@ from backbeat.core.messages import BarReport
 from backbeat.core.timeline import window_id
 from reverb_rollup import (
     InProcessRollup,
-    Outcome,
     RollupError,
     RollupEvent,
     RollupHooks,
+    RollupOutcome,
     RollupSettings,
 )
 from reverb_rollup.publisher import BarPublisher
@@ -86,7 +86,7 @@ async def test_happy_path_in_process(
     )
     async with InProcessRollup(cluster_id, redis=redis, nats_client=nc, source=canned) as fn:
         result = await fn.invoke(event)
-    assert result.outcome is Outcome.PUBLISHED
+    assert result.outcome is RollupOutcome.PUBLISHED
     report = BarReport.decode(result.report)
     assert report == compute_report(
         agg, rollup_ms=report.rollup_ms, published_ns=report.published_ns
@@ -171,7 +171,7 @@ async def test_crash_after_seal_is_taken_over_after_the_lease(
         cluster_id, redis=redis, nats_client=nc, source=canned, settings=settings
     )
     result = await retry.invoke(event)
-    assert result.outcome is Outcome.PUBLISHED
+    assert result.outcome is RollupOutcome.PUBLISHED
     assert time.monotonic() - started < 5  # waited for the lease, was not stuck
     assert canned.sealed[agg.window_id] == 2  # sealing again is idempotent
     assert list((await stored_reports(nc, cluster_id)).values()) == [result.report]

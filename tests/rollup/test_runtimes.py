@@ -26,7 +26,14 @@ from backbeat.embedded import NatsServer, RedisServer, free_port
 from backbeat.reverb.store import WindowStore
 from backbeat.service.nats_permissions import NatsRole
 from backbeat.trigger import HttpInvoker, InvokeError
-from reverb_rollup import InProcessRollup, Outcome, RollupEvent, RollupSettings, aws_lambda, process
+from reverb_rollup import (
+    InProcessRollup,
+    RollupEvent,
+    RollupOutcome,
+    RollupSettings,
+    aws_lambda,
+    process,
+)
 from reverb_rollup.invocation_auth import sign_invocation
 from reverb_rollup.record import RecordState, RollupRecords
 from tests.rollup.conftest import eventually
@@ -181,8 +188,8 @@ async def test_aws_lambda_handler(
     # The handler is synchronous (as Lambda calls it): run it off the event loop.
     first = await asyncio.to_thread(aws_lambda.handler, direct, None)
     second = await asyncio.to_thread(aws_lambda.handler, function_url, None)
-    assert first["outcome"] == Outcome.PUBLISHED.value
-    assert second["outcome"] == Outcome.ALREADY_PUBLISHED.value
+    assert first["outcome"] == RollupOutcome.PUBLISHED.value
+    assert second["outcome"] == RollupOutcome.ALREADY_PUBLISHED.value
     assert first["report"] == second["report"]
     assert first["report"]["agents_reporting"] == 2
     assert first["report"]["accepted_claims"] == 3
@@ -249,7 +256,7 @@ async def test_function_process_killed_mid_rollup(
     ) as fn:
         result = await fn.invoke(event)
     recovered_s = time.monotonic() - killed_at
-    assert result.outcome is Outcome.PUBLISHED
+    assert result.outcome is RollupOutcome.PUBLISHED
     assert result.decoded().agents_reporting == 10
     assert list(await stored_reports(nc, cluster_id)) == [event.window_id]
 

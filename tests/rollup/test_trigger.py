@@ -232,7 +232,7 @@ async def test_window_with_beats_and_no_claims_is_caught_up_after_a_missed_downb
     masters = RedisMasters([redis_server.url], timeout_s=2.0)
     pulse = FencedStore(masters, cluster_id, "pulse-1")
     try:
-        term, _ = await pulse.claim_term()
+        term, _ = await pulse.take_term()
         # The leader emits beats 0-7 (two bars) and records their stats; nobody claims.
         for n in range(8):
             start = tl.bar_start(n)
@@ -280,7 +280,7 @@ async def test_windows_with_claims_are_caught_up_however_old(
     masters = RedisMasters([redis_server.url], timeout_s=2.0)
     pulse = FencedStore(masters, cluster_id, "pulse-1")
     try:
-        term, _ = await pulse.claim_term()
+        term, _ = await pulse.take_term()
         emitted = EmittedBeat(tl.window_id(20), False, 100, 20, 23)  # beats, no claims
         assert (await pulse.write(term, beat=21, emitted=emitted)).outcome is WriteOutcome.OK
     finally:

@@ -11,7 +11,7 @@ from backbeat.errors import (
     TempoConflictError,
     TempoOutcomeUnknownError,
 )
-from backbeat.pulse.node import PulseNode, PulseStatus, Role, TempoChange
+from backbeat.pulse.node import PulseNode, PulseStatus, Role, ScheduledTempoChange
 from backbeat.pulse.settings import PulseSettings
 
 __all__ = [
@@ -22,7 +22,7 @@ __all__ = [
     "PulseSettings",
     "PulseStatus",
     "Role",
-    "TempoChange",
+    "ScheduledTempoChange",
     "TempoConflictError",
     "TempoOutcomeUnknownError",
 ]

@@ -230,7 +230,7 @@ class BeatEmitter:
             state.term,
             beat=n,
             hlc=hlc,
-            timelines=promoted if changed else None,
+            record=promoted if changed else None,
             emitted=previous,
         )
         self._reachable(result.answered)

@@ -50,7 +50,7 @@ _READ = """
 return {redis.call('GET', KEYS[1]) or '0', redis.call('HGETALL', KEYS[2])}
 """
 
-_CLAIM = """
+_TAKE_TERM = """
 local stored = redis.call('GET', KEYS[1]) or '0'
 if tonumber(stored) >= tonumber(ARGV[1]) then
   return {0, stored, {}}
@@ -167,7 +167,7 @@ class FencedStore:
         term, fields, answered = await self._read_raw()
         return PulseState.merge(term, fields, answered)
 
-    async def claim_term(self, attempts: int = 3, *, min_term: int = 0) -> tuple[int, PulseState]:
+    async def take_term(self, attempts: int = 3, *, min_term: int = 0) -> tuple[int, PulseState]:
         """Establish a new, higher term on a majority and return it with the merged state.
 
         ``min_term`` is a floor from outside Redis (the highest term this replica has seen on
@@ -179,15 +179,15 @@ class FencedStore:
             read_term, read_fields, _ = await self._read_raw()
             term = max(read_term + 1, floor, time.time_ns() // 1_000_000)
 
-            async def claim(
+            async def bump(
                 client: aioredis.Redis, term: int = term
             ) -> tuple[bool, int, dict[bytes, bytes]]:
                 ok, stored, raw = await client.eval(
-                    _CLAIM, 2, self._term_key, self._state_key, term
+                    _TAKE_TERM, 2, self._term_key, self._state_key, term
                 )
                 return bool(ok), int(stored), self._fields(raw)
 
-            result = await self.masters.fanout(claim, done=_claim_decided)
+            result = await self.masters.fanout(bump, done=_term_decided)
             confirmed = [v for v in result.values.values() if v[0]]
             if len(confirmed) >= self.masters.quorum:
                 # The atomic answers of the bump are what the safety argument rests on; the
@@ -205,7 +205,7 @@ class FencedStore:
         *,
         beat: int | None = None,
         hlc: HLCTimestamp | None = None,
-        timelines: TimelineRecord | None = None,
+        record: TimelineRecord | None = None,
         emitted: EmittedBeat | None = None,
     ) -> WriteResult:
         """Fenced write to every master; returns once a majority confirmed or it cannot."""
@@ -217,7 +217,7 @@ class FencedStore:
             self.writer,
             "" if beat is None else beat,
             "" if hlc is None else str(hlc),
-            "" if timelines is None else timelines.encode(),
+            "" if record is None else record.encode(),
             "1" if emitted else "0",
             "1" if emitted and emitted.degraded else "0",
             emitted.drift_us if emitted else 0,
@@ -258,7 +258,7 @@ class FencedStore:
         return WriteResult(outcome, confirmed, result.answered, newer)
 
 
-def _claim_decided(result: Fanout[tuple[bool, int, dict[bytes, bytes]]]) -> bool:
+def _term_decided(result: Fanout[tuple[bool, int, dict[bytes, bytes]]]) -> bool:
     ok = sum(1 for v in result.values.values() if v[0])
     failed = result.answered - ok + len(result.errors)
     return ok >= result.quorum or failed > result.total - result.quorum

@@ -41,7 +41,7 @@ from backbeat.errors import (
     TempoRequestError,
 )
 from backbeat.pulse.hub import HubEvent
-from backbeat.pulse.node import PulseNode, Role, TempoChange
+from backbeat.pulse.node import PulseNode, Role, ScheduledTempoChange
 from backbeat.service.rpc import BearerAuth, abort_with_reason
 from backbeat.v1 import pulse_service_pb2 as pb
 from backbeat.v1 import pulse_service_pb2_grpc as pb_grpc
@@ -67,7 +67,7 @@ MAX_STREAMS_PER_PEER = 1024
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
-def tempo_response(change: TempoChange) -> pb.SetTempoResponse:
+def tempo_response(change: ScheduledTempoChange) -> pb.SetTempoResponse:
     return pb.SetTempoResponse(
         timeline=timeline_to_pb(change.timeline),
         effective_beat=change.effective_beat,
@@ -496,7 +496,7 @@ def _status_of(error: grpc.aio.AioRpcError) -> grpc.Status:
 
 async def apply_tempo(
     node: PulseNode, tempo_bpm: float, request_id: str, ramp: bool
-) -> TempoChange:
+) -> ScheduledTempoChange:
     """Validate and apply a tempo change (shared by gRPC and HTTP); records the outcome."""
     outcome = "error"
     limiter = node.tempo_limiter

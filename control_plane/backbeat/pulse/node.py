@@ -51,7 +51,7 @@ from backbeat.pulse.redlock import Busy, ExtendOutcome, Lease, Redlock, make_tok
 from backbeat.pulse.settings import PulseSettings
 from backbeat.pulse.state import PulseState, TimelineRecord
 from backbeat.pulse.succession import GridKnowledge, continue_grid
-from backbeat.pulse.tempo import TempoChange, TempoControl
+from backbeat.pulse.tempo import ScheduledTempoChange, TempoControl
 from backbeat.pulse.tempo_limit import TempoRateLimiter
 from backbeat.service.lifecycle import stop_task
 
@@ -61,7 +61,7 @@ __all__ = [
     "PulseNode",
     "PulseStatus",
     "Role",
-    "TempoChange",
+    "ScheduledTempoChange",
 ]
 
 log = structlog.get_logger(component="pulse")
@@ -226,14 +226,14 @@ class PulseNode:
         return self._state.term
 
     @property
-    def timelines(self) -> TimelineRecord | None:
+    def record(self) -> TimelineRecord | None:
         """The record in force: the leader's own, or the one a follower follows."""
         if self.role in (Role.LEADER, Role.HANDING_OFF, Role.DEGRADED):
             return self._state.record
         return self.follower.record or self._state.record
 
     def status(self) -> PulseStatus:
-        record = self.timelines
+        record = self.record
         leading = self.role is Role.LEADER
         return PulseStatus(
             cluster_id=self.cluster_id,
@@ -382,18 +382,18 @@ class PulseNode:
         seen_terms += [r.term for r in (durable_record, self.follower.record) if r is not None]
         seen_terms += [f.term for f in (last_downbeat,) if f is not None]
         try:
-            term, state = await self.store.claim_term(min_term=max(seen_terms) + 1)
+            term, state = await self.store.take_term(min_term=max(seen_terms) + 1)
         except Exception as exc:
             if isinstance(exc, TermError):
                 self._log.info("%s: won the lock but not a term: %s", self.node_id, exc)
             else:
-                self._log.warning("%s: claiming a term failed: %r", self.node_id, exc)
+                self._log.warning("%s: taking a term failed: %r", self.node_id, exc)
             return None
         self.emitter.reachability.observe(state.answered)
         self._restore_clock(state)
         now = time.time_ns()
         knowledge = GridKnowledge(
-            redis_record=state.timelines,
+            redis_record=state.record,
             reserved_beat=state.beat,
             other_records=tuple(r for r in (durable_record, self.follower.record) if r),
             frames=tuple(f for f in (last_downbeat, self.hub.last_frame) if f),
@@ -412,13 +412,13 @@ class PulseNode:
                 phases=default_phases(self.settings.bar_length),
             ),
         )
-        if state.timelines is not None or knowledge.frames:
+        if state.record is not None or knowledge.frames:
             self.metrics.failovers.inc()
         # The first write under the new term fences out every older leader on a majority.
         self._state.term = term
         self.metrics.term.set(term)
         self.tempo.forget()
-        result = await self.store.write(term, timelines=record, hlc=self.clock.now())
+        result = await self.store.write(term, record=record, hlc=self.clock.now())
         if result.outcome is not WriteOutcome.OK:
             if result.outcome is WriteOutcome.FENCED:
                 self.metrics.fenced_writes.inc()
@@ -507,7 +507,7 @@ class PulseNode:
 
     async def set_tempo(
         self, tempo_bpm: float, *, request_id: str = "", ramp: bool = False
-    ) -> TempoChange:
+    ) -> ScheduledTempoChange:
         """Change the tempo at the next downbeat (±10 % a step; ``ramp`` steps bar by bar).
 
         Raises TempoError (a step or tempo not allowed), NotLeaderError (a follower; says who

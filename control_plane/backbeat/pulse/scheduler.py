@@ -72,7 +72,7 @@ def next_renewal_ns(
     Renewals sit half a beat before a beat: far from any deadline (nothing else runs on the
     loop near one), and so that a crashed leader's lock runs out half a beat before a grid
     beat. Its successor, which aims its attempt at that expiry, then has half a beat to
-    claim a term and emits that grid beat: the gap is at most TTL + 1 beat.
+    take a term and emits that grid beat: the gap is at most TTL + 1 beat.
 
     Picks the latest such midpoint that still leaves ``margin_ns`` of the lease for retries.
     When the lease does not reach the next midpoint (a beat longer than the TTL allows),

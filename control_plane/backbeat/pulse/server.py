@@ -39,7 +39,7 @@ from backbeat.errors import (
     TempoRequestError,
 )
 from backbeat.pulse.grpc_service import SERVICE_NAME, PulseServicer, add_pulse_service, apply_tempo
-from backbeat.pulse.node import PulseNode, Role, TempoChange
+from backbeat.pulse.node import PulseNode, Role, ScheduledTempoChange
 from backbeat.pulse.settings import PulseSettings
 from backbeat.pulse.state import timeline_to_json
 from backbeat.pulse.tempo_limit import DEFAULT_CHANGES_PER_MINUTE, TempoRateLimiter
@@ -78,7 +78,7 @@ def timeline_json(timeline: Timeline | None) -> dict[str, Any] | None:
     return out
 
 
-def change_json(change: TempoChange) -> dict[str, Any]:
+def change_json(change: ScheduledTempoChange) -> dict[str, Any]:
     return {
         "effective_beat": change.effective_beat,
         "effective_time": _rfc3339(change.effective_time_ns),

@@ -127,7 +127,7 @@ class PulseState:
     the highest beat reserved and the highest HLC stamp issued."""
 
     term: int = 0
-    timelines: TimelineRecord | None = None
+    record: TimelineRecord | None = None
     beat: int = -1
     hlc: HLCTimestamp | None = None
     #: How many masters contributed (answered).
@@ -164,7 +164,7 @@ class PulseState:
                 hlc = stamp if hlc is None or stamp > hlc else hlc
         return PulseState(
             term=term,
-            timelines=best,
+            record=best,
             beat=beat,
             hlc=hlc,
             answered=answered,

@@ -31,7 +31,7 @@ MARGIN_NS = 50_000_000
 
 
 @dataclass(frozen=True, slots=True)
-class TempoChange:
+class ScheduledTempoChange:
     """An accepted tempo change."""
 
     timeline: Timeline
@@ -59,20 +59,22 @@ class TempoControl:
         self._announce = announce
         self._commit_lead_ns = commit_lead_ns
         self._lock = asyncio.Lock()
-        self._results: OrderedDict[str, TempoChange] = OrderedDict()
+        self._results: OrderedDict[str, ScheduledTempoChange] = OrderedDict()
 
     def knows(self, request_id: str) -> bool:
         """Whether ``request_id`` names a change this leader already accepted (a replay)."""
         return bool(request_id) and request_id in self._results
 
-    def replay(self, request_id: str) -> TempoChange | None:
+    def replay(self, request_id: str) -> ScheduledTempoChange | None:
         return self._results.get(request_id) if request_id else None
 
     def forget(self) -> None:
         """A new term: request ids of an earlier leadership mean nothing now."""
         self._results.clear()
 
-    async def set_tempo(self, tempo_bpm: float, *, request_id: str, ramp: bool) -> TempoChange:
+    async def set_tempo(
+        self, tempo_bpm: float, *, request_id: str, ramp: bool
+    ) -> ScheduledTempoChange:
         """Store a change for the next free downbeat. Raises TempoError, FencedError,
         TempoOutcomeUnknownError or TempoConflictError; nothing changes unless it returns."""
         async with self._lock:
@@ -89,7 +91,9 @@ class TempoControl:
             "being stored; try again"
         )
 
-    async def _try(self, tempo_bpm: float, ramp: bool, *, margin_ns: int) -> TempoChange | None:
+    async def _try(
+        self, tempo_bpm: float, ramp: bool, *, margin_ns: int
+    ) -> ScheduledTempoChange | None:
         state = self._state
         record = state.record
         assert record is not None
@@ -116,7 +120,7 @@ class TempoControl:
         revision = max(record.revision, state.revision_floor) + 1
         pending = replace(current.with_tempo(step, effective, term=state.term), revision=revision)
         updated = TimelineRecord(current, pending, tempo_bpm if remaining else None, state.term)
-        result = await self._store.write(state.term, timelines=updated)
+        result = await self._store.write(state.term, record=updated)
         if result.outcome is WriteOutcome.FENCED:
             self._metrics.fenced_writes.inc()
             raise FencedError(state.term, result.newer_term)
@@ -130,4 +134,6 @@ class TempoControl:
         # Announce the change now, not only when it takes effect: a follower whose switching
         # downbeat frame is late or lost still fires that beat on time with the new tempo.
         await self._announce(updated)
-        return TempoChange(pending, effective, pending.anchor_time_ns, tempo_bpm, remaining)
+        return ScheduledTempoChange(
+            pending, effective, pending.anchor_time_ns, tempo_bpm, remaining
+        )

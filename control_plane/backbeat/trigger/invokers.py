@@ -17,7 +17,13 @@ from redis.asyncio import Redis
 
 from backbeat.core.ed25519 import PrivateKeyringProvider
 from backbeat.errors import InvokeError
-from reverb_rollup import CLOUDEVENT_TYPE, InProcessRollup, Outcome, RollupEvent, RollupSettings
+from reverb_rollup import (
+    CLOUDEVENT_TYPE,
+    InProcessRollup,
+    RollupEvent,
+    RollupOutcome,
+    RollupSettings,
+)
 from reverb_rollup.invocation_auth import SIGNATURE_HEADER, sign_invocation
 
 #: The current invocation key (the ``rollup_invoke_key`` secret, rotated without a restart).
@@ -67,7 +73,7 @@ class InProcessInvoker:
             result = await self._fn.invoke(event)
         except Exception as exc:  # any failure is retried by the trigger
             raise InvokeError(f"{type(exc).__name__}: {exc}") from exc
-        return result.outcome is Outcome.PUBLISHED
+        return result.outcome is RollupOutcome.PUBLISHED
 
     async def close(self) -> None:
         await self._fn.close()
