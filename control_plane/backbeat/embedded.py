@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 from urllib.parse import quote
 
 from backbeat.errors import ServerError as ServerError  # noqa: PLC0414 (re-exported)
@@ -266,8 +267,11 @@ class RedisServer(ServerProcess):
         persistent: bool = False,
         appendfsync: str = "always",
         password: str | None = None,
+        cluster_node_timeout_ms: int | None = None,
     ) -> None:
         super().__init__(port, data_dir)
+        #: Set: the server runs in cluster mode (``RedisClusterServers`` joins it).
+        self.cluster_node_timeout_ms = cluster_node_timeout_ms
         if appendfsync not in {"always", "everysec", "no"}:
             raise ValueError(f"appendfsync must be always, everysec or no, not {appendfsync!r}")
         self.persistent = persistent
@@ -291,6 +295,14 @@ class RedisServer(ServerProcess):
             args += ["--appendonly", "no"]
         if self.password:
             args += ["--requirepass", self.password]
+        if self.cluster_node_timeout_ms is not None:
+            args += [
+                "--cluster-enabled", "yes",
+                "--cluster-config-file", f"nodes-{self.port}.conf",
+                "--cluster-node-timeout", str(self.cluster_node_timeout_ms),
+                # A replica takes over however long its link was down (the tests kill masters).
+                "--cluster-replica-validity-factor", "0",
+            ]  # fmt: skip
         return args
 
     def _ready(self) -> bool:
@@ -385,6 +397,113 @@ class NatsServer(ServerProcess):
     def bare_url(self) -> str:
         """The URL without credentials."""
         return f"nats://127.0.0.1:{self.port}"
+
+
+class RedisClusterServers:
+    """A Redis Cluster of ``masters`` masters with ``replicas`` replicas each, on free ports.
+
+    The nodes are joined without ``redis-cli`` (Valkey's package ships none): ``CLUSTER MEET``
+    from the first node, ``CLUSTER ADDSLOTSRANGE`` giving each master an equal slot range
+    (``keys.slot_bands``), ``CLUSTER REPLICATE`` for the replicas; ``start`` returns once every
+    node answers ``cluster_state:ok`` and every replica's link to its master is up. A killed
+    master's replica takes over after about two ``node_timeout_ms``.
+    """
+
+    def __init__(self, masters: int = 3, replicas: int = 1, *, node_timeout_ms: int = 1000) -> None:
+        if masters < 1 or replicas < 0:
+            raise ValueError("a cluster needs at least one master")
+        self.masters_count = masters
+        self.servers = [
+            RedisServer(cluster_node_timeout_ms=node_timeout_ms)
+            for _ in range(masters * (1 + replicas))
+        ]
+
+    @property
+    def url(self) -> str:
+        """``redis+cluster://`` with every node as a seed (see ``backbeat.service.redis``)."""
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{s.port}" for s in self.servers)
+
+    def start(self, timeout: float = 60.0) -> None:
+        import redis as redis_sync
+
+        from backbeat.core.keys import slot_bands
+
+        for server in self.servers:
+            server.start()
+        clients: list[Any] = [
+            redis_sync.Redis(port=s.port, socket_timeout=5.0) for s in self.servers
+        ]
+        try:
+            ids = [str(c.execute_command("CLUSTER", "MYID"), "ascii") for c in clients]
+            for server in self.servers[1:]:
+                clients[0].execute_command("CLUSTER", "MEET", "127.0.0.1", server.port)
+            for k, (first, last) in enumerate(slot_bands(self.masters_count)):
+                clients[k].execute_command("CLUSTER", "ADDSLOTSRANGE", first, last)
+            deadline = time.monotonic() + timeout
+            self._until(deadline, lambda: all(self._knows(c, ids) for c in clients), "meet")
+            for k in range(self.masters_count, len(self.servers)):
+                master = ids[k % self.masters_count]
+                clients[k].execute_command("CLUSTER", "REPLICATE", master)
+            self._until(deadline, lambda: all(self._healthy(c) for c in clients), "state ok")
+        finally:
+            for c in clients:
+                c.close()
+
+    @staticmethod
+    def _until(deadline: float, done: Callable[[], bool], what: str) -> None:
+        while time.monotonic() < deadline:
+            with contextlib.suppress(Exception):
+                if done():
+                    return
+            time.sleep(0.05)
+        raise ServerError(f"redis cluster not formed ({what})")
+
+    @staticmethod
+    def _knows(client: Any, ids: Sequence[str]) -> bool:
+        nodes = str(client.execute_command("CLUSTER", "NODES"), "utf-8")
+        return all(i in nodes for i in ids) and "handshake" not in nodes
+
+    @staticmethod
+    def _healthy(client: Any) -> bool:
+        info = str(client.execute_command("CLUSTER", "INFO"), "utf-8")
+        if "cluster_state:ok" not in info:
+            return False
+        role = client.execute_command("ROLE")
+        return bool(role[0] != b"slave" or role[3] == b"connected")
+
+    def master_of(self, port: int) -> bool:
+        """Whether the node on ``port`` is a master now."""
+        import redis as redis_sync
+
+        client: Any = redis_sync.Redis(port=port, socket_timeout=2.0)
+        with client:
+            return bool(client.execute_command("ROLE")[0] == b"master")
+
+    def wait_healthy(self, timeout: float = 30.0) -> None:
+        """Until every running node answers ``cluster_state:ok`` and its replica link is up."""
+        import redis as redis_sync
+
+        deadline = time.monotonic() + timeout
+        running = [s for s in self.servers if s.running]
+        clients: list[Any] = [redis_sync.Redis(port=s.port, socket_timeout=2.0) for s in running]
+        try:
+            self._until(deadline, lambda: all(self._healthy(c) for c in clients), "state ok")
+        finally:
+            for c in clients:
+                c.close()
+
+    def close(self) -> None:
+        for server in self.servers:
+            server.close()
+
+    def __enter__(self) -> RedisClusterServers:
+        self.start()
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
 
 
 @contextlib.contextmanager

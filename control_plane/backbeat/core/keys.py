@@ -1,11 +1,85 @@
-"""Redis key names. Every key of a cluster shares one hash tag, so scripts never CROSSSLOT."""
+"""Redis key names. Every key of a cluster shares one hash tag, so scripts never CROSSSLOT.
+
+The claims buffer may be split over several partitions (``claim_partitions``), each with a
+hash tag of its own (one slot each on Redis Cluster). Partition 0 is the cluster's own tag,
+so one partition is exactly the unpartitioned layout; the per-window and ingest keys below
+take a partition's prefix (``partition_prefixes``) in place of ``cluster_prefix``.
+"""
 
 from __future__ import annotations
+
+import binascii
+import functools
+import zlib
+from typing import Final
+
+#: Hash slots of a Redis Cluster.
+HASH_SLOTS: Final = 16384
 
 
 def cluster_prefix(cluster_id: str) -> str:
     """``backbeat:{<cluster>}``: the hash tag shared by every key of the cluster."""
     return f"backbeat:{{{cluster_id}}}"
+
+
+def hash_slot(key: str) -> int:
+    """The Redis Cluster hash slot of ``key``: CRC16 (XMODEM) of its hash tag, mod 16384."""
+    raw = key.encode()
+    start = raw.find(b"{")
+    if start >= 0:
+        end = raw.find(b"}", start + 1)
+        if end > start + 1:
+            raw = raw[start + 1 : end]
+    return binascii.crc_hqx(raw, 0) % HASH_SLOTS
+
+
+def slot_bands(count: int) -> list[tuple[int, int]]:
+    """``count`` equal ranges of hash slots (first, last), as a Redis Cluster whose ``count``
+    masters own equal shares assigns them (the test and ``backbeat up`` clusters do)."""
+    return [(k * HASH_SLOTS // count, (k + 1) * HASH_SLOTS // count - 1) for k in range(count)]
+
+
+def _band(slot: int, count: int) -> int:
+    return next(k for k, (_, last) in enumerate(slot_bands(count)) if slot <= last)
+
+
+@functools.cache
+def partition_tags(cluster_id: str, partitions: int) -> tuple[str, ...]:
+    """The hash tags of the claims partitions, partition 0 first.
+
+    Partition 0 is the cluster's own tag (``<cluster>``), so one partition is the layout
+    without partitions. Partition ``p >= 1`` is ``<cluster>:<n>``, ``n`` the smallest number
+    (above the previous partition's) whose slot falls in a band of ``slot_bands(partitions)``
+    no earlier partition holds: the partitions' slots lie one per band, so a cluster whose
+    masters own equal slot ranges holds one partition per master when ``partitions`` equals
+    the masters (and the same number on each when it is a multiple).
+    """
+    if partitions < 1:
+        raise ValueError("partitions must be at least 1")
+    tags = [cluster_id]
+    taken = {_band(hash_slot(f"{{{cluster_id}}}"), partitions)}
+    n = 0
+    while len(tags) < partitions:
+        n += 1
+        tag = f"{cluster_id}:{n}"
+        band = _band(hash_slot(f"{{{tag}}}"), partitions)
+        if band not in taken:
+            taken.add(band)
+            tags.append(tag)
+    return tuple(tags)
+
+
+def partition_prefixes(cluster_id: str, partitions: int) -> tuple[str, ...]:
+    """``backbeat:{<tag>}`` of each claims partition (``partition_tags``), partition 0 first:
+    the prefix the per-window keys, window indexes, late and dead-letter streams, ingest
+    counters and batch records of that partition are built from."""
+    return tuple(f"backbeat:{{{tag}}}" for tag in partition_tags(cluster_id, partitions))
+
+
+def claim_partition(task_id: str, partitions: int) -> int:
+    """The partition of a claim: CRC32 of its ``task_id`` mod ``partitions``. A task's claims
+    (so a claim's duplicates and a task's help promise) all live in one partition."""
+    return zlib.crc32(task_id.encode()) % partitions if partitions > 1 else 0
 
 
 # -- pulse (fenced state) ------------------------------------------------------------------
