@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 import pytest
 from hypothesis import HealthCheck, settings
 
-from backbeat.embedded import NatsServer, RedisServer
+from backbeat.embedded import NatsServer, RedisClusterServers, RedisServer
 from backbeat.service.nats_permissions import ANY_CLUSTER, NatsRole, NatsUser, role_users
 
 # A test that runs into its timeout first prints every thread's and every asyncio task's stack.
@@ -37,6 +37,33 @@ def redis_servers() -> Iterator[list[RedisServer]]:
     finally:
         for server in servers:
             server.close()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisClusterServers]:
+    """A Redis Cluster: three masters with one replica each (``url`` is ``redis+cluster://``)."""
+    cluster = RedisClusterServers(masters=3, replicas=1)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.close()
+
+
+@pytest.fixture
+def redis_cluster_factory() -> Iterator[Callable[..., RedisClusterServers]]:
+    """Start private Redis Clusters (e.g. to kill a master); all are stopped after the test."""
+    started: list[RedisClusterServers] = []
+
+    def start(**kwargs: object) -> RedisClusterServers:
+        cluster = RedisClusterServers(**kwargs)  # type: ignore[arg-type]
+        started.append(cluster)
+        cluster.start()
+        return cluster
+
+    yield start
+    for cluster in started:
+        cluster.close()
 
 
 @pytest.fixture(scope="session")

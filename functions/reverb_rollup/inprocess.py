@@ -19,12 +19,17 @@ from reverb_rollup.rotations import RotationLog
 from reverb_rollup.source import WindowSource
 
 
-def default_source(redis: Redis, cluster_id: str) -> WindowSource:
-    """The reverb ingest's window store (the only reader of the claims in Redis)."""
+def default_source(
+    redis: Redis, cluster_id: str, *, claim_partitions: int = 1, wait_replicas: int = 0
+) -> WindowSource:
+    """The reverb ingest's window store (the only reader of the claims in Redis), over the
+    ``claim_partitions`` the ingest writes (read concurrently); with ``wait_replicas`` a seal
+    counts only once that many replicas confirmed it."""
     import importlib
 
     module = importlib.import_module("backbeat.reverb.store")
-    store: WindowSource = module.WindowStore(redis, cluster_id)
+    settings = module.StoreSettings(claim_partitions=claim_partitions, wait_replicas=wait_replicas)
+    store: WindowSource = module.WindowStore(redis, cluster_id, settings)
     return store
 
 
@@ -39,12 +44,20 @@ def build_rollup(
     runtime: str = "inprocess",
     report_keys: PrivateKeyringProvider | None = None,
     stream_replicas: int = 1,
+    claim_partitions: int = 1,
+    wait_replicas: int = 0,
 ) -> Rollup:
     """The rollup of ``cluster_id``. With ``report_keys`` its reports are signed, and a report
     found on a window's subject that the function did not sign is replaced, never adopted."""
     return Rollup(
         cluster_id=cluster_id,
-        source=source if source is not None else default_source(redis, cluster_id),
+        source=(
+            source
+            if source is not None
+            else default_source(
+                redis, cluster_id, claim_partitions=claim_partitions, wait_replicas=wait_replicas
+            )
+        ),
         records=RollupRecords(redis, cluster_id),
         publisher=BarPublisher(
             nats_client.jetstream(),
@@ -86,6 +99,8 @@ class InProcessRollup:
         hooks: RollupHooks | None = None,
         report_keys: PrivateKeyringProvider | None = None,
         stream_replicas: int = 1,
+        claim_partitions: int = 1,
+        wait_replicas: int = 0,
     ) -> None:
         self._rollup = build_rollup(
             cluster_id,
@@ -96,6 +111,8 @@ class InProcessRollup:
             hooks=hooks,
             report_keys=report_keys,
             stream_replicas=stream_replicas,
+            claim_partitions=claim_partitions,
+            wait_replicas=wait_replicas,
         )
         self._started = False
 

@@ -21,11 +21,10 @@ from collections.abc import Coroutine, Mapping
 from dataclasses import replace
 from typing import Any, TypeVar
 
-from redis.asyncio import Redis
-
 from backbeat.secrets import ComponentSecrets, RotatingSecret, SecretName
 from backbeat.service.logs import configure_logging
 from backbeat.service.nats_connect import connect_nats
+from backbeat.service.redis_connect import redis_client
 from backbeat.service.tracing import configure_tracing, force_flush
 from reverb_rollup.event import RollupEvent
 from reverb_rollup.handler import Rollup, RollupSettings, refuse_open_window
@@ -109,7 +108,7 @@ class ProcessRuntime:
                 assert secrets is not None
                 redis_url, nats_url = secrets.redis_url(s.redis_url), secrets.nats_url(s.nats_url)
                 # Every command bounded: an invocation never waits on Redis for ever.
-                redis = Redis.from_url(
+                redis = redis_client(
                     redis_url,
                     socket_timeout=REDIS_TIMEOUT_S,
                     socket_connect_timeout=REDIS_TIMEOUT_S,
@@ -129,6 +128,8 @@ class ProcessRuntime:
                     nats_client=nc,
                     settings=RollupSettings(lease_ms=s.lease_ms),
                     stream_replicas=s.stream_replicas,
+                    claim_partitions=s.claim_partitions,
+                    wait_replicas=s.wait_replicas,
                     report_keys=(
                         self._secrets.private_keys(SecretName.REPORT_SIGNING_KEYS)
                         if self._secrets is not None

@@ -17,7 +17,7 @@ from backbeat.core import keys
 from backbeat.core.messages import BarReport
 from backbeat.core.timeline import window_id as compute_window_id
 from backbeat.errors import BackbeatError
-from backbeat.reverb.store import WindowStore
+from backbeat.reverb.store import StoreSettings, WindowStore
 from reverb_rollup.handler import report_from
 from reverb_rollup.record import RecordState, RollupRecords
 
@@ -37,8 +37,11 @@ class Replay:
         return self.published == self.recomputed
 
 
-async def replay_window(redis: Any, cluster_id: str, window_id: str) -> Replay:
-    """Recompute ``window_id``'s report from its stored claims (see the module docstring)."""
+async def replay_window(
+    redis: Any, cluster_id: str, window_id: str, *, claim_partitions: int = 1
+) -> Replay:
+    """Recompute ``window_id``'s report from its stored claims (see the module docstring),
+    read from the ``claim_partitions`` the ingest wrote."""
     records = RollupRecords(redis, cluster_id)
     view = await records.state(window_id)
     if view is None or view.state not in (RecordState.COMPUTED, RecordState.PUBLISHED):
@@ -55,7 +58,7 @@ async def replay_window(redis: Any, cluster_id: str, window_id: str) -> Replay:
     agents = await records.agent_ids(previous) if inputs.previous_agents_known else None
     if promises is None or (inputs.previous_agents_known and agents is None):
         raise ReplayError(f"window {window_id}: the previous window's figures have expired")
-    store = WindowStore(redis, cluster_id)
+    store = WindowStore(redis, cluster_id, StoreSettings(claim_partitions=claim_partitions))
     aggregate = await store.read_sealed(
         window_id, published.from_beat, published.to_beat, open_promises=promises
     )

@@ -34,6 +34,10 @@ class FunctionSettings:
     lease_ms: int = 400
     #: ``BACKBEAT_STREAM_REPLICAS``: replicas of the bar stream when the function creates it.
     stream_replicas: int = 1
+    #: ``BACKBEAT_CLAIM_PARTITIONS``: partitions of the claims, as the ingest writes them.
+    claim_partitions: int = 1
+    #: ``BACKBEAT_REDIS_WAIT_REPLICAS``: replicas that must confirm a seal (``WAIT``).
+    wait_replicas: int = 0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> FunctionSettings:
@@ -49,6 +53,8 @@ class FunctionSettings:
             log_level=_LEVELS.get(env.get("LOG_LEVEL", "info").lower(), "info"),
             lease_ms=int(env.get("BACKBEAT_ROLLUP_LEASE_MS", "400")),
             stream_replicas=streams.replicas_from_env(dict(env)),
+            claim_partitions=int(env.get("BACKBEAT_CLAIM_PARTITIONS", "1")),
+            wait_replicas=int(env.get("BACKBEAT_REDIS_WAIT_REPLICAS", "0")),
         )
 
     def masked(self) -> dict[str, object]:

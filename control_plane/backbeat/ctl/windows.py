@@ -12,7 +12,6 @@ import os
 from collections.abc import Sequence
 
 import grpc
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from backbeat.ctl._common import (
@@ -24,6 +23,7 @@ from backbeat.ctl._common import (
     to_dict,
 )
 from backbeat.errors import PrefixError
+from backbeat.service.redis_connect import redis_client
 from backbeat.v1 import reverb_service_pb2 as reverb_pb
 from backbeat.v1 import reverb_service_pb2_grpc as reverb_grpc
 from reverb_rollup.replay import ReplayError, replay_window
@@ -47,7 +47,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--redis",
         default=os.environ.get("BACKBEAT_REDIS_URL", "redis://127.0.0.1:6379/0"),
-        help="Redis URL of the claims store, for --recompute (env BACKBEAT_REDIS_URL)",
+        help="Redis URL of the claims store, for --recompute (env BACKBEAT_REDIS_URL; "
+        "redis+cluster://host:port,... for a Redis Cluster)",
+    )
+    parser.add_argument(
+        "--claim-partitions",
+        type=int,
+        default=int(os.environ.get("BACKBEAT_CLAIM_PARTITIONS", "1")),
+        help="partitions of the claims, as the ingest writes them, for --recompute "
+        "(env BACKBEAT_CLAIM_PARTITIONS)",
     )
     add_reverb_address(parser)
     add_output(parser)
@@ -135,9 +143,15 @@ async def _windows(args: argparse.Namespace) -> int:
 async def recompute(args: argparse.Namespace, window_id: str, cluster_id: str) -> int:
     """``--recompute``: 0 when the recomputed report equals the published one, 1 when it
     differs, 2 when the window cannot be replayed."""
-    redis = Redis.from_url(args.redis, socket_timeout=args.timeout)
+    redis = redis_client(args.redis, socket_timeout=args.timeout)
     try:
-        replay = await replay_window(redis, cluster_id, window_id) if cluster_id else None
+        replay = (
+            await replay_window(
+                redis, cluster_id, window_id, claim_partitions=args.claim_partitions
+            )
+            if cluster_id
+            else None
+        )
     except ReplayError as exc:
         replay, problem = None, str(exc)
     except (RedisError, OSError) as exc:

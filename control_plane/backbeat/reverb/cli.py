@@ -54,7 +54,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=defaults.retention_seconds,
         help="seconds a reported window's claims are kept",
     )
+    add_claims_store_arguments(parser)
     add_security_arguments(parser)
+
+
+def add_claims_store_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--claim-partitions`` and ``--redis-wait-replicas``: how the claims lie in Redis (the
+    ingest, the trigger and the operator tools must agree on the partitions)."""
+    parser.add_argument(
+        "--claim-partitions",
+        type=int,
+        default=int(os.environ.get("BACKBEAT_CLAIM_PARTITIONS", "1")),
+        help="partitions of the claims, each its own Redis Cluster hash slot (default 1; "
+        "env BACKBEAT_CLAIM_PARTITIONS); every component of the cluster must use the same",
+    )
+    parser.add_argument(
+        "--redis-wait-replicas",
+        type=int,
+        default=int(os.environ.get("BACKBEAT_REDIS_WAIT_REPLICAS", "0")),
+        help="replicas that must confirm a claims batch or a seal (WAIT) before it is "
+        "acknowledged (default 0; env BACKBEAT_REDIS_WAIT_REPLICAS)",
+    )
 
 
 def add_security_arguments(parser: argparse.ArgumentParser) -> None:
@@ -92,6 +112,8 @@ def settings_from_args(args: argparse.Namespace) -> ReverbSettings:
         admin_port=args.admin_port,
         buffer_capacity=args.buffer_capacity,
         retention_seconds=args.retention,
+        claim_partitions=args.claim_partitions,
+        redis_wait_replicas=args.redis_wait_replicas,
         log_level=args.log_level,
         nats_connect_timeout_s=check_connect_timeout(args.connect_timeout_s),
         stream_replicas=args.stream_replicas,

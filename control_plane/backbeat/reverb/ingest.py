@@ -63,6 +63,7 @@ from backbeat.reverb.timeline_follower import TimelineFollower
 from backbeat.service.lifecycle import stop_task
 from backbeat.service.logs import get_logger
 from backbeat.service.nats_connect import DEFAULT_CONNECT_TIMEOUT_S, connect_nats
+from backbeat.service.redis_connect import redis_client
 from backbeat.service.slo import ROLLUP
 from backbeat.service.tracing import extract_context, tracer
 
@@ -217,7 +218,8 @@ class ClaimIngest:
         self.metrics = metrics or ReverbMetrics()
         #: Verifies claim signatures (plugged in by the security layer); None accepts all.
         self.check_signature = check_signature
-        self.redis: aioredis.Redis = aioredis.from_url(
+        #: One Redis, or a Redis Cluster for a ``redis+cluster://`` URL.
+        self.redis: aioredis.Redis = redis_client(
             settings.redis_url, socket_timeout=5.0, socket_connect_timeout=2.0
         )
         self.store = WindowStore(self.redis, settings.cluster_id, settings.store)

@@ -49,6 +49,10 @@ class ReverbSettings:
     buffer_capacity: int = 50_000
     max_batch: int = 1000
     retention_seconds: float = 3600.0
+    #: Partitions of the claims (``StoreSettings.claim_partitions``); the same everywhere.
+    claim_partitions: int = 1
+    #: Replicas that must confirm a batch before its claims are acknowledged (``WAIT``).
+    redis_wait_replicas: int = 0
     limits: ClaimLimits = DEFAULT_LIMITS
     log_level: str = "info"
     #: How long start() waits for the first NATS connection (0: for ever).
@@ -67,7 +71,11 @@ class ReverbSettings:
             limits=self.limits,
             buffer_capacity=self.buffer_capacity,
             max_batch=self.max_batch,
-            store=StoreSettings(retention_seconds=self.retention_seconds),
+            store=StoreSettings(
+                retention_seconds=self.retention_seconds,
+                claim_partitions=self.claim_partitions,
+                wait_replicas=self.redis_wait_replicas,
+            ),
             nats_connect_timeout_s=self.nats_connect_timeout_s,
         )
 

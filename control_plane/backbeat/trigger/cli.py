@@ -13,6 +13,7 @@ from aiohttp import web
 from backbeat.core.subjects import check_cluster_id
 from backbeat.errors import NatsUnreachable
 from backbeat.ports import TRIGGER_ADMIN_PORT
+from backbeat.reverb.cli import add_claims_store_arguments
 from backbeat.secrets import (
     RotatingSecret,
     SecretError,
@@ -107,6 +108,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--lease-ms", type=int, default=d.lease_ms, help="lease of an in-process rollup attempt"
     )
+    add_claims_store_arguments(parser)
     add_tls_arguments(parser)
     add_frame_check_arguments(parser)
 
@@ -129,6 +131,8 @@ def settings_from(args: argparse.Namespace) -> TriggerSettings:
         nats_connect_timeout_s=check_connect_timeout(args.connect_timeout_s),
         require_signed_frames=require_signed_frames(args),
         stream_replicas=args.stream_replicas,
+        claim_partitions=args.claim_partitions,
+        redis_wait_replicas=args.redis_wait_replicas,
     )
 
 

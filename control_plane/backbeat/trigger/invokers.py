@@ -58,6 +58,8 @@ class InProcessInvoker:
         settings: RollupSettings | None = None,
         report_keys: PrivateKeyringProvider | None = None,
         stream_replicas: int = 1,
+        claim_partitions: int = 1,
+        wait_replicas: int = 0,
     ) -> None:
         self._fn = InProcessRollup(
             cluster_id,
@@ -66,6 +68,8 @@ class InProcessInvoker:
             settings=settings,
             report_keys=report_keys,
             stream_replicas=stream_replicas,
+            claim_partitions=claim_partitions,
+            wait_replicas=wait_replicas,
         )
 
     async def invoke(self, event: RollupEvent) -> bool:

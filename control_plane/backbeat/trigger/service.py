@@ -39,7 +39,7 @@ from backbeat.core.messages import BeatFrame, CodecError, load_object
 from backbeat.core.timeline import NS_PER_MIN
 from backbeat.core.watermark import lagging
 from backbeat.errors import InvokeError
-from backbeat.reverb.store import WindowStore
+from backbeat.reverb.store import StoreSettings, WindowStore
 from backbeat.service import streams
 from backbeat.service.frame_checks import register_frame_guard
 from backbeat.service.lifecycle import stop_task
@@ -50,6 +50,7 @@ from backbeat.service.nats_connect import (
     connect_nats,
     fetch,
 )
+from backbeat.service.redis_connect import redis_client
 from backbeat.service.slo import ROLLUP, SloTracker
 from backbeat.service.tracing import extract_context, inject_headers, tracer
 from backbeat.trigger.invokers import InProcessInvoker, Invoker
@@ -111,6 +112,10 @@ class TriggerSettings:
     require_signed_frames: bool = False
     #: JetStream servers keeping the downbeat and bar streams when the trigger creates them.
     stream_replicas: int = field(default_factory=streams.replicas_from_env)
+    #: Partitions of the claims (``StoreSettings.claim_partitions``), as the ingest writes them.
+    claim_partitions: int = 1
+    #: Replicas that must confirm a seal (``WAIT``) before the window is read.
+    redis_wait_replicas: int = 0
 
     def __post_init__(self) -> None:
         streams.check_replicas(self.stream_replicas)
@@ -287,7 +292,7 @@ class ReverbTrigger:
                 name=f"reverb-trigger-{s.cluster_id}",
             )
         if self._redis is None:
-            self._redis = Redis.from_url(
+            self._redis = redis_client(
                 s.redis_url,
                 socket_timeout=s.redis_timeout_s,
                 socket_connect_timeout=s.redis_timeout_s,
@@ -298,7 +303,11 @@ class ReverbTrigger:
             js, streams.downbeat_stream_config(s.cluster_id, replicas=replicas)
         )
         await streams.ensure_stream(js, streams.bar_stream_config(s.cluster_id, replicas=replicas))
-        self._store = WindowStore(self._redis, s.cluster_id)
+        self._store = WindowStore(
+            self._redis,
+            s.cluster_id,
+            StoreSettings(claim_partitions=s.claim_partitions, wait_replicas=s.redis_wait_replicas),
+        )
         self._records = RollupRecords(self._redis, s.cluster_id)
         if self._invoker is None:
             self._invoker = InProcessInvoker(
@@ -308,6 +317,8 @@ class ReverbTrigger:
                 settings=RollupSettings(lease_ms=s.lease_ms),
                 report_keys=self._report_keys,
                 stream_replicas=s.stream_replicas,
+                claim_partitions=s.claim_partitions,
+                wait_replicas=s.redis_wait_replicas,
             )
         sub = await js.pull_subscribe(
             subjects.downbeat(s.cluster_id),
