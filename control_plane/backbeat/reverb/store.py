@@ -29,6 +29,7 @@ from backbeat.core.messages import BarReport, CodecError, StatusClaim
 from backbeat.core.timeline import Timeline
 from backbeat.core.watermark import Watermark
 from backbeat.core.window import BeatStats, UnreportedWindow, WindowAggregate
+from backbeat.errors import BackbeatError
 from backbeat.reverb import _lua
 
 #: How many windows, starting at the current beat's, may take late claims and rejects.
@@ -332,7 +333,7 @@ class AppendBatch:
 _ENCODE: Final = json.JSONEncoder(separators=(",", ":"), check_circular=False).encode
 
 
-class NotReplicatedError(redis_errors.RedisError):
+class NotReplicatedError(BackbeatError, redis_errors.RedisError):
     """``WAIT`` did not confirm a write on ``StoreSettings.wait_replicas`` replicas in time:
     the write is not acknowledged, and is retried (idempotently) until it is."""
 
