@@ -18,7 +18,7 @@ from backbeat.core.timeline import Timeline
 from backbeat.embedded import NatsServer, RedisClusterServers, RedisServer
 from backbeat.reverb.store import StoreSettings, WindowStore
 from backbeat.service.redis_connect import cluster_seeds, is_cluster_url, redis_client
-from reverb_rollup import InProcessRollup, Outcome, RollupEvent
+from reverb_rollup import InProcessRollup, RollupEvent, RollupOutcome
 from reverb_rollup.replay import replay_window
 from tests.reverb.claim_samples import make_claim
 from tests.reverb.ingest_harness import BAR, ingest_for
@@ -235,8 +235,8 @@ async def test_ingest_and_rollup_on_a_redis_cluster(
             event = RollupEvent.for_window(cluster_id, 1232, 1235)
             first = await fn.invoke(event)
             again = await fn.invoke(event)
-        assert first.outcome is Outcome.PUBLISHED
-        assert again.outcome is Outcome.ALREADY_PUBLISHED
+        assert first.outcome is RollupOutcome.PUBLISHED
+        assert again.outcome is RollupOutcome.ALREADY_PUBLISHED
         assert again.report == first.report
         report = BarReport.decode(first.report)
         assert (report.accepted_claims, report.duplicate_claims, report.agents_reporting) == (
