@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import math
+from datetime import timedelta
 
 import pytest
 from hypothesis import given
@@ -13,6 +14,7 @@ from backbeat.core.timeline import (
     Timeline,
     allowed_step,
     check_tempo_step,
+    nanoseconds,
     ramp_steps,
     window_id,
 )
@@ -145,3 +147,8 @@ def test_a_ramp_step_reads_as_people_write_it() -> None:
     assert ramp_steps(126, 150) == [138.6, 150]
     assert repr(ramp_steps(126, 150)[0]) == "138.6"
     assert ramp_steps(150, 100) == [135.0, 121.5, 109.35, 100]
+
+
+def test_durations_convert_to_whole_nanoseconds() -> None:
+    assert nanoseconds(timedelta(milliseconds=25)) == 25_000_000
+    assert nanoseconds(timedelta(seconds=1, microseconds=1)) == 1_000_001_000

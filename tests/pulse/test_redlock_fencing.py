@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
+from datetime import timedelta
 
 import pytest
 import redis.asyncio as aioredis
@@ -38,7 +39,7 @@ async def masters(redis_servers: list[RedisServer]) -> AsyncIterator[RedisMaster
 async def test_only_one_holder_and_validity_is_bounded(
     masters: RedisMasters, cluster_id: str
 ) -> None:
-    lock = Redlock(masters, keys.lock(cluster_id), ttl_ms=1000)
+    lock = Redlock(masters, keys.lock(cluster_id), ttl=timedelta(seconds=1))
     started = time.monotonic()
     lease = await lock.acquire(make_token("a", "127.0.0.1:1"))
     returned = time.monotonic()
@@ -59,7 +60,7 @@ async def test_only_one_holder_and_validity_is_bounded(
 async def test_a_refused_attempt_says_who_holds_the_lock_and_until_when(
     masters: RedisMasters, cluster_id: str
 ) -> None:
-    lock = Redlock(masters, keys.lock(cluster_id), ttl_ms=1000)
+    lock = Redlock(masters, keys.lock(cluster_id), ttl=timedelta(seconds=1))
     lease = await lock.acquire(make_token("a", "127.0.0.1:1"))
     assert lease is not None
     before = time.monotonic()
@@ -87,7 +88,7 @@ async def test_partial_acquisition_is_released_everywhere(
     # Two masters already hold someone else's key: our SET lands on one master only.
     for client in masters.clients[:2]:
         await client.set(resource, "other", px=5000)
-    lock = Redlock(masters, resource, ttl_ms=1000)
+    lock = Redlock(masters, resource, ttl=timedelta(seconds=1))
     assert await lock.acquire("mine") is None
     assert await masters.clients[2].get(resource) is None  # our partial key is gone
     assert await masters.clients[0].get(resource) == b"other"  # theirs untouched
@@ -101,7 +102,7 @@ async def test_lock_with_one_master_down_and_refused_with_two(
     servers = [redis_factory() for _ in range(3)]
     masters = RedisMasters([s.url for s in servers], timeout_s=0.3)
     try:
-        lock = Redlock(masters, keys.lock(cluster_id), ttl_ms=1000)
+        lock = Redlock(masters, keys.lock(cluster_id), ttl=timedelta(seconds=1))
         servers[0].stop()
         lease = await lock.acquire("a")
         assert lease is not None

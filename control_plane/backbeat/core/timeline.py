@@ -11,11 +11,19 @@ import hashlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from datetime import timedelta
 
 from backbeat.errors import TempoError
 
 NS_PER_S = 1_000_000_000
 NS_PER_MIN = 60 * NS_PER_S
+
+
+def nanoseconds(duration: timedelta) -> int:
+    """``duration`` in the timeline's unit, integer nanoseconds (exact: a timedelta counts
+    whole microseconds)."""
+    return duration // timedelta(microseconds=1) * 1000
+
 
 MIN_TEMPO_BPM = 20.0
 MAX_TEMPO_BPM = 300.0

@@ -9,6 +9,7 @@ import os
 import sys
 from collections.abc import Callable
 from dataclasses import replace
+from datetime import timedelta
 
 from redis.asyncio import Redis
 
@@ -58,7 +59,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--bar-length", type=int, default=defaults.bar_length, help="beats per bar of a new grid"
     )
     parser.add_argument(
-        "--lock-ttl-ms", type=int, default=defaults.lock_ttl_ms, help="Redlock TTL (ms)"
+        "--lock-ttl-ms",
+        type=int,
+        default=defaults.lock_ttl // timedelta(milliseconds=1),
+        help="Redlock TTL (ms)",
     )
     parser.add_argument(
         "--token",
@@ -105,7 +109,7 @@ def settings_from_args(args: argparse.Namespace) -> PulseSettings:
         admin_host=args.admin_host,
         tempo_bpm=args.tempo,
         bar_length=args.bar_length,
-        lock_ttl_ms=args.lock_ttl_ms,
+        lock_ttl=timedelta(milliseconds=args.lock_ttl_ms),
         token=args.token,
         environment=os.environ.get("BACKBEAT_ENV", "development"),
         log_level=args.log_level,

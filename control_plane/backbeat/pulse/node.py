@@ -31,7 +31,7 @@ import structlog
 from backbeat.core import keys
 from backbeat.core.frame_guard import FrameGuard
 from backbeat.core.hlc import HLCTimestamp, HybridLogicalClock, node_id_from_name
-from backbeat.core.timeline import Timeline, default_phases
+from backbeat.core.timeline import Timeline, default_phases, nanoseconds
 from backbeat.errors import (
     NoQuorumError,
     NotLeaderError,
@@ -119,8 +119,10 @@ class PulseNode:
         self.node_id = settings.node_id
         #: Every line names the cluster and the node (term/beat_index where they matter).
         self._log = log.bind(cluster=settings.cluster_id, node=settings.node_id)
-        self.masters = RedisMasters(settings.redis_urls, timeout_s=settings.redis_timeout_ms / 1e3)
-        self.lock = Redlock(self.masters, keys.lock(self.cluster_id), settings.lock_ttl_ms)
+        self.masters = RedisMasters(
+            settings.redis_urls, timeout_s=settings.redis_timeout.total_seconds()
+        )
+        self.lock = Redlock(self.masters, keys.lock(self.cluster_id), settings.lock_ttl)
         self.store = FencedStore(self.masters, self.cluster_id, settings.node_id)
         self.publisher = BeatPublisher(
             settings.nats_url,
@@ -142,9 +144,11 @@ class PulseNode:
         self._newest_term_heard = 0
         self._main: asyncio.Task[None] | None = None
         self._started = False
-        commit_lead_ns = int(settings.commit_lead_ms * 1e6)
+        # The durations in the units the node computes in, converted once.
+        self._lock_ttl_s = settings.lock_ttl.total_seconds()
+        self._commit_lead_ns = commit_lead_ns = nanoseconds(settings.commit_lead)
         self._lease = LeaseKeeper(
-            self.lock, settings.lock_ttl_s, lambda: self._state.record, self._log
+            self.lock, self._lock_ttl_s, lambda: self._state.record, self._log
         )
         self.follower = Follower(
             self.cluster_id,
@@ -173,7 +177,7 @@ class PulseNode:
             commit_lead_ns=commit_lead_ns,
             # A successor needs well under one lock TTL to take over; past this bound the
             # handing-over leader stops even if nobody did (a cluster of one).
-            handover_bound_s=3 * settings.lock_ttl_s,
+            handover_bound_s=3 * self._lock_ttl_s,
             log=self._log,
             signer=signer,
             headers=headers,
@@ -297,13 +301,13 @@ class PulseNode:
             if attempt.holder is not None:
                 self.leader_id, self.leader_address = parse_token(attempt.holder)
                 last_holder_check = time.monotonic()
-            elif time.monotonic() - last_holder_check > self.settings.lock_ttl_s / 2:
+            elif time.monotonic() - last_holder_check > self._lock_ttl_s / 2:
                 last_holder_check = time.monotonic()
                 await self._refresh_leader_info()
             await self._pause(self._retry_delay(attempt))
 
     def _retry_delay(self, busy: Busy) -> float:
-        ttl = self.settings.lock_ttl_s
+        ttl = self._lock_ttl_s
         if busy.free_at is None:
             # Redlock: retry after a random delay, so that competing replicas desynchronise.
             return random.uniform(ttl / 20, ttl / 7)
@@ -402,12 +406,12 @@ class PulseNode:
             knowledge,
             term=term,
             now_ns=now,
-            lead_ns=int(self.settings.commit_lead_ms * 1e6),
+            lead_ns=self._commit_lead_ns,
             fresh=Timeline(
                 cluster_id=self.cluster_id,
                 tempo_bpm=self.settings.tempo_bpm,
                 anchor_beat=0,
-                anchor_time_ns=now + max(100_000_000, 4 * int(self.settings.commit_lead_ms * 1e6)),
+                anchor_time_ns=now + max(100_000_000, 4 * self._commit_lead_ns),
                 bar_length=self.settings.bar_length,
                 phases=default_phases(self.settings.bar_length),
             ),
@@ -447,7 +451,7 @@ class PulseNode:
         if frame is None or frame.scheduled_ns is None or self.follower.record is None:
             return False
         # (abs: a frame "from the future" means this replica's clock is off: look everywhere)
-        return abs(time.time_ns() - frame.scheduled_ns) < 4 * self.settings.lock_ttl_s * 1e9
+        return abs(time.time_ns() - frame.scheduled_ns) < 4 * nanoseconds(self.settings.lock_ttl)
 
     def _restore_clock(self, state: PulseState) -> None:
         """HLC stamps never go back: above the Redis mark and every frame this replica saw."""

@@ -20,6 +20,7 @@ import enum
 import secrets
 import time
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -91,19 +92,21 @@ def parse_token(token: str) -> tuple[str, str]:
 
 
 class Redlock:
-    def __init__(self, masters: RedisMasters, resource: str, ttl_ms: int) -> None:
-        if ttl_ms < 10:
-            raise ValueError(f"lock TTL {ttl_ms} ms is too short")
+    def __init__(self, masters: RedisMasters, resource: str, ttl: timedelta) -> None:
+        if ttl < timedelta(milliseconds=10):
+            raise ValueError(f"lock TTL {ttl} is too short")
         self.masters = masters
         self.resource = resource
-        self.ttl_ms = ttl_ms
-        self._drift_s = (0.01 * ttl_ms + 2) / 1000.0
+        #: Whole milliseconds: what Redis's PX takes.
+        self._ttl_ms = ttl // timedelta(milliseconds=1)
+        self._ttl_s = ttl.total_seconds()
+        self._drift_s = 0.01 * self._ttl_s + 0.002
 
     def _validity(self, started: float, ok: int) -> float | None:
         """``valid_until`` when a quorum (``ok`` masters) confirmed in time, else None."""
         if ok < self.masters.quorum:
             return None
-        valid_until = started + self.ttl_ms / 1000.0 - self._drift_s
+        valid_until = started + self._ttl_s - self._drift_s
         return valid_until if time.monotonic() < valid_until else None
 
     async def acquire(self, token: str) -> Lease | None:
@@ -117,7 +120,7 @@ class Redlock:
         started = time.monotonic()
 
         async def set_nx(client: aioredis.Redis) -> tuple[bool, int, bytes]:
-            ok, pttl, holder = await client.eval(_ACQUIRE, 1, self.resource, token, self.ttl_ms)
+            ok, pttl, holder = await client.eval(_ACQUIRE, 1, self.resource, token, self._ttl_ms)
             return bool(ok), int(pttl), holder.encode() if isinstance(holder, str) else holder
 
         # Stop waiting early only on a win. A lost attempt waits for every master (each bounded
@@ -161,7 +164,7 @@ class Redlock:
         started = time.monotonic()
 
         async def pexpire(client: aioredis.Redis) -> bool:
-            return bool(await client.eval(_EXTEND, 1, self.resource, lease.token, self.ttl_ms))
+            return bool(await client.eval(_EXTEND, 1, self.resource, lease.token, self._ttl_ms))
 
         result = await self.masters.fanout(pexpire, done=self._decided)
         ok = sum(1 for v in result.values.values() if v)

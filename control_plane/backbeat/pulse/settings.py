@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass, field
+from datetime import timedelta
 from typing import Any
 
 from backbeat.core.subjects import check_cluster_id, default_cluster_id
@@ -29,8 +30,8 @@ class PulseSettings:
     #: HTTP admin port (0: any free port; -1: no admin server).
     admin_port: int = 0
     admin_host: str = "127.0.0.1"
-    #: Redlock TTL; the leader renews every ttl/3.
-    lock_ttl_ms: int = 1000
+    #: Redlock TTL; the leader renews every ttl/3 (flag: --lock-ttl-ms).
+    lock_ttl: timedelta = timedelta(seconds=1)
     #: Tempo and bar of a brand-new grid (an existing grid in Redis always wins).
     tempo_bpm: float = 120.0
     bar_length: int = 4
@@ -39,9 +40,9 @@ class PulseSettings:
     environment: str = "development"
     log_level: str = "info"
     #: A beat is reserved in Redis this long before it is due (its HLC stamp is taken then).
-    commit_lead_ms: float = 25.0
+    commit_lead: timedelta = timedelta(milliseconds=25)
     #: Per-request timeout towards one Redis master.
-    redis_timeout_ms: int = 250
+    redis_timeout: timedelta = timedelta(milliseconds=250)
     #: Beats kept per replica for resumable streams.
     history_beats: int = 4096
 
@@ -50,8 +51,8 @@ class PulseSettings:
         validate_tempo(self.tempo_bpm)
         if not self.node_id or "|" in self.node_id:
             raise ValueError(f"node id {self.node_id!r} must be non-empty and without '|'")
-        if self.lock_ttl_ms < 100:
-            raise ValueError(f"lock TTL {self.lock_ttl_ms} ms is too short (minimum 100 ms)")
+        if self.lock_ttl < timedelta(milliseconds=100):
+            raise ValueError(f"lock TTL {_ms(self.lock_ttl):g} ms is too short (minimum 100 ms)")
         if not self.redis_urls:
             raise ValueError("at least one --redis URL is required")
         check_connect_timeout(self.nats_connect_timeout_s)
@@ -63,13 +64,11 @@ class PulseSettings:
     def production(self) -> bool:
         return self.environment.lower() in ("production", "prod")
 
-    @property
-    def lock_ttl_s(self) -> float:
-        return self.lock_ttl_ms / 1000.0
-
     def describe(self) -> dict[str, Any]:
         """The settings with secrets masked, for the start-up log line."""
         out = asdict(self)
+        for name in _DURATIONS:  # logged in ms, as the flags take them
+            out[f"{name}_ms"] = _ms(out.pop(name))
         out["token"] = "***" if self.token else ""
         out["redis_urls"] = [_mask_url(u) for u in self.redis_urls]
         out["nats_url"] = _mask_url(self.nats_url)
@@ -88,6 +87,16 @@ class PulseSettings:
             if os.environ.get(env):
                 out[name] = os.environ[env]
         return out
+
+
+#: The settings that are durations.
+_DURATIONS = ("lock_ttl", "commit_lead", "redis_timeout")
+
+
+def _ms(duration: timedelta) -> float | int:
+    """``duration`` in milliseconds (an int when whole, as the flags take them)."""
+    ms = duration / timedelta(milliseconds=1)
+    return int(ms) if ms.is_integer() else ms
 
 
 def _mask_url(url: str) -> str:
