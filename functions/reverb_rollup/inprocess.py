@@ -11,6 +11,7 @@ import nats.aio.client
 from redis.asyncio import Redis
 
 from backbeat.core.ed25519 import PrivateKeyringProvider, verify_report
+from backbeat.reverb.store import StoreSettings, WindowStore
 from reverb_rollup.event import RollupEvent
 from reverb_rollup.handler import Rollup, RollupHooks, RollupResult, RollupSettings
 from reverb_rollup.publisher import BarPublisher, ReportCheck
@@ -25,12 +26,8 @@ def default_source(
     """The reverb ingest's window store (the only reader of the claims in Redis), over the
     ``claim_partitions`` the ingest writes (read concurrently); with ``wait_replicas`` a seal
     counts only once that many replicas confirmed it."""
-    import importlib
-
-    module = importlib.import_module("backbeat.reverb.store")
-    settings = module.StoreSettings(claim_partitions=claim_partitions, wait_replicas=wait_replicas)
-    store: WindowSource = module.WindowStore(redis, cluster_id, settings)
-    return store
+    settings = StoreSettings(claim_partitions=claim_partitions, wait_replicas=wait_replicas)
+    return WindowStore(redis, cluster_id, settings)
 
 
 def build_rollup(

@@ -2,6 +2,11 @@
 
 async with PulseNode(PulseSettings(...)) as node:
     ...
+
+These names are the package's surface (the errors are ``backbeat.errors``'s, re-exported);
+its other modules are the node's inside, one per job (succession, emitter, lease, tempo,
+follower, handoff). The server with its gRPC and HTTP APIs is started by ``backbeat pulse``
+(``backbeat.pulse.server.PulseServer`` when embedding it).
 """
 
 from backbeat.errors import (
