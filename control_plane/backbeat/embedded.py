@@ -471,13 +471,37 @@ class RedisClusterServers:
         role = client.execute_command("ROLE")
         return bool(role[0] != b"slave" or role[3] == b"connected")
 
-    def master_of(self, port: int) -> bool:
-        """Whether the node on ``port`` is a master now."""
+    def slot_master(self, slot: int) -> int | None:
+        """The port of the master serving ``slot``, as the first running node that answers
+        sees it (None when none answers)."""
         import redis as redis_sync
 
-        client: Any = redis_sync.Redis(port=port, socket_timeout=2.0)
-        with client:
-            return bool(client.execute_command("ROLE")[0] == b"master")
+        for server in self.servers:
+            if not server.running:
+                continue
+            client: Any = redis_sync.Redis(port=server.port, socket_timeout=2.0)
+            with contextlib.suppress(Exception), client:
+                for first, last, master, *_ in client.execute_command("CLUSTER", "SLOTS"):
+                    if first <= slot <= last:
+                        return int(master[1])
+        return None
+
+    def replica_of(self, port: int) -> RedisServer | None:
+        """The running replica of the master on ``port`` (None when it has none)."""
+        import redis as redis_sync
+
+        for server in self.servers:
+            if not server.running or server.port == port:
+                continue
+            client: Any = redis_sync.Redis(port=server.port, socket_timeout=2.0)
+            with contextlib.suppress(Exception), client:
+                role = client.execute_command("ROLE")
+                if role[0] == b"slave" and int(role[2]) == port:
+                    return server
+        return None
+
+    def server_on(self, port: int) -> RedisServer:
+        return next(s for s in self.servers if s.port == port)
 
     def wait_healthy(self, timeout: float = 30.0) -> None:
         """Until every running node answers ``cluster_state:ok`` and its replica link is up."""
