@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections.abc import Callable
+from typing import Any
 
 import nats
 import pytest
@@ -36,7 +37,7 @@ CHUNK = 40
 
 
 def _cut_replica_links(port: int) -> None:
-    client = redis_sync.Redis(port=port, socket_timeout=2.0)
+    client: Any = redis_sync.Redis(port=port, socket_timeout=2.0)
     try:
         client.execute_command("CLIENT", "KILL", "TYPE", "replica")
     finally:
