@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 import pytest
 from hypothesis import HealthCheck, settings
 
-from backbeat.embedded import NatsServer, RedisClusterServers, RedisServer
+from backbeat.embedded import NatsCluster, NatsServer, RedisClusterServers, RedisServer
 from backbeat.service.nats_permissions import ANY_CLUSTER, NatsRole, NatsUser, role_users
 
 # A test that runs into its timeout first prints every thread's and every asyncio task's stack.
@@ -89,6 +89,15 @@ def nats_server() -> Iterator[NatsServer]:
     """NATS with JetStream and the per-role users of every cluster; ``url`` is the harness's."""
     with NatsServer(users=role_test_users()) as server:
         yield server  # type: ignore[misc]
+
+
+@pytest.fixture
+def nats_cluster() -> Iterator[NatsCluster]:
+    """Three NATS servers joined by routes, JetStream on each (its own store), with the per-role
+    users of every cluster; started when JetStream has a meta leader, stopped after the test
+    (which may kill and restart nodes: ``nats_cluster.nodes[i]``). ``url`` names all three."""
+    with NatsCluster(3, users=role_test_users()) as cluster:
+        yield cluster
 
 
 @pytest.fixture

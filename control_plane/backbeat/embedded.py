@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import json
 import os
 import random
 import shutil
@@ -19,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -522,6 +524,152 @@ class RedisClusterServers:
 
     def __enter__(self) -> RedisClusterServers:
         self.start()
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+class NatsClusterNode(NatsServer):
+    """One node of a :class:`NatsCluster`: a NATS server with JetStream, routes to its peers
+    and an HTTP monitoring port (``/jsz`` says who leads JetStream)."""
+
+    def __init__(
+        self,
+        name: str,
+        cluster_name: str,
+        data_dir: Path,
+        *,
+        users: Sequence[NatsUser] = (),
+    ) -> None:
+        super().__init__(data_dir=data_dir, users=users)
+        self.name = name
+        self.cluster_name = cluster_name
+        self.route_port = free_port()
+        self.monitor_port = free_port()
+        #: Route URLs of every node of the cluster (set by the cluster before the start).
+        self.routes: list[str] = []
+
+    def argv(self) -> Sequence[str]:
+        return [
+            *super().argv(),
+            "--server_name", self.name,
+            "--cluster_name", self.cluster_name,
+            "--cluster", f"nats://127.0.0.1:{self.route_port}",
+            "--routes", ",".join(self.routes),
+            "-m", str(self.monitor_port),
+        ]  # fmt: skip
+
+    def jetstream_info(self) -> dict[str, Any]:
+        """The node's ``/jsz`` monitoring answer."""
+        url = f"http://127.0.0.1:{self.monitor_port}/jsz"
+        with urllib.request.urlopen(url, timeout=2.0) as answer:
+            info: dict[str, Any] = json.loads(answer.read())
+        return info
+
+
+class NatsCluster:
+    """``size`` NATS servers (three by default) joined by routes into one cluster, JetStream
+    on each (its own store), for the tests and ``backbeat up --cluster-mode``.
+
+    ``url`` (and ``url_as``, ``bare_url``) name every node, comma-separated: what the
+    components take as ``--nats``. ``start`` returns once JetStream has a meta leader, so a
+    replicated stream can be created at once. A node can be killed and restarted on its ports
+    (``nodes[i].kill()`` / ``.start()``) and keeps its store.
+    """
+
+    def __init__(
+        self,
+        size: int = 3,
+        *,
+        data_dir: Path | None = None,
+        users: Sequence[NatsUser] = (),
+        name: str = "backbeat",
+    ) -> None:
+        if size < 1:
+            raise ValueError(f"a NATS cluster needs at least one node, got {size}")
+        self._own_dir = data_dir is None
+        self.data_dir = data_dir or Path(tempfile.mkdtemp(prefix="backbeat-nats-cluster-"))
+        self.name = name
+        self.nodes = [
+            NatsClusterNode(f"{name}-n{i + 1}", name, self.data_dir / f"n{i + 1}", users=users)
+            for i in range(size)
+        ]
+        routes = [f"nats://127.0.0.1:{node.route_port}" for node in self.nodes]
+        for node in self.nodes:
+            node.routes = routes
+
+    @property
+    def die_with_parent(self) -> bool:
+        return all(node.die_with_parent for node in self.nodes)
+
+    @die_with_parent.setter
+    def die_with_parent(self, value: bool) -> None:
+        for node in self.nodes:
+            node.die_with_parent = value
+
+    def start(self, timeout: float = 30.0) -> None:
+        """Start every node that is not running, then wait for a JetStream meta leader."""
+        deadline = time.monotonic() + timeout
+        for node in self.nodes:
+            node.start(max(deadline - time.monotonic(), 1.0))
+        self.wait_for_meta_leader(max(deadline - time.monotonic(), 1.0))
+
+    def meta_leader(self) -> str | None:
+        """The name of the node leading JetStream's meta group, as a running node sees it."""
+        for node in self.nodes:
+            if not node.running:
+                continue
+            with contextlib.suppress(OSError, ValueError):
+                leader = node.jetstream_info().get("meta_cluster", {}).get("leader")
+                if leader:
+                    return str(leader)
+        return None
+
+    def wait_for_meta_leader(self, timeout: float = 30.0) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            leader = self.meta_leader()
+            if leader is not None:
+                return leader
+            time.sleep(0.1)
+        raise ServerError(f"NATS cluster {self.name}: no JetStream meta leader after {timeout}s")
+
+    def node(self, name: str) -> NatsClusterNode:
+        for node in self.nodes:
+            if node.name == name:
+                return node
+        raise KeyError(f"NATS cluster {self.name} has no node {name!r}")
+
+    @property
+    def url(self) -> str:
+        return ",".join(node.url for node in self.nodes)
+
+    @property
+    def bare_url(self) -> str:
+        return ",".join(node.bare_url for node in self.nodes)
+
+    def url_as(self, name: str) -> str:
+        return ",".join(node.url_as(name) for node in self.nodes)
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+    def close(self) -> None:
+        for node in self.nodes:
+            node.close()
+        if self._own_dir:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+
+    def __enter__(self) -> NatsCluster:
+        try:
+            self.start()
+        except BaseException:
+            self.close()
+            raise
         return self
 
     def __exit__(

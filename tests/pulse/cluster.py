@@ -28,6 +28,7 @@ class PulseProcess(ComponentProcess):
         tempo_bpm: float = 120.0,
         lock_ttl_ms: int = 1000,
         token: str = "",
+        extra_args: Sequence[str] = (),
     ) -> None:
         self.node_id = node_id
         self.grpc_port = free_port()
@@ -39,6 +40,7 @@ class PulseProcess(ComponentProcess):
         ]  # fmt: skip
         for url in redis_urls:
             args += ["--redis", url]
+        args += extra_args
         env = {"BACKBEAT_API_TOKEN": token, "LOG_LEVEL": "info"}
         super().__init__(node_id, args, admin_port=admin_port, log_dir=log_dir, env=env)
 

@@ -8,13 +8,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import nats
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
 from backbeat.core.hlc import HLCTimestamp
 from backbeat.core.messages import BeatFrame
 from backbeat.core.subjects import beat as beat_subject
+from backbeat.service.nats_connect import connect_nats
 
 
 @dataclass(slots=True)
@@ -33,7 +33,8 @@ class BeatCollector:
     nc: NatsClient | None = None
 
     async def start(self) -> BeatCollector:
-        self.nc = await nats.connect(self.url)
+        # One server or several (a NATS cluster): reconnects to another when its own is lost.
+        self.nc = await connect_nats(self.url, max_reconnect_attempts=-1, reconnect_time_wait=0.1)
         await self.nc.subscribe(beat_subject(self.cluster_id), cb=self._on_msg)
         await self.nc.flush()
         return self

@@ -13,7 +13,12 @@ from nats.js.api import StreamConfig
 
 from backbeat.embedded import NatsServer, free_port
 from backbeat.secrets import with_nats_credentials
-from backbeat.service.nats_connect import connect_nats, nats_servers, publish_retrying
+from backbeat.service.nats_connect import (
+    connect_nats,
+    nats_servers,
+    publish_retrying,
+    split_credentials,
+)
 from backbeat.service.settings import mask_url
 
 
@@ -108,3 +113,14 @@ async def test_a_publish_is_retried_until_the_stream_answers(nats_server: NatsSe
         await creating
         await js.delete_stream(name)
         await nc.close()
+
+
+def test_credentials_leave_the_urls_for_the_client_options() -> None:
+    """A cluster announces its servers without credentials: the client must hold them."""
+    servers, options = split_credentials(
+        ["nats://pulse:p%2Cw@a:4222", "nats://pulse:p%2Cw@b:4222", "c:4222"]
+    )
+    assert servers == ["nats://a:4222", "nats://b:4222", "nats://c:4222"]
+    assert options == {"user": "pulse", "password": "p,w"}
+    assert split_credentials(["nats://tok@a:4222"]) == (["nats://a:4222"], {"token": "tok"})
+    assert split_credentials(["nats://a:4222"]) == (["nats://a:4222"], {})

@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from nats import errors as nats_errors
 from nats.aio.client import Client as NatsClient
@@ -59,6 +60,28 @@ def nats_servers(url: str) -> list[str]:
     if not servers:
         raise ValueError("a NATS URL is required (several: comma-separated)")
     return servers
+
+
+def split_credentials(servers: list[str]) -> tuple[list[str], dict[str, str]]:
+    """``servers`` without the credentials written into them, and those credentials as client
+    options (``user``/``password`` or ``token``, from the first URL that has some).
+
+    The client also reconnects to servers a cluster announces (host:port, no credentials); it
+    authenticates to those with its options, never with a URL's own, so credentials given in
+    the URLs must become options or a reconnection to an announced server is refused.
+    """
+    bare: list[str] = []
+    options: dict[str, str] = {}
+    for server in servers:
+        parts = urlsplit(server if "://" in server else f"nats://{server}")
+        if parts.username is not None and not options:
+            if parts.password is not None:
+                options = {"user": unquote(parts.username), "password": unquote(parts.password)}
+            else:
+                options = {"token": unquote(parts.username)}
+        netloc = parts.netloc.rpartition("@")[2]
+        bare.append(urlunsplit(parts._replace(netloc=netloc)))
+    return bare, options
 
 
 def describe_error(exc: BaseException) -> str:
@@ -127,13 +150,15 @@ async def connect_nats(
         if options.get(key) is not None:
             options[key] = once_connected(options[key])
 
+    servers, credentials = split_credentials(nats_servers(url))
+    for key, value in credentials.items():
+        options.setdefault(key, value)
+
     while True:
         client = NatsClient()
         remaining = None if deadline is None else max(deadline - loop.time(), 0.0)
         try:
-            await asyncio.wait_for(
-                client.connect(nats_servers(url), error_cb=on_error, **options), remaining
-            )
+            await asyncio.wait_for(client.connect(servers, error_cb=on_error, **options), remaining)
         except TimeoutError:
             await _close_quietly(client)
             raise _unreachable(url, connect_timeout_s, last_error) from None
