@@ -3,32 +3,27 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import gc
 import os
-import sys
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import replace
 from datetime import timedelta
+from typing import Any
 
 from redis.asyncio import Redis
 
-from backbeat.errors import NatsUnreachable
 from backbeat.pulse.settings import PulseSettings
 from backbeat.pulse.tempo_limit import DEFAULT_CHANGES_PER_MINUTE
 from backbeat.secrets import (
     ComponentSecrets,
     KeyRotator,
     RotationSettings,
-    SecretError,
     SecretName,
-    UnsafeConfiguration,
     open_component_secrets,
 )
-from backbeat.service.cli import add_common_arguments
+from backbeat.service.cli import add_common_arguments, run_component
 from backbeat.service.frame_checks import add_frame_check_arguments, require_signed_frames
 from backbeat.service.logs import configure_logging, get_logger
-from backbeat.service.nats_connect import report_unreachable
 from backbeat.service.tls import TlsSettings, add_tls_arguments
 
 
@@ -200,20 +195,9 @@ async def serve(settings: PulseSettings, args: argparse.Namespace | None = None)
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
+    def main() -> Coroutine[Any, Any, None]:
         settings = settings_from_args(args)
-    except ValueError as exc:
-        print(f"backbeat pulse: {exc}", file=sys.stderr)
-        return 2
-    configure_logging(settings.log_level)
-    try:
-        asyncio.run(serve(settings, args))
-    except NatsUnreachable as exc:
-        return report_unreachable(exc, "pulse")
-    except UnsafeConfiguration as exc:
-        print(exc, file=sys.stderr)
-        return 2
-    except (SecretError, ValueError) as exc:
-        print(f"backbeat pulse: {exc}", file=sys.stderr)
-        return 2
-    return 0
+        configure_logging(settings.log_level)
+        return serve(settings, args)
+
+    return run_component("pulse", main)

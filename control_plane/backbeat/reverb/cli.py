@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
-import sys
+from collections.abc import Coroutine
 from dataclasses import replace
+from typing import Any
 
-from backbeat.errors import NatsUnreachable
 from backbeat.reverb.server import ReverbServer, ReverbSettings
-from backbeat.secrets import SecretError, SecretName, UnsafeConfiguration, open_component_secrets
-from backbeat.service.cli import add_common_arguments
+from backbeat.secrets import SecretName, open_component_secrets
+from backbeat.service.cli import add_common_arguments, run_component
 from backbeat.service.frame_checks import add_frame_check_arguments, require_signed_frames
 from backbeat.service.logs import configure_logging, get_logger
-from backbeat.service.nats_connect import check_connect_timeout, report_unreachable
+from backbeat.service.nats_connect import check_connect_timeout
 from backbeat.service.tls import TlsSettings, add_tls_arguments
 
 
@@ -180,20 +179,9 @@ async def serve(settings: ReverbSettings, args: argparse.Namespace | None = None
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
+    def main() -> Coroutine[Any, Any, None]:
         settings = settings_from_args(args)
-    except ValueError as exc:
-        print(f"backbeat reverb: {exc}", file=sys.stderr)
-        return 2
-    configure_logging(settings.log_level)
-    try:
-        asyncio.run(serve(settings, args))
-    except NatsUnreachable as exc:
-        return report_unreachable(exc, "reverb")
-    except UnsafeConfiguration as exc:
-        print(exc, file=sys.stderr)
-        return 2
-    except (SecretError, ValueError) as exc:
-        print(f"backbeat reverb: {exc}", file=sys.stderr)
-        return 2
-    return 0
+        configure_logging(settings.log_level)
+        return serve(settings, args)
+
+    return run_component("reverb", main)

@@ -7,16 +7,23 @@ same names, help and environment fallbacks everywhere: ``BACKBEAT_CLUSTER``, ``N
 the built-in default). ``--nats`` takes one URL or several, comma-separated (the servers of a
 NATS cluster). Each command passes
 what differs: its Redis role and default, its admin port default.
+
+``run_component`` runs each of them to its exit status, turning the failures that stop a
+start-up into one line on stderr or the log.
 """
 
 from __future__ import annotations
 
 import argparse
-from typing import Final
+import asyncio
+import sys
+from collections.abc import Callable, Coroutine
+from typing import Any, Final
 
 from backbeat.core.subjects import default_cluster_id
+from backbeat.errors import NatsUnreachable, SecretError, UnsafeConfiguration
 from backbeat.service import streams
-from backbeat.service.nats_connect import DEFAULT_CONNECT_TIMEOUT_S
+from backbeat.service.nats_connect import DEFAULT_CONNECT_TIMEOUT_S, report_unreachable
 from backbeat.service.settings import env_default
 
 DEFAULT_NATS_URL: Final = "nats://127.0.0.1:4222"
@@ -87,3 +94,24 @@ def add_common_arguments(
         default=connect_timeout_s,
         help="wait this long for NATS at start, then exit 1 (0: wait for ever)",
     )
+
+
+#: Exit status of a command refused at start (a bad flag or setting, an unsafe production
+#: configuration, a secret that cannot be had).
+EXIT_REFUSED: Final = 2
+
+
+def run_component(component: str, main: Callable[[], Coroutine[Any, Any, int | None]]) -> int:
+    """Run ``backbeat <component>``'s ``main`` (which it calls here, so that even building its
+    settings is covered) to its end; the exit status: what ``main`` returns (0 for None), the
+    NATS helper's when NATS stays unreachable, ``EXIT_REFUSED`` when the start was refused."""
+    try:
+        return asyncio.run(main()) or 0
+    except NatsUnreachable as exc:
+        return report_unreachable(exc, component)
+    except UnsafeConfiguration as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_REFUSED
+    except (SecretError, ValueError) as exc:
+        print(f"backbeat {component}: {exc}", file=sys.stderr)
+        return EXIT_REFUSED

@@ -4,29 +4,26 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import sys
 import time
 from dataclasses import replace
 
 from aiohttp import web
 
 from backbeat.core.subjects import check_cluster_id
-from backbeat.errors import NatsUnreachable
 from backbeat.ports import TRIGGER_ADMIN_PORT
 from backbeat.reverb.cli import add_claims_store_arguments
 from backbeat.secrets import (
     RotatingSecret,
     SecretError,
     SecretName,
-    UnsafeConfiguration,
     env_var,
     open_component_secrets,
 )
 from backbeat.service import AdminServer, ShutdownSignal, configure_logging, get_logger, masked
 from backbeat.service.admin import json_response
-from backbeat.service.cli import add_common_arguments
+from backbeat.service.cli import add_common_arguments, run_component
 from backbeat.service.frame_checks import add_frame_check_arguments, require_signed_frames
-from backbeat.service.nats_connect import check_connect_timeout, report_unreachable
+from backbeat.service.nats_connect import check_connect_timeout
 from backbeat.service.tls import TlsSettings, add_tls_arguments
 from backbeat.service.tracing import configure_tracing
 from backbeat.trigger.invokers import HttpInvoker, InvokeKey, Invoker, LambdaInvoker
@@ -244,13 +241,4 @@ async def _until_stopped_or_failed(stop: ShutdownSignal, trigger: ReverbTrigger)
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        return asyncio.run(_main(args))
-    except NatsUnreachable as exc:
-        return report_unreachable(exc, "reverb-trigger")
-    except UnsafeConfiguration as exc:
-        print(exc, file=sys.stderr)
-        return 2
-    except (SecretError, ValueError) as exc:
-        print(f"backbeat reverb-trigger: {exc}", file=sys.stderr)
-        return 2
+    return run_component("reverb-trigger", lambda: _main(args))
