@@ -32,6 +32,8 @@ from backbeat.service.nats_permissions import NatsUser, render_authorization
 
 #: Ports handed out by free_port are taken from below the kernel's ephemeral range, from here.
 _LOWEST_PORT = 10_000
+#: Every port free_port returned in this process.
+_handed_out: set[int] = set()
 
 
 def free_port() -> int:
@@ -40,17 +42,23 @@ def free_port() -> int:
     The port goes to a child process that binds it a little later. A port from the kernel's
     ephemeral range (what ``bind(0)`` returns) can be taken in between by any outgoing
     connection on the machine, as its source port; on a busy machine that happens. So the
-    port is picked at random below that range, where the kernel hands out nothing by itself.
+    port is picked at random below that range, where the kernel hands out nothing by itself,
+    and never twice by one process: a cluster of servers asks for dozens of ports before the
+    first of them binds its own, and two of them given the same port would race for it.
     """
     low = _ephemeral_low()
     for _ in range(100):
         port = random.randrange(_LOWEST_PORT, low) if low > _LOWEST_PORT + 1000 else 0
+        if port in _handed_out:
+            continue
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             try:
                 sock.bind(("127.0.0.1", port))
             except OSError:
                 continue
-            return int(sock.getsockname()[1])
+            port = int(sock.getsockname()[1])
+        _handed_out.add(port)
+        return port
     raise ServerError("no free TCP port found on 127.0.0.1")
 
 

@@ -47,6 +47,11 @@ class ComponentProcess(ServerProcess):
         try:
             conn.request("GET", "/health")
             return conn.getresponse().status == 200
+        except http.client.HTTPException:
+            # Something else answers on the port (another server took it before the
+            # component could): not ready; the component fails to bind and exits, and
+            # start() reports that with its log.
+            return False
         finally:
             conn.close()
 
