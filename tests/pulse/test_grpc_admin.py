@@ -8,7 +8,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -20,52 +20,15 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
 
-from backbeat.embedded import NatsServer, RedisServer
-from backbeat.pulse import PulseSettings, Role
-from backbeat.pulse.server import PulseServer
+from backbeat.embedded import NatsServer
 from backbeat.service.rpc import error_info, error_reason
 from backbeat.v1 import pulse_service_pb2 as pb
 from backbeat.v1 import pulse_service_pb2_grpc as pb_grpc
+from tests.pulse.cluster import Pulses, wait_for_leader
 
 pytestmark = pytest.mark.integration
 
-ServerFactory = Callable[..., Awaitable[PulseServer]]
 TOKEN = "s3cret-token"
-
-
-@pytest.fixture
-async def make_server(
-    redis_servers: list[RedisServer], nats_server: NatsServer, cluster_id: str
-) -> AsyncIterator[ServerFactory]:
-    servers: list[PulseServer] = []
-
-    async def make(name: str, **overrides: Any) -> PulseServer:
-        settings = PulseSettings(
-            cluster_id=cluster_id,
-            node_id=name,
-            redis_urls=tuple(s.url for s in redis_servers),
-            nats_url=nats_server.url,
-            tempo_bpm=240.0,
-            **overrides,
-        )
-        server = PulseServer(settings)
-        servers.append(server)
-        await server.start()
-        return server
-
-    yield make
-    for server in servers:
-        await server.close()
-
-
-async def _leader_of(*servers: PulseServer, within_s: float = 15.0) -> PulseServer:
-    deadline = time.monotonic() + within_s
-    while time.monotonic() < deadline:
-        leaders = [s for s in servers if s.node.role is Role.LEADER]
-        if len(leaders) == 1 and all(s.node.hub.timeline is not None for s in servers):
-            return leaders[0]
-        await asyncio.sleep(0.02)
-    raise AssertionError("no leader")
 
 
 async def _next(stream: Any) -> pb.StreamBeatsResponse:
@@ -99,9 +62,9 @@ def _reflective_call(address: str, method: str, request_json: str) -> dict[str, 
         return result
 
 
-async def test_grpcurl_style_set_tempo_through_reflection(make_server: ServerFactory) -> None:
-    server = await make_server("a")
-    await _leader_of(server)
+async def test_grpcurl_style_set_tempo_through_reflection(pulses: Pulses) -> None:
+    server = await pulses.server("a")
+    await wait_for_leader([server], within_s=15)
     reply = await asyncio.to_thread(
         _reflective_call,
         server.grpc.address,
@@ -123,9 +86,9 @@ async def test_grpcurl_style_set_tempo_through_reflection(make_server: ServerFac
         assert health.status == health_pb2.HealthCheckResponse.SERVING
 
 
-async def test_bad_set_tempo_requests_change_nothing(make_server: ServerFactory) -> None:
-    server = await make_server("a", token=TOKEN)
-    await _leader_of(server)
+async def test_bad_set_tempo_requests_change_nothing(pulses: Pulses) -> None:
+    server = await pulses.server("a", token=TOKEN)
+    await wait_for_leader([server], within_s=15)
     good = (("authorization", f"Bearer {TOKEN}"),)
     cases: list[tuple[float, tuple[tuple[str, str], ...], grpc.StatusCode, str]] = [
         (math.nan, good, grpc.StatusCode.INVALID_ARGUMENT, "TEMPO_OUT_OF_BOUNDS"),
@@ -157,11 +120,11 @@ async def test_bad_set_tempo_requests_change_nothing(make_server: ServerFactory)
         assert ok.timeline.tempo_bpm == 250.0
 
 
-async def test_every_tempo_outside_the_bounds_gets_one_answer(make_server: ServerFactory) -> None:
+async def test_every_tempo_outside_the_bounds_gets_one_answer(pulses: Pulses) -> None:
     """Zero, negative, NaN and too fast: one reason, a message naming the range, and the range
     in the ErrorInfo metadata, so a client handles them all the same way."""
-    server = await make_server("a")
-    await _leader_of(server)
+    server = await pulses.server("a")
+    await wait_for_leader([server], within_s=15)
     async with grpc.aio.insecure_channel(server.grpc.address) as channel:
         stub = pb_grpc.PulseServiceStub(channel)
         for bpm in (0.0, -120.0, math.nan, 1e12):
@@ -188,10 +151,10 @@ async def _backbeat(*words: str) -> tuple[int, str]:
 
 
 async def test_backbeat_tempo_says_how_to_pass_the_token_and_the_range(
-    make_server: ServerFactory,
+    pulses: Pulses,
 ) -> None:
-    server = await make_server("a", token=TOKEN)
-    await _leader_of(server)
+    server = await pulses.server("a", token=TOKEN)
+    await wait_for_leader([server], within_s=15)
     pulse = server.grpc.address
     code, out = await _backbeat("tempo", "126", "--pulse", pulse)
     assert code == 2, out
@@ -208,10 +171,10 @@ async def test_backbeat_tempo_says_how_to_pass_the_token_and_the_range(
         assert "20–300 BPM" in error["message"]
 
 
-async def test_stream_beats_resume_and_history(make_server: ServerFactory) -> None:
-    server = await make_server("a", history_beats=6)
-    follower = await make_server("b", history_beats=6)
-    await _leader_of(server, follower)
+async def test_stream_beats_resume_and_history(pulses: Pulses) -> None:
+    server = await pulses.server("a", history_beats=6)
+    follower = await pulses.server("b", history_beats=6)
+    await wait_for_leader([server, follower], within_s=15)
     async with grpc.aio.insecure_channel(server.grpc.address) as channel:
         stub = pb_grpc.PulseServiceStub(channel)
         stream = stub.StreamBeats(pb.StreamBeatsRequest(progress_interval_ms=100))
@@ -259,9 +222,9 @@ async def test_stream_beats_resume_and_history(make_server: ServerFactory) -> No
         assert status.redis_total == 3
 
 
-async def test_http_admin_api(make_server: ServerFactory) -> None:
-    server = await make_server("a", token=TOKEN)
-    await _leader_of(server)
+async def test_http_admin_api(pulses: Pulses) -> None:
+    server = await pulses.server("a", token=TOKEN)
+    await wait_for_leader([server], within_s=15)
     assert server.admin is not None
     base = server.admin.url
     async with aiohttp.ClientSession() as http:
@@ -313,13 +276,13 @@ async def test_http_admin_api(make_server: ServerFactory) -> None:
 
 
 async def test_nats_and_grpc_subscribers_switch_tempo_at_the_same_beat(
-    make_server: ServerFactory, nats_server: NatsServer, cluster_id: str
+    pulses: Pulses, nats_server: NatsServer, cluster_id: str
 ) -> None:
     from tests.pulse.collect import BeatCollector
 
-    leader_server = await make_server("a")
-    follower = await make_server("b")
-    leader = await _leader_of(leader_server, follower)
+    leader_server = await pulses.server("a")
+    follower = await pulses.server("b")
+    leader = await wait_for_leader([leader_server, follower], within_s=15)
     other = follower if leader is leader_server else leader_server
     collector = await BeatCollector(nats_server.url, cluster_id).start()
     try:
@@ -352,13 +315,13 @@ async def test_nats_and_grpc_subscribers_switch_tempo_at_the_same_beat(
 
 
 async def test_grpc_streams_get_a_pending_tempo_change_before_its_downbeat(
-    make_server: ServerFactory,
+    pulses: Pulses,
 ) -> None:
     """The leader's and a follower's streams carry the accepted change ahead of its downbeat,
     and a stream opened while it is pending gets it right after the current timeline."""
-    a = await make_server("a")
-    b = await make_server("b")
-    leader = await _leader_of(a, b)
+    a = await pulses.server("a")
+    b = await pulses.server("b")
+    leader = await wait_for_leader([a, b], within_s=15)
     follower = b if leader is a else a
     events: dict[str, list[tuple[int, pb.StreamBeatsResponse]]] = {"leader": [], "follower": []}
 

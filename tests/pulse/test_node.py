@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 
 import nats
 import pytest
@@ -15,37 +15,11 @@ from backbeat.core import keys, subjects
 from backbeat.core.messages import BeatFrame
 from backbeat.embedded import NatsServer, RedisServer
 from backbeat.errors import TempoError
-from backbeat.pulse import NotLeaderError, PulseNode, PulseSettings, Role
+from backbeat.pulse import NotLeaderError, Role
+from tests.pulse.cluster import Pulses, wait_for_leader
 from tests.pulse.collect import BeatCollector, assert_strictly_forward
 
 pytestmark = pytest.mark.integration
-
-NodeFactory = Callable[..., Awaitable[PulseNode]]
-
-
-@pytest.fixture
-async def make_node(
-    redis_servers: list[RedisServer], nats_server: NatsServer, cluster_id: str
-) -> AsyncIterator[NodeFactory]:
-    nodes: list[PulseNode] = []
-
-    async def make(name: str, **overrides: object) -> PulseNode:
-        settings = PulseSettings(
-            cluster_id=cluster_id,
-            node_id=name,
-            redis_urls=tuple(s.url for s in redis_servers),
-            nats_url=nats_server.url,
-            tempo_bpm=240.0,
-            **overrides,  # type: ignore[arg-type]
-        )
-        node = PulseNode(settings, advertise_address=f"127.0.0.1:{len(nodes) + 1}")
-        nodes.append(node)
-        await node.start()
-        return node
-
-    yield make
-    for node in nodes:
-        await node.close(handoff=False)
 
 
 @pytest.fixture
@@ -55,22 +29,11 @@ async def beats(nats_server: NatsServer, cluster_id: str) -> AsyncIterator[BeatC
     await collector.close()
 
 
-async def _leader(*nodes: PulseNode, within_s: float = 10.0) -> PulseNode:
-    deadline = time.monotonic() + within_s
-    while time.monotonic() < deadline:
-        leaders = [n for n in nodes if n.role is Role.LEADER]
-        if leaders:
-            assert len(leaders) == 1
-            return leaders[0]
-        await asyncio.sleep(0.02)
-    raise AssertionError("no leader elected")
-
-
 async def test_one_leader_emits_the_grid(
-    make_node: NodeFactory, beats: BeatCollector, nats_server: NatsServer, cluster_id: str
+    pulses: Pulses, beats: BeatCollector, nats_server: NatsServer, cluster_id: str
 ) -> None:
-    a, b = await make_node("a"), await make_node("b")
-    leader = await _leader(a, b)
+    a, b = await pulses.node("a"), await pulses.node("b")
+    leader = await wait_for_leader([a, b], within_s=10)
     follower = b if leader is a else a
     frames = await beats.wait_for(lambda fs: sum(f.downbeat for f in fs) >= 2 and len(fs) >= 6)
     assert_strictly_forward(frames)
@@ -120,9 +83,9 @@ async def test_one_leader_emits_the_grid(
 
 
 async def test_stats_are_recorded_per_window(
-    make_node: NodeFactory, beats: BeatCollector, redis_servers: list[RedisServer], cluster_id: str
+    pulses: Pulses, beats: BeatCollector, redis_servers: list[RedisServer], cluster_id: str
 ) -> None:
-    leader = await _leader(await make_node("a"))
+    leader = await wait_for_leader([await pulses.node("a")], within_s=10)
     frames = await beats.wait_for(lambda fs: len(fs) >= 6)
     window = frames[0].window_id
     await beats.wait_for(lambda fs: fs[-1].window_id != window and len(fs) >= 6)
@@ -141,11 +104,9 @@ async def test_stats_are_recorded_per_window(
         await client.aclose()
 
 
-async def test_graceful_handoff_misses_no_beat(
-    make_node: NodeFactory, beats: BeatCollector
-) -> None:
-    a, b = await make_node("a"), await make_node("b")
-    leader = await _leader(a, b)
+async def test_graceful_handoff_misses_no_beat(pulses: Pulses, beats: BeatCollector) -> None:
+    a, b = await pulses.node("a"), await pulses.node("b")
+    leader = await wait_for_leader([a, b], within_s=10)
     other = b if leader is a else a
     await beats.wait_for(lambda fs: len(fs) >= 3)
     await leader.close()
@@ -165,11 +126,9 @@ async def test_graceful_handoff_misses_no_beat(
     assert late_ns >= 0
 
 
-async def test_tempo_change_applies_at_next_downbeat(
-    make_node: NodeFactory, beats: BeatCollector
-) -> None:
-    a, b = await make_node("a"), await make_node("b")
-    leader = await _leader(a, b)
+async def test_tempo_change_applies_at_next_downbeat(pulses: Pulses, beats: BeatCollector) -> None:
+    a, b = await pulses.node("a"), await pulses.node("b")
+    leader = await wait_for_leader([a, b], within_s=10)
     follower = b if leader is a else a
     # Ask mid-bar: right after a beat that is not a downbeat.
     await beats.wait_for(lambda fs: len(fs) >= 2 and not fs[-1].downbeat)
@@ -196,9 +155,9 @@ async def test_tempo_change_applies_at_next_downbeat(
 
 
 async def test_a_change_asked_just_before_an_announced_one_takes_effect_keeps_both(
-    make_node: NodeFactory, beats: BeatCollector
+    pulses: Pulses, beats: BeatCollector
 ) -> None:
-    leader = await _leader(await make_node("a"))
+    leader = await wait_for_leader([await pulses.node("a")], within_s=10)
     await beats.wait_for(lambda fs: len(fs) >= 2)
     first = await leader.set_tempo(252.0)
     # Too close to the first change's downbeat for the second to take effect there.
