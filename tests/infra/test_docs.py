@@ -87,3 +87,16 @@ def test_links_resolve(page: str) -> None:
                 if line.startswith("#")
             ]
             assert anchor in headings, f"{page}: no heading #{anchor} in {path or page}"
+
+
+def test_where_things_live_answers_each_question_with_one_file() -> None:
+    text = (DOCS / "architecture.md").read_text(encoding="utf-8")
+    table = text.split("## Where things live", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in table.splitlines() if line.startswith("| ") and "---" not in line]
+    places = [row.rsplit("|", 2)[1].strip() for row in rows[1:]]  # past the header
+    assert len(places) > 10
+    for place in places:
+        paths = re.findall(r"`([^`]+)`", place)
+        assert len(paths) == 1 and place == f"`{paths[0]}`", f"not one file: {place}"
+        prefix = "" if paths[0].startswith(("functions/", "docs/")) else "control_plane/backbeat/"
+        assert (REPO / prefix / paths[0]).is_file(), paths[0]

@@ -394,7 +394,7 @@ PublicKeyringProvider = Callable[[], PublicKeyring]
 PrivateKeyringProvider = Callable[[], PrivateKeyring]
 Clock = Callable[[], int]
 
-#: NATS headers carrying a bar report's signature (the payload stays the seed's INT-C JSON).
+#: NATS headers carrying a bar report's signature (the payload stays the BarReport JSON).
 REPORT_KEY_ID_HEADER: Final = "Backbeat-Key-Id"
 REPORT_SIGNATURE_HEADER: Final = "Backbeat-Signature"
 

@@ -100,7 +100,7 @@ class ReverbMetrics:
             "secret_rotations_ok of the last report (1 true, 0 false)",
             registry=r,
         )
-        #: PER-002 (rollup done <= 1 beat after the downbeat), from the reports' publish times.
+        #: the rollup SLO (done <= 1 beat after the downbeat), from the reports' publish times.
         self.slo = SloTracker([ROLLUP], registry=r)
         # Pre-create the label sets so every series exists (at 0) from the start.
         for result in RESULTS[:3]:

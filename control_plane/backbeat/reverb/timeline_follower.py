@@ -61,7 +61,7 @@ class TimelineFollower:
         self._timeline = timeline
 
     def on_frame(self, payload: bytes) -> bool:
-        """Feed one beat frame (INT-A JSON). Returns whether it moved the timeline."""
+        """Feed one beat frame (BeatFrame JSON). Returns whether it moved the timeline."""
         try:
             frame = BeatFrame.decode(payload)
         except (CodecError, ValueError, TypeError, RecursionError):

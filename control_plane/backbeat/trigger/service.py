@@ -159,7 +159,7 @@ class TriggerMetrics:
     stalled: Gauge = field(init=False)
     restarts: Counter = field(init=False)
     catch_up_skipped: Counter = field(init=False)
-    #: PER-002: rollup done within one beat of the closing downbeat.
+    #: The rollup SLO: rollup done within one beat of the closing downbeat.
     slo: SloTracker = field(init=False)
 
     def __post_init__(self) -> None:
