@@ -182,3 +182,51 @@ def test_up_shows_beats_reports_and_tempo_change_then_stops_cleanly(tmp_path: Pa
             proc.kill()
             proc.wait()
         out.close()
+
+
+def test_cluster_mode_runs_the_system_on_a_three_node_nats_cluster(tmp_path: Path) -> None:
+    """`backbeat up --cluster-mode`: three nats-server nodes, streams kept by all three, and the
+    same beats and reports."""
+    import urllib.request
+
+    from backbeat.core import subjects
+
+    env = {**os.environ, "COLUMNS": "250", "PYTHONUNBUFFERED": "1"}
+    argv = [sys.executable, "-m", "backbeat.cli", "up", "--no-ui", "--cluster-mode",
+            "--cluster", "upcm", "--agents", "10", "--token", TOKEN,
+            "--run-dir", str(tmp_path / "run")]  # fmt: skip
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=env)  # fmt: skip
+    out = Output(proc)
+    try:
+        (nats,) = out.wait_for(r"nats\s+(\S+)  \(three-node cluster", timeout=90)
+        out.wait_for(r"report bar \d+-\d+: [1-9]\d* agents", timeout=40, count=2)
+        assert len(nats[1].split(",")) == 3
+        commands = [
+            Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+            for pid in _children(proc.pid)
+        ]
+        nodes = [argv for argv in commands if argv and argv[0].endswith("nats-server")]
+        assert len(nodes) == 3
+        # Each node's monitoring port says which streams it keeps, and with how many replicas.
+        monitor = nodes[0][nodes[0].index("-m") + 1]
+        with urllib.request.urlopen(
+            f"http://127.0.0.1:{monitor}/jsz?streams=true&config=true", timeout=5
+        ) as answer:
+            jsz = json.loads(answer.read())
+        streams = {
+            stream["name"]: stream["config"]["num_replicas"]
+            for account in jsz["account_details"]
+            for stream in account.get("stream_detail", [])
+        }
+        assert streams[subjects.downbeat_stream("upcm")] == 3, streams
+        assert streams[subjects.timeline_stream("upcm")] == 3, streams
+        assert streams[subjects.bar_stream("upcm")] == 3, streams
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 0, "\n".join(out.lines[-30:])
+        out.wait_for(r"stopped after .* every process has exited", timeout=5)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        out.close()

@@ -1,7 +1,8 @@
 """``backbeat up``: run the whole system locally, with a live view.
 
 Starts (unless ``--redis``/``--nats`` point at existing servers) three independent Redis
-masters and NATS with JetStream, then two pulse replicas, the reverb ingest, the rollup
+masters and NATS with JetStream (``--cluster-mode``: a three-node NATS cluster, every stream
+kept by the three), then two pulse replicas, the reverb ingest, the rollup
 trigger (in-process function runtime) and the agent simulator, each as a child process with
 its log in the run directory. The live view shows leader and term, tempo, the current beat and
 phase, agents reporting and each BarReport as it lands. ``q`` or Ctrl-C stops everything.
@@ -39,7 +40,7 @@ from rich.text import Text
 
 from backbeat.core.messages import BarReport, BeatFrame, CodecError
 from backbeat.core.subjects import bars_wildcard, beat, check_cluster_id
-from backbeat.embedded import NatsServer, RedisServer, ServerError, free_port
+from backbeat.embedded import NatsCluster, NatsServer, RedisServer, ServerError, free_port
 from backbeat.ports import PULSE_ADMIN_PORTS, PULSE_GRPC_PORTS
 from backbeat.processes import ComponentProcess
 from backbeat.secrets import SecretName, env_var
@@ -73,6 +74,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--nats", default=os.environ.get("NATS_URL", ""), metavar="URL",
         help="an existing NATS server with JetStream (env NATS_URL; default: start one)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--cluster-mode", action="store_true",
+        help="run on a local three-node NATS cluster (routes, JetStream on each, every stream "
+        "kept by all three: --stream-replicas 3) instead of one NATS server; with --nats, "
+        "the servers of an existing cluster",
     )  # fmt: skip
     parser.add_argument("--agents", type=int, default=50, help="simulated agents (default 50)")
     parser.add_argument("--tempo", type=float, default=120.0, help="initial tempo in BPM")
@@ -131,7 +138,7 @@ class LocalStack:
 
     args: argparse.Namespace
     run_dir: Path
-    servers: list[RedisServer | NatsServer] = field(default_factory=list)
+    servers: list[RedisServer | NatsServer | NatsCluster] = field(default_factory=list)
     components: dict[str, ComponentProcess] = field(default_factory=dict)
     endpoints: Endpoints | None = None
     #: The live view's NATS URL (the operator user's when NATS is embedded).
@@ -147,30 +154,13 @@ class LocalStack:
                 self.servers.append(server)
                 server.start()
                 redis_urls.append(server.url)
-        claims_url = args.claims_redis or (args.redis[0] if args.redis else "")
-        if not claims_url:
-            # The claims store is not a Redlock master: it keeps accepted claims, so it runs
-            # with an append-only file (docs/deployment.md, "Durability").
-            claims = RedisServer(
-                data_dir=self.run_dir / "claims-redis", persistent=True, appendfsync="everysec"
-            )
-            claims.die_with_parent = True
-            self.servers.append(claims)
-            claims.start()
-            claims_url = claims.url
+        claims_url = self.start_claims_store()
         nats_url = args.nats
         # Embedded NATS runs the shipped per-role permissions: each component connects as its
         # role (docs/security.md), its password in its environment, never on a command line.
         nats_passwords = {role: secrets.token_urlsafe(24) for role in NatsRole}
         if not nats_url:
-            nats_server = NatsServer(
-                data_dir=self.run_dir / "nats", users=role_users(nats_passwords, args.cluster)
-            )
-            nats_server.die_with_parent = True
-            self.servers.append(nats_server)
-            nats_server.start()
-            nats_url = nats_server.bare_url
-            self.view_nats_url = nats_server.url_as(NatsRole.OPERATOR)
+            nats_url, self.view_nats_url = self.start_nats(nats_passwords)
         else:
             nats_passwords = {}
             self.view_nats_url = nats_url
@@ -186,6 +176,8 @@ class LocalStack:
         )
         self.endpoints = ep
         common = ["--cluster", args.cluster]
+        # On a NATS cluster the downbeat, timeline and report streams are kept by every node.
+        streams = ["--stream-replicas", "3"] if args.cluster_mode else []
         redis_flags = [flag for url in ep.redis for flag in ("--redis", url)]
         env = {"BACKBEAT_API_TOKEN": args.token, "BACKBEAT_ENV": "development"}
         plan: list[tuple[str, list[str], int | None]] = []
@@ -194,20 +186,21 @@ class LocalStack:
                 f"pulse-{i + 1}",
                 ["pulse", *common, "--node", f"pulse-{i + 1}", "--nats", ep.nats, *redis_flags,
                  "--grpc-port", str(ep.pulse_grpc[i]), "--admin-port", str(ep.pulse_admin[i]),
-                 "--tempo", f"{args.tempo:g}", "--bar-length", str(args.bar_length)],
+                 "--tempo", f"{args.tempo:g}", "--bar-length", str(args.bar_length), *streams],
                 ep.pulse_admin[i],
             ))  # fmt: skip
         plan.append((
             "reverb",
             ["reverb", *common, "--node", "reverb-1", "--nats", ep.nats, "--redis", ep.claims_redis,
              "--bar-length", str(args.bar_length), "--grpc-port", str(ep.reverb_grpc),
-             "--admin-port", str(ep.reverb_admin)],
+             "--admin-port", str(ep.reverb_admin), *streams],
             ep.reverb_admin,
         ))  # fmt: skip
         plan.append((
             "reverb-trigger",
             ["reverb-trigger", *common, "--nats", ep.nats, "--redis", ep.claims_redis,
-             "--bar-length", str(args.bar_length), "--admin-port", str(ep.trigger_admin)],
+             "--bar-length", str(args.bar_length), "--admin-port", str(ep.trigger_admin),
+             *streams],
             ep.trigger_admin,
         ))  # fmt: skip
         plan.append((
@@ -235,6 +228,42 @@ class LocalStack:
             console.print(f"  starting {name}…")
             process.start(timeout=30)
         return ep
+
+    def start_claims_store(self) -> str:
+        """The claims store's URL: ``--claims-redis``, else the first ``--redis``, else a Redis
+        started here. The claims store is not a Redlock master: it keeps accepted claims, so it
+        runs with an append-only file (docs/deployment.md, "Durability").
+
+        ``--cluster-mode`` starts the same single server for now: this is where the claims
+        store's Redis Cluster is started when the cluster mode covers Redis too.
+        """
+        args = self.args
+        claims_url = args.claims_redis or (args.redis[0] if args.redis else "")
+        if claims_url:
+            return str(claims_url)
+        claims = RedisServer(
+            data_dir=self.run_dir / "claims-redis", persistent=True, appendfsync="everysec"
+        )
+        claims.die_with_parent = True
+        self.servers.append(claims)
+        claims.start()
+        return claims.url
+
+    def start_nats(self, passwords: dict[NatsRole, str]) -> tuple[str, str]:
+        """Start NATS with JetStream and one user per role: one server, or with
+        ``--cluster-mode`` three joined by routes (started once JetStream has a meta leader).
+        Returns the URL the components get (no credentials: theirs come as secrets) and the
+        live view's (the operator user's); with a cluster each names the three servers."""
+        users = role_users(passwords, self.args.cluster)
+        server: NatsServer | NatsCluster
+        if self.args.cluster_mode:
+            server = NatsCluster(3, data_dir=self.run_dir / "nats-cluster", users=users)
+        else:
+            server = NatsServer(data_dir=self.run_dir / "nats", users=users)
+        server.die_with_parent = True
+        self.servers.append(server)
+        server.start()
+        return server.bare_url, server.url_as(NatsRole.OPERATOR)
 
     def check(self) -> list[str]:
         """Names of components that exited on their own."""
@@ -564,7 +593,8 @@ def _print_endpoints(
     console.print(f"[bold green]up[/] cluster [bold]{escape(args.cluster)}[/], logs in {run_dir}")
     console.print(f"  redis    {' '.join(ep.redis)}", markup=False)
     console.print(f"  claims   {ep.claims_redis}", markup=False)
-    console.print(f"  nats     {ep.nats}", markup=False)
+    mode = "  (three-node cluster, streams on all three)" if args.cluster_mode else ""
+    console.print(f"  nats     {ep.nats}{mode}", markup=False)
     for i in range(2):
         console.print(
             f"  pulse-{i + 1}  gRPC 127.0.0.1:{ep.pulse_grpc[i]}  "
