@@ -97,6 +97,7 @@ def test_where_things_live_answers_each_question_with_one_file() -> None:
     assert len(places) > 10
     for place in places:
         paths = re.findall(r"`([^`]+)`", place)
-        assert len(paths) == 1 and place == f"`{paths[0]}`", f"not one file: {place}"
+        assert len(paths) == 1, f"not one file: {place}"
+        assert place == f"`{paths[0]}`", f"not just a file: {place}"
         prefix = "" if paths[0].startswith(("functions/", "docs/")) else "control_plane/backbeat/"
         assert (REPO / prefix / paths[0]).is_file(), paths[0]

@@ -17,7 +17,7 @@ An entry (stream fields, all optional):
   window by the batch (they do not carry their claims: the late side stream and the dead
   letters keep those).
 
-The claims' StatusClaim JSON payloads go to a second stream (``keys.window_payloads``), in an entry of
+The claims' StatusClaim JSON goes to a second stream (``keys.window_payloads``), in an entry of
 the same id: the rollup never reads them, auditing and replay tools do.
 """
 

@@ -144,7 +144,7 @@ def window_claims(cluster_id: str, window_id: str) -> str:
 
 
 def window_payloads(cluster_id: str, window_id: str) -> str:
-    """Stream: the StatusClaim JSON payloads of the claims of each ``window_claims`` entry, under the
+    """Stream: the StatusClaim JSON of the claims of each ``window_claims`` entry, under the
     same entry id: ``p`` (concatenated), ``n`` (JSON array of lengths), ``tp`` (JSON array of
     traceparents, absent when none)."""
     return f"{window_prefix(cluster_id, window_id)}:payloads"

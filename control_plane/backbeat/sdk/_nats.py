@@ -134,7 +134,7 @@ class NatsBeatSource:
 
 
 class NatsClaimSink:
-    """Publishes claims as StatusClaim JSON on ``backbeat.<cluster>.claims``; one flush per batch."""
+    """Publishes claims as StatusClaim JSON on ``backbeat.<cluster>.claims``; one flush a batch."""
 
     def __init__(self, nc: NatsClient, cluster_id: str, *, flush_timeout_s: float = 2.0) -> None:
         self._nc = nc
