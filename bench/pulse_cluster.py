@@ -11,7 +11,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from backbeat.embedded import NatsServer, RedisServer, free_port
+from backbeat.embedded import NatsCluster, NatsServer, RedisServer, free_port
 from backbeat.processes import ComponentProcess
 
 
@@ -41,13 +41,15 @@ def pulse_process(
     cluster: str,
     node: str,
     redis: Sequence[RedisServer],
-    nats: NatsServer,
+    nats: NatsServer | NatsCluster,
     log_dir: Path,
     *,
     tempo_bpm: float = 120.0,
     lock_ttl_ms: int = 1000,
+    extra_args: Sequence[str] = (),
 ) -> tuple[ComponentProcess, int]:
-    """A pulse replica process (not started) and its gRPC port."""
+    """A pulse replica process (not started) and its gRPC port (on a NATS cluster: given every
+    node's URL)."""
     grpc_port, admin_port = free_port(), free_port()
     args = [
         "pulse", "--cluster", cluster, "--node", node, "--nats", nats.url,
@@ -56,6 +58,7 @@ def pulse_process(
     ]  # fmt: skip
     for server in redis:
         args += ["--redis", server.url]
+    args += extra_args
     return ComponentProcess(node, args, admin_port=admin_port, log_dir=log_dir), grpc_port
 
 
