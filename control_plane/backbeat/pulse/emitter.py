@@ -140,6 +140,17 @@ class BeatEmitter:
     def _lead_ns(self, timeline: Timeline) -> int:
         return int(min(self._commit_lead_ns, timeline.period_ns / 3))
 
+    async def _wait_for_reservation(self, n: int) -> tuple[TimelineRecord, int]:
+        """Sleep until beat ``n`` is to be reserved (the commit lead before it is due), both
+        paths' first step. Returns the record in force before the sleep and when ``n`` is due
+        (a change stored meanwhile never moves a beat up to its downbeat)."""
+        record = self._state.record
+        assert record is not None
+        timeline = record.at(n)
+        due = timeline.beat_time_ns(n)
+        await _sleep_until(due - self._lead_ns(timeline))
+        return record, due
+
     # -- the fenced path -------------------------------------------------------------------
 
     async def run(self, first: int) -> tuple[Stop, int]:
@@ -149,11 +160,7 @@ class BeatEmitter:
         previous: EmittedBeat | None = None
         handover_until: float | None = None  # monotonic; set once the lock is released
         while True:
-            record = state.record
-            assert record is not None
-            timeline = record.at(n)
-            due = timeline.beat_time_ns(n)
-            await _sleep_until(due - self._lead_ns(timeline))
+            _, due = await self._wait_for_reservation(n)
             # From the reservation to the publication nothing but the beat may take time.
             with collections_deferred():
                 if handover_until is None:
@@ -279,11 +286,7 @@ class BeatEmitter:
         pending_write: asyncio.Future[WriteResult] | None = None
         try:
             while True:
-                record = state.record
-                assert record is not None
-                timeline = record.at(n)
-                due = timeline.beat_time_ns(n)
-                await _sleep_until(due - self._lead_ns(timeline))
+                record, due = await self._wait_for_reservation(n)
                 with collections_deferred():
                     if signals.closing or signals.newer_term_seen:
                         return (Stop.HANDOFF if signals.closing else Stop.LOST), n
