@@ -7,10 +7,13 @@ fixtures, which stop whatever they started when the test ends.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 
+import nats
+import nats.aio.client
 import pytest
 from hypothesis import HealthCheck, settings
+from redis.asyncio import Redis
 
 from backbeat.embedded import NatsCluster, NatsServer, RedisClusterServers, RedisServer
 from backbeat.service.nats_permissions import ANY_CLUSTER, NatsRole, NatsUser, role_users
@@ -138,3 +141,43 @@ def cluster_id(request: pytest.FixtureRequest) -> str:
     """A cluster id unique to the test, so tests sharing servers never see each other's keys."""
     name = request.node.name.replace("[", "-").replace("]", "").replace("/", "-")
     return f"t-{name}"[:60]
+
+
+@pytest.fixture
+async def redis(redis_server: RedisServer) -> AsyncIterator[Redis]:
+    """A client of the session's Redis server."""
+    client = Redis.from_url(redis_server.url)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture
+async def nc(nats_server: NatsServer) -> AsyncIterator[nats.aio.client.Client]:
+    """A connection to the session's NATS server."""
+    client = await nats.connect(nats_server.url)
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+@pytest.fixture
+def lambda_env(
+    cluster_id: str,
+    redis_server: RedisServer,
+    nats_server: NatsServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[None]:
+    """The rollup function's environment, as the Lambda runtime gives it, on the session's
+    servers; the function's runtime state is reset before and after."""
+    from reverb_rollup import process
+    from tests.rollup.test_runtimes import function_env
+
+    for name, value in function_env(cluster_id, redis_server, nats_server).items():
+        if name.startswith(("BACKBEAT_", "REDIS_", "NATS_", "LOG_")):
+            monkeypatch.setenv(name, value)
+    process.reset_runtime()
+    yield
+    process.reset_runtime()

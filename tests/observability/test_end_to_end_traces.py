@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 
 import aiohttp
 import nats
@@ -55,13 +54,6 @@ async def eventually(check: object, within: float = 20.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
         await asyncio.sleep(0.05)
-
-
-@pytest.fixture
-async def nc(nats_server: NatsServer) -> AsyncIterator[nats.aio.client.Client]:
-    client = await nats.connect(nats_server.url)
-    yield client
-    await client.close()
 
 
 def _downbeat_traces(spans: InMemorySpanExporter, cluster: str) -> dict[int, ReadableSpan]:

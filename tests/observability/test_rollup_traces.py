@@ -4,7 +4,6 @@ report it publishes (real Redis + NATS; trigger and function in this process).""
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 
 import nats
 import nats.aio.client
@@ -16,27 +15,12 @@ from redis.asyncio import Redis
 from backbeat.core import subjects
 from backbeat.core.messages import BeatFrame
 from backbeat.core.timeline import Timeline, default_phases, window_id
-from backbeat.embedded import NatsServer, RedisServer
 from backbeat.service.tracing import inject_headers
 from backbeat.trigger import ReverbTrigger, TriggerSettings
 from tests.observability.conftest import named, parent_of
 from tests.rollup.conftest import eventually
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-async def redis(redis_server: RedisServer) -> AsyncIterator[Redis]:
-    client = Redis.from_url(redis_server.url)
-    yield client
-    await client.aclose()
-
-
-@pytest.fixture
-async def nc(nats_server: NatsServer) -> AsyncIterator[nats.aio.client.Client]:
-    client = await nats.connect(nats_server.url)
-    yield client
-    await client.close()
 
 
 async def test_one_trace_from_downbeat_to_report(

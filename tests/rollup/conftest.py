@@ -9,16 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
-import nats
-import nats.aio.client
 import pytest
-from redis.asyncio import Redis
 
 from backbeat.core.timeline import window_id
 from backbeat.core.window import BeatStats, UnreportedWindow, WindowAggregate
-from backbeat.embedded import NatsServer, RedisServer
 
 
 class CannedWindows:
@@ -72,24 +68,6 @@ class CannedWindows:
             ),
             key=lambda w: w[1],
         )
-
-
-@pytest.fixture
-async def redis(redis_server: RedisServer) -> AsyncIterator[Redis]:
-    client = Redis.from_url(redis_server.url)
-    try:
-        yield client
-    finally:
-        await client.aclose()
-
-
-@pytest.fixture
-async def nc(nats_server: NatsServer) -> AsyncIterator[nats.aio.client.Client]:
-    client = await nats.connect(nats_server.url)
-    try:
-        yield client
-    finally:
-        await client.close()
 
 
 @pytest.fixture

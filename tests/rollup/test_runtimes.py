@@ -32,7 +32,6 @@ from reverb_rollup import (
     RollupOutcome,
     RollupSettings,
     aws_lambda,
-    process,
 )
 from reverb_rollup.invocation_auth import sign_invocation
 from reverb_rollup.record import RecordState, RollupRecords
@@ -154,21 +153,6 @@ async def test_http_cloudevents_runtime(
     # The report continues the event's trace (same trace id; the span is the publisher's when
     # tracing is on in the function, the event's own otherwise).
     assert msg.headers["traceparent"].split("-")[1] == event.traceparent.split("-")[1]
-
-
-@pytest.fixture
-def lambda_env(
-    cluster_id: str,
-    redis_server: RedisServer,
-    nats_server: NatsServer,
-    monkeypatch: pytest.MonkeyPatch,
-) -> Iterator[None]:
-    for name, value in function_env(cluster_id, redis_server, nats_server).items():
-        if name.startswith(("BACKBEAT_", "REDIS_", "NATS_", "LOG_")):
-            monkeypatch.setenv(name, value)
-    process.reset_runtime()
-    yield
-    process.reset_runtime()
 
 
 @pytest.mark.usefixtures("lambda_env")

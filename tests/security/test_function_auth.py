@@ -15,7 +15,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
@@ -30,7 +30,7 @@ from backbeat.embedded import NatsServer, RedisServer
 from backbeat.reverb.store import Outcome as ClaimOutcome
 from backbeat.reverb.store import WindowStore
 from backbeat.trigger import HttpInvoker, InvokeError
-from reverb_rollup import RollupEvent, WindowNotClosed, aws_lambda, process
+from reverb_rollup import RollupEvent, WindowNotClosed, aws_lambda
 from reverb_rollup.invocation_auth import (
     SIGNATURE_HEADER,
     InvocationRefused,
@@ -47,24 +47,6 @@ from tests.rollup.test_runtimes import (
 from tests.rollup.test_trigger import append, claim, wait_report
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
-
-
-@pytest.fixture
-async def redis(redis_server: RedisServer) -> AsyncIterator[Redis]:
-    client = Redis.from_url(redis_server.url)
-    try:
-        yield client
-    finally:
-        await client.aclose()
-
-
-@pytest.fixture
-async def nc(nats_server: NatsServer) -> AsyncIterator[nats.aio.client.Client]:
-    client = await nats.connect(nats_server.url)
-    try:
-        yield client
-    finally:
-        await client.close()
 
 
 @pytest.fixture
@@ -207,21 +189,6 @@ async def test_the_trigger_invoker_signs_its_calls(function_url: str, cluster_id
     finally:
         await honest.close()
         await stale.close()
-
-
-@pytest.fixture
-def lambda_env(
-    cluster_id: str,
-    redis_server: RedisServer,
-    nats_server: NatsServer,
-    monkeypatch: pytest.MonkeyPatch,
-) -> Iterator[None]:
-    for name, value in function_env(cluster_id, redis_server, nats_server).items():
-        if name.startswith(("BACKBEAT_", "REDIS_", "NATS_", "LOG_")):
-            monkeypatch.setenv(name, value)
-    process.reset_runtime()
-    yield
-    process.reset_runtime()
 
 
 @pytest.mark.usefixtures("lambda_env")

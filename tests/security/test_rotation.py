@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -12,7 +11,6 @@ from redis.asyncio import Redis
 
 from backbeat.core.messages import StatusClaim
 from backbeat.core.signing import Keyring, SigningKey, sign_claim, verify_claim
-from backbeat.embedded import RedisServer
 from backbeat.secrets import (
     EnvSecretSource,
     KeyRotator,
@@ -37,15 +35,6 @@ class FakeClock:
 
     def __call__(self) -> int:
         return self.now
-
-
-@pytest.fixture
-async def redis(redis_server: RedisServer) -> AsyncIterator[Redis]:
-    client = Redis.from_url(redis_server.url)
-    try:
-        yield client
-    finally:
-        await client.aclose()
 
 
 def claim(beat: int) -> StatusClaim:

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 from dataclasses import replace
 
 import nats
@@ -14,7 +13,6 @@ from redis.asyncio import Redis
 
 from backbeat.core import keys
 from backbeat.core.messages import BarReport, BeatFrame
-from backbeat.embedded import NatsServer, RedisServer
 from backbeat.secrets import RotationEvent
 from reverb_rollup import InProcessRollup, RollupEvent
 from tests.rollup.conftest import CannedWindows
@@ -25,22 +23,8 @@ S = 1_000_000_000
 
 
 @pytest.fixture
-async def redis(redis_server: RedisServer) -> AsyncIterator[Redis]:
-    client = Redis.from_url(redis_server.url)
-    yield client
-    await client.aclose()
-
-
-@pytest.fixture
 def canned(cluster_id: str) -> CannedWindows:
     return CannedWindows(cluster_id)
-
-
-@pytest.fixture
-async def nc(nats_server: NatsServer) -> AsyncIterator[nats.aio.client.Client]:
-    client = await nats.connect(nats_server.url)
-    yield client
-    await client.close()
 
 
 def downbeat(cluster_id: str, beat: int, at_ns: int) -> BeatFrame:

@@ -50,13 +50,6 @@ async def until(check: Any, within: float = 20.0) -> None:
 
 
 @pytest.fixture
-async def nc(nats_server: NatsServer) -> AsyncIterator[nats.aio.client.Client]:
-    client = await nats.connect(nats_server.url)
-    yield client
-    await client.close()
-
-
-@pytest.fixture
 async def stack(
     redis_servers: list[RedisServer], nats_server: NatsServer, cluster_id: str
 ) -> AsyncIterator[tuple[PulseServer, ReverbServer, dict[str, Keyring]]]:

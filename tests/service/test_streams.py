@@ -3,8 +3,6 @@ and only its owner brings an existing one in line (against a real nats-server)."
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import nats
 import nats.aio.client
 import pytest
@@ -18,15 +16,6 @@ from backbeat.service.nats_permissions import NatsRole
 from reverb_rollup.publisher import BarPublisher
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-async def nc(nats_server: NatsServer) -> AsyncIterator[nats.aio.client.Client]:
-    client = await nats.connect(nats_server.url)
-    try:
-        yield client
-    finally:
-        await client.close()
 
 
 def test_replicas_are_checked() -> None:
