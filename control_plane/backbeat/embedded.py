@@ -171,6 +171,7 @@ class ServerProcess:
         return self._proc is not None and self._proc.poll() is None
 
     def start(self, timeout: float = 15.0) -> None:
+        """Start the server and wait until it answers; ServerError when it does not in time."""
         if self.running:
             return
         with self.log_path.open("ab") as log:

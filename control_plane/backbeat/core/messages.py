@@ -186,6 +186,7 @@ class BeatFrame:
 
     @classmethod
     def decode(cls, payload: bytes | str | Mapping[str, Any]) -> BeatFrame:
+        """The BeatFrame of a JSON payload; raises CodecError naming the offending field."""
         obj = load_object(payload)
         _check_type(obj, BEATFRAME_TYPE)
         window = _field(obj, "window_id", str)
@@ -259,6 +260,7 @@ class StatusClaim:
 
     @classmethod
     def decode(cls, payload: bytes | str | Mapping[str, Any]) -> StatusClaim:
+        """The StatusClaim of a JSON payload; raises CodecError naming the offending field."""
         obj = load_object(payload)
         _check_type(obj, STATUSCLAIM_TYPE)
         return cls(
@@ -381,6 +383,7 @@ class BarReport:
 
     @classmethod
     def decode(cls, payload: bytes | str | Mapping[str, Any]) -> BarReport:
+        """The BarReport of a JSON payload; raises CodecError naming the offending field."""
         obj = load_object(payload)
         _check_type(obj, BARREPORT_TYPE)
         issues = _field(obj, "issues", list, [])

@@ -172,7 +172,8 @@ class FencedStore:
 
         ``min_term`` is a floor from outside Redis (the highest term this replica has seen on
         the wire), for when the masters lost their memory. Call this only while holding the
-        Redlock.
+        Redlock. Raises TermError when no majority took a term (too few masters answered, or
+        others kept taking higher ones).
         """
         floor = min_term
         for _ in range(attempts):

@@ -78,6 +78,8 @@ def tempo_response(change: ScheduledTempoChange) -> pb.SetTempoResponse:
 
 
 def check_tempo_request(tempo_bpm: float, request_id: str) -> None:
+    """Refuse a SetTempo request that is wrong whatever the state: TempoError for the tempo,
+    TempoRequestError for the request id."""
     # The one tempo rule (core.timeline): zero, negative and out-of-range values all get the
     # same reason, message and allowed range.
     validate_tempo(tempo_bpm)
