@@ -185,8 +185,8 @@ def test_up_shows_beats_reports_and_tempo_change_then_stops_cleanly(tmp_path: Pa
 
 
 def test_cluster_mode_runs_the_system_on_a_three_node_nats_cluster(tmp_path: Path) -> None:
-    """`backbeat up --cluster-mode`: three nats-server nodes, streams kept by all three, and the
-    same beats and reports."""
+    """`backbeat up --cluster-mode`: three nats-server nodes, streams kept by all three, a Redis
+    Cluster for the claims (three partitions), and the same beats and reports."""
     import urllib.request
 
     from backbeat.core import subjects
@@ -200,6 +200,7 @@ def test_cluster_mode_runs_the_system_on_a_three_node_nats_cluster(tmp_path: Pat
     out = Output(proc)
     try:
         (nats,) = out.wait_for(r"nats\s+(\S+)  \(three-node cluster", timeout=90)
+        (claims,) = out.wait_for(r"claims\s+(\S+)  \(Redis Cluster, 3 partitions", timeout=5)
         out.wait_for(r"report bar \d+-\d+: [1-9]\d* agents", timeout=40, count=2)
         assert len(nats[1].split(",")) == 3
         commands = [
@@ -208,6 +209,14 @@ def test_cluster_mode_runs_the_system_on_a_three_node_nats_cluster(tmp_path: Pat
         ]
         nodes = [argv for argv in commands if argv and argv[0].endswith("nats-server")]
         assert len(nodes) == 3
+        # The claims store: six Redis nodes in cluster mode (their process title says so),
+        # named by the claims URL.
+        redis_nodes = [argv for argv in commands if any("[cluster]" in a for a in argv)]
+        assert len(redis_nodes) == 6
+        assert claims[1].startswith("redis+cluster://")
+        assert len(claims[1].split(",")) == 6
+        ingest = next(argv for argv in commands if "reverb" in argv and "--node" in argv)
+        assert ingest[ingest.index("--claim-partitions") + 1] == "3"
         # Each node's monitoring port says which streams it keeps, and with how many replicas.
         monitor = nodes[0][nodes[0].index("-m") + 1]
         with urllib.request.urlopen(

@@ -420,18 +420,41 @@ class RedisClusterServers:
     master's replica takes over after about two ``node_timeout_ms``.
     """
 
-    def __init__(self, masters: int = 3, replicas: int = 1, *, node_timeout_ms: int = 1000) -> None:
+    def __init__(
+        self,
+        masters: int = 3,
+        replicas: int = 1,
+        *,
+        node_timeout_ms: int = 1000,
+        data_dir: Path | None = None,
+        persistent: bool = False,
+        appendfsync: str = "always",
+    ) -> None:
         if masters < 1 or replicas < 0:
             raise ValueError("a cluster needs at least one master")
         self.masters_count = masters
         self.servers = [
-            RedisServer(cluster_node_timeout_ms=node_timeout_ms)
-            for _ in range(masters * (1 + replicas))
+            RedisServer(
+                data_dir=data_dir / f"node-{k + 1}" if data_dir is not None else None,
+                persistent=persistent,
+                appendfsync=appendfsync,
+                cluster_node_timeout_ms=node_timeout_ms,
+            )
+            for k in range(masters * (1 + replicas))
         ]
 
     @property
+    def die_with_parent(self) -> bool:
+        return all(server.die_with_parent for server in self.servers)
+
+    @die_with_parent.setter
+    def die_with_parent(self, value: bool) -> None:
+        for server in self.servers:
+            server.die_with_parent = value
+
+    @property
     def url(self) -> str:
-        """``redis+cluster://`` with every node as a seed (see ``backbeat.service.redis``)."""
+        """``redis+cluster://`` naming every node as a seed (``service.redis_connect``)."""
         return "redis+cluster://" + ",".join(f"127.0.0.1:{s.port}" for s in self.servers)
 
     def start(self, timeout: float = 60.0) -> None:
@@ -526,6 +549,10 @@ class RedisClusterServers:
         finally:
             for c in clients:
                 c.close()
+
+    def stop(self) -> None:
+        for server in self.servers:
+            server.stop()
 
     def close(self) -> None:
         for server in self.servers:

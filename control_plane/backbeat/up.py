@@ -40,13 +40,21 @@ from rich.text import Text
 
 from backbeat.core.messages import BarReport, BeatFrame, CodecError
 from backbeat.core.subjects import bars_wildcard, beat, check_cluster_id
-from backbeat.embedded import NatsCluster, NatsServer, RedisServer, ServerError, free_port
+from backbeat.embedded import (
+    NatsCluster,
+    NatsServer,
+    RedisClusterServers,
+    RedisServer,
+    ServerError,
+    free_port,
+)
 from backbeat.ports import PULSE_ADMIN_PORTS, PULSE_GRPC_PORTS
 from backbeat.processes import ComponentProcess
 from backbeat.secrets import SecretName, env_var
 from backbeat.service.lifecycle import ShutdownSignal
 from backbeat.service.nats_connect import connect_nats
 from backbeat.service.nats_permissions import NatsRole, role_credentials, role_users
+from backbeat.service.redis_connect import is_cluster_url
 from backbeat.v1 import pulse_service_pb2 as pulse_pb
 from backbeat.v1 import pulse_service_pb2_grpc as pulse_grpc
 
@@ -58,6 +66,8 @@ COMPONENT_NATS_ROLES = {
     "agent-sim": NatsRole.AGENT,
 }
 NATS_CREDENTIALS_ENV = env_var(SecretName.NATS_CREDENTIALS)
+#: ``--cluster-mode``: the claims store is a Redis Cluster of three masters, one partition each.
+CLUSTER_MODE_PARTITIONS = 3
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -78,8 +88,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--cluster-mode", action="store_true",
         help="run on a local three-node NATS cluster (routes, JetStream on each, every stream "
-        "kept by all three: --stream-replicas 3) instead of one NATS server; with --nats, "
-        "the servers of an existing cluster",
+        "kept by all three: --stream-replicas 3) and a Redis Cluster for the claims (three "
+        "masters with a replica each, three partitions, WAIT 1) instead of single servers; "
+        "with --nats or --claims-redis, existing ones",
     )  # fmt: skip
     parser.add_argument("--agents", type=int, default=50, help="simulated agents (default 50)")
     parser.add_argument("--tempo", type=float, default=120.0, help="initial tempo in BPM")
@@ -138,11 +149,15 @@ class LocalStack:
 
     args: argparse.Namespace
     run_dir: Path
-    servers: list[RedisServer | NatsServer | NatsCluster] = field(default_factory=list)
+    servers: list[RedisServer | RedisClusterServers | NatsServer | NatsCluster] = field(
+        default_factory=list
+    )
     components: dict[str, ComponentProcess] = field(default_factory=dict)
     endpoints: Endpoints | None = None
     #: The live view's NATS URL (the operator user's when NATS is embedded).
     view_nats_url: str = ""
+    #: The claims store is a Redis Cluster started here, a replica behind each master.
+    claims_replicated: bool = False
 
     def start(self, console: Console) -> Endpoints:
         args = self.args
@@ -179,6 +194,7 @@ class LocalStack:
         # On a NATS cluster the downbeat, timeline and report streams are kept by every node.
         streams = ["--stream-replicas", "3"] if args.cluster_mode else []
         redis_flags = [flag for url in ep.redis for flag in ("--redis", url)]
+        claims = self.claims_flags(ep.claims_redis)
         env = {"BACKBEAT_API_TOKEN": args.token, "BACKBEAT_ENV": "development"}
         plan: list[tuple[str, list[str], int | None]] = []
         for i in range(2):
@@ -193,14 +209,14 @@ class LocalStack:
             "reverb",
             ["reverb", *common, "--node", "reverb-1", "--nats", ep.nats, "--redis", ep.claims_redis,
              "--bar-length", str(args.bar_length), "--grpc-port", str(ep.reverb_grpc),
-             "--admin-port", str(ep.reverb_admin), *streams],
+             "--admin-port", str(ep.reverb_admin), *streams, *claims],
             ep.reverb_admin,
         ))  # fmt: skip
         plan.append((
             "reverb-trigger",
             ["reverb-trigger", *common, "--nats", ep.nats, "--redis", ep.claims_redis,
              "--bar-length", str(args.bar_length), "--admin-port", str(ep.trigger_admin),
-             *streams],
+             *streams, *claims],
             ep.trigger_admin,
         ))  # fmt: skip
         plan.append((
@@ -234,13 +250,27 @@ class LocalStack:
         started here. The claims store is not a Redlock master: it keeps accepted claims, so it
         runs with an append-only file (docs/deployment.md, "Durability").
 
-        ``--cluster-mode`` starts the same single server for now: this is where the claims
-        store's Redis Cluster is started when the cluster mode covers Redis too.
+        ``--cluster-mode`` starts a Redis Cluster instead: three masters with a replica each,
+        the claims in three partitions (one per master), every batch confirmed by a replica
+        (``claims_flags``).
         """
         args = self.args
         claims_url = args.claims_redis or (args.redis[0] if args.redis else "")
         if claims_url:
             return str(claims_url)
+        if args.cluster_mode:
+            cluster = RedisClusterServers(
+                3,
+                1,
+                data_dir=self.run_dir / "claims-cluster",
+                persistent=True,
+                appendfsync="everysec",
+            )
+            cluster.die_with_parent = True
+            self.servers.append(cluster)
+            cluster.start()
+            self.claims_replicated = True
+            return cluster.url
         claims = RedisServer(
             data_dir=self.run_dir / "claims-redis", persistent=True, appendfsync="everysec"
         )
@@ -248,6 +278,15 @@ class LocalStack:
         self.servers.append(claims)
         claims.start()
         return claims.url
+
+    def claims_flags(self, claims_url: str) -> list[str]:
+        """The claims store's layout for the ingest and the trigger: on a Redis Cluster, one
+        partition per master, and on the one started here (a replica per master) every batch
+        confirmed by a replica."""
+        if not is_cluster_url(claims_url):
+            return []
+        flags = ["--claim-partitions", str(CLUSTER_MODE_PARTITIONS)]
+        return [*flags, "--redis-wait-replicas", "1"] if self.claims_replicated else flags
 
     def start_nats(self, passwords: dict[NatsRole, str]) -> tuple[str, str]:
         """Start NATS with JetStream and one user per role: one server, or with
@@ -592,7 +631,12 @@ def _print_endpoints(
     # them at the terminal's width, or at 80 columns when the output goes to a file.
     console.print(f"[bold green]up[/] cluster [bold]{escape(args.cluster)}[/], logs in {run_dir}")
     console.print(f"  redis    {' '.join(ep.redis)}", markup=False)
-    console.print(f"  claims   {ep.claims_redis}", markup=False)
+    claims_mode = (
+        f"  (Redis Cluster, {CLUSTER_MODE_PARTITIONS} partitions, WAIT 1)"
+        if is_cluster_url(ep.claims_redis)
+        else ""
+    )
+    console.print(f"  claims   {ep.claims_redis}{claims_mode}", markup=False)
     mode = "  (three-node cluster, streams on all three)" if args.cluster_mode else ""
     console.print(f"  nats     {ep.nats}{mode}", markup=False)
     for i in range(2):
@@ -609,7 +653,12 @@ def _print_endpoints(
     console.print("for agents and operator commands (docs/sdk.md):")
     console.print(
         f"  export NATS_URL={ep.nats} BACKBEAT_CLUSTER={args.cluster} "
-        f"BACKBEAT_API_TOKEN={args.token} BACKBEAT_REDIS_URL={ep.claims_redis}",
+        f"BACKBEAT_API_TOKEN={args.token} BACKBEAT_REDIS_URL={ep.claims_redis}"
+        + (
+            f" BACKBEAT_CLAIM_PARTITIONS={CLUSTER_MODE_PARTITIONS}"
+            if is_cluster_url(ep.claims_redis)
+            else ""
+        ),
         markup=False,
     )
     console.print("change the tempo (applies at the next downbeat):")
