@@ -6,7 +6,8 @@ import argparse
 import json
 import os
 import sys
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import grpc
 from google.protobuf import json_format
@@ -16,6 +17,9 @@ from rich.markup import escape
 
 from backbeat.ports import PULSE_GRPC_PORTS, REVERB_GRPC_PORT
 from backbeat.service.rpc import error_info
+from backbeat.service.targets import parse_targets, spread
+
+T = TypeVar("T")
 
 #: Output for people. Never wraps a printed line (a command or an id must survive a copy and
 #: paste, also when the output goes to a file); user data is printed with ``say`` or
@@ -27,8 +31,27 @@ def add_pulse_address(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--pulse",
         default=os.environ.get("BACKBEAT_PULSE_ADDR", f"127.0.0.1:{PULSE_GRPC_PORTS[0]}"),
-        help="pulse gRPC address HOST:PORT (any replica; env BACKBEAT_PULSE_ADDR)",
+        help=(
+            "pulse gRPC address HOST:PORT, or several comma-separated (any replica: calls start "
+            "at one in turn and move on when one cannot be reached; env BACKBEAT_PULSE_ADDR)"
+        ),
     )
+
+
+async def call_any(addresses: str, call: Callable[[grpc.aio.Channel], Awaitable[T]]) -> T:
+    """``call`` on one of ``addresses`` (comma-separated): the next one in turn first, then the
+    others while a replica cannot be reached (UNAVAILABLE without a reason from the service).
+    Raises the last failure."""
+    targets = spread(parse_targets(addresses)) or [addresses]
+    for target in targets[:-1]:
+        async with grpc.aio.insecure_channel(target) as channel:
+            try:
+                return await call(channel)
+            except grpc.aio.AioRpcError as error:
+                if error.code() is not grpc.StatusCode.UNAVAILABLE or error_info(error) is not None:
+                    raise
+    async with grpc.aio.insecure_channel(targets[-1]) as channel:
+        return await call(channel)
 
 
 def add_reverb_address(parser: argparse.ArgumentParser) -> None:

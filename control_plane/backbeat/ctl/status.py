@@ -14,6 +14,7 @@ from backbeat.ctl._common import (
     add_output,
     add_pulse_address,
     add_reverb_address,
+    call_any,
     console,
     print_json,
     report_rpc_error,
@@ -34,13 +35,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 async def _status(args: argparse.Namespace) -> int:
     result: dict[str, Any] = {}
-    async with grpc.aio.insecure_channel(args.pulse) as channel:
-        try:
-            status = await pulse_grpc.PulseServiceStub(channel).GetStatus(
+    try:
+        status = await call_any(
+            args.pulse,
+            lambda channel: pulse_grpc.PulseServiceStub(channel).GetStatus(
                 pulse_pb.GetStatusRequest(), timeout=args.timeout
-            )
-        except grpc.aio.AioRpcError as error:
-            return report_rpc_error(error, f"pulse at {args.pulse}", args.json)
+            ),
+        )
+    except grpc.aio.AioRpcError as error:
+        return report_rpc_error(error, f"pulse at {args.pulse}", args.json)
     result["pulse"] = to_dict(status)
     windows: list[Any] = []
     async with grpc.aio.insecure_channel(args.reverb) as channel:

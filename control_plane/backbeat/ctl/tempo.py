@@ -13,6 +13,7 @@ from backbeat.ctl._common import (
     add_pulse_address,
     add_token,
     auth_metadata,
+    call_any,
     print_json,
     report_rpc_error,
     say,
@@ -40,13 +41,17 @@ async def _tempo(args: argparse.Namespace) -> int:
     request = pulse_pb.SetTempoRequest(
         tempo_bpm=args.bpm, ramp=args.ramp, request_id=args.request_id or uuid.uuid4().hex
     )
-    async with grpc.aio.insecure_channel(args.pulse) as channel:
-        try:
-            reply = await pulse_grpc.PulseServiceStub(channel).SetTempo(
+    # Any replica: a follower forwards the call to the leader; the request id makes a retry on
+    # another replica apply the change once.
+    try:
+        reply = await call_any(
+            args.pulse,
+            lambda channel: pulse_grpc.PulseServiceStub(channel).SetTempo(
                 request, metadata=auth_metadata(args.token), timeout=args.timeout
-            )
-        except grpc.aio.AioRpcError as error:
-            return report_rpc_error(error, f"pulse at {args.pulse}", args.json)
+            ),
+        )
+    except grpc.aio.AioRpcError as error:
+        return report_rpc_error(error, f"pulse at {args.pulse}", args.json)
     if args.json:
         print_json(to_dict(reply))
         return 0

@@ -19,6 +19,7 @@ from backbeat.core.protobuf import (
 )
 from backbeat.errors import ClaimsRefused
 from backbeat.sdk._follower import BeatFollower
+from backbeat.service.targets import parse_targets, spread
 from backbeat.service.tracing import context_from_traceparent, inject_headers
 from backbeat.v1 import (
     pulse_service_pb2,
@@ -60,9 +61,11 @@ def _trace_carrier(traceparent: str = "") -> dict[str, str]:
 
 
 class GrpcBeatSource:
-    """Follows ``StreamBeats`` on the first replica that answers, resuming after failures.
+    """Follows ``StreamBeats`` on one of ``targets``, resuming after failures.
 
-    A stream is resumed from the next undelivered beat on the next target. A stream that stays
+    Sources of one process start at successive targets (the first one at random, see
+    ``backbeat.service.targets.spread``), so that streams spread over every replica given. A
+    stream is resumed from the next undelivered beat on the next target. A stream that stays
     silent longer than ``idle_timeout_s`` (no beat, timeline or progress message: e.g. a paused
     server) is abandoned; ``OUT_OF_RANGE`` (history gone) restarts from the next live beat.
     """
@@ -77,9 +80,9 @@ class GrpcBeatSource:
         idle_timeout_s: float = 10.0,
         progress_interval_ms: int = 1000,
     ) -> None:
-        if not targets:
+        if not parse_targets(targets):
             raise ValueError("no gRPC pulse targets")
-        self._targets = list(targets)
+        self._targets = spread(parse_targets(targets))
         self._follower = follower
         self._now_ns = now_ns
         self._token = token
