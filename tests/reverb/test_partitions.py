@@ -10,6 +10,7 @@ from typing import Any
 
 import nats
 import pytest
+from redis import exceptions as redis_errors
 
 from backbeat.core import keys
 from backbeat.core.claims import RejectReason
@@ -179,6 +180,25 @@ async def test_keys_lie_in_their_partitions_slots(
             for prefix in keys.partition_prefixes(cluster_id, 3)
         }
         assert len(owners) == 3
+
+
+async def test_a_component_with_other_partitions_is_refused(
+    layout: tuple[Any, str, StoreSettings], cluster_id: str
+) -> None:
+    """Readers and writers told another ``--claim-partitions`` than the store was written with
+    get an error, not a window without the other partitions' claims."""
+    client, _, settings = layout
+    store = WindowStore(client, cluster_id, settings)
+    tl = _timeline(cluster_id)
+    assert await _append(store, tl, 3, _claims(12)) == "a" * 12
+    other = WindowStore(
+        client, cluster_id, StoreSettings(claim_partitions=settings.claim_partitions % 3 + 1)
+    )
+    with pytest.raises(redis_errors.ResponseError, match="LAYOUT"):
+        await _append(other, tl, 3, [make_claim("a1", "t99", 1)])
+    with pytest.raises(redis_errors.ResponseError, match="LAYOUT"):
+        await other.seal_and_read(tl.window_id(0), 0, 3)
+    assert (await store.seal_and_read(tl.window_id(0), 0, 3)).accepted_claims == 12
 
 
 async def test_a_pipelined_batch_sent_again_is_applied_once(

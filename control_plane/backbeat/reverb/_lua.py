@@ -10,7 +10,26 @@ from __future__ import annotations
 
 from typing import Final
 
-# ARGV: prefix, batch_id, now_ms, late_horizon_ms, dead_letter_maxlen, batch_ttl_s,
+
+#: Every script checks that the partition it writes or reads is the one the other components
+#: configured: ``…:layout`` holds ``<partition>/<partitions>``, set by the first script to run
+#: there. A component started with another ``--claim-partitions`` gets an error instead of
+#: writing claims, or reading windows, that the others do not see. ``arg`` is the script's
+#: ARGV index of the expected value.
+def _layout_check(arg: int) -> str:
+    return f"""
+local layout_key = ARGV[1] .. ':layout'
+local layout = redis.call('GET', layout_key)
+if not layout then
+  redis.call('SET', layout_key, ARGV[{arg}])
+elseif layout ~= ARGV[{arg}] then
+  return redis.error_reply('LAYOUT claims partition ' .. ARGV[{arg}] .. ' expected, '
+    .. layout .. ' stored: every component must use the same --claim-partitions')
+end
+"""
+
+
+# ARGV: prefix, batch_id, now_ms, late_horizon_ms, dead_letter_maxlen, batch_ttl_s, layout,
 #   nwin, nwin x (window_id, from_beat, to_beat, members, metas, payloads, lengths,
 #     traceparents, repeats) -- the batch's claims grouped by window, in arrival order:
 #     members: JSON array of dedupe members ("agent US task US beat"), one per claim;
@@ -29,7 +48,9 @@ from typing import Final
 # claims-stream entry (the batch's metas verbatim, the positions not accepted, the counts)
 # and one payload-stream entry of the same id. Redis never parses a claim; the per-claim
 # cost is a set member, and the per-batch cost a handful of calls.
-APPEND: Final = r"""
+APPEND: Final = (
+    _layout_check(7)
+    + r"""
 local prefix = ARGV[1]
 local batch_id = ARGV[2]
 local now_ms = tonumber(ARGV[3])
@@ -44,7 +65,7 @@ if batch_id ~= '' then
   if done then return done end
 end
 
-local i = 7
+local i = 8
 local nwin = tonumber(ARGV[i]); i = i + 1
 local wins = {}
 for w = 1, nwin do
@@ -257,14 +278,17 @@ for field, n in pairs(totals) do redis.call('HINCRBY', totals_key, field, n) end
 if batch_key then redis.call('SET', batch_key, result, 'EX', batch_ttl) end
 return result
 """
+)
 
-# KEYS[1] = window aggregate hash. ARGV: prefix, window_id, from_beat, to_beat, now_ns.
+# KEYS[1] = window aggregate hash. ARGV: prefix, window_id, from_beat, to_beat, now_ns, layout.
 # Seals once (idempotent) and snapshots the pulse's beat stats into the aggregate, so a
 # retried rollup reads exactly the same figures. Returns the aggregate hash as a flat list.
 # From the seal on, the append script writes nothing more to the window's claims stream
 # (its claims are late and logged in a later window), so the stream read after the seal
 # is the window's final log.
-SEAL: Final = r"""
+SEAL: Final = (
+    _layout_check(6)
+    + r"""
 local prefix = ARGV[1]
 local wid = ARGV[2]
 local wp = prefix .. ':w:' .. wid .. ':'
@@ -283,11 +307,14 @@ if redis.call('HGET', agg, 'sealed') ~= '1' then
 end
 return redis.call('HGETALL', agg)
 """
+)
 
 # KEYS[1] = window aggregate hash. ARGV: prefix, window_id, report_json, now_ns, now_ms,
-# retention_ms. Keeps the first report, seals the window if it somehow was not, starts the
+# retention_ms, layout. Keeps the first report, seals the window if it somehow was not, starts the
 # retention expiry of every key of the window and forgets windows whose retention has passed.
-MARK_REPORTED: Final = r"""
+MARK_REPORTED: Final = (
+    _layout_check(7)
+    + r"""
 local prefix = ARGV[1]
 local wid = ARGV[2]
 local wp = prefix .. ':w:' .. wid .. ':'
@@ -316,3 +343,4 @@ if #expired > 0 then
 end
 return 1
 """
+)

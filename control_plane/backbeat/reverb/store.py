@@ -213,7 +213,7 @@ class _Part:
         order += self._rejects[0::7]  # type: ignore[arg-type]
         return [] if order == list(range(len(order))) else order
 
-    def args(self, prefix: str, batch_id: str, settings: StoreSettings) -> list[Any]:
+    def args(self, prefix: str, batch_id: str, settings: StoreSettings, layout: str) -> list[Any]:
         now_ms = time.time_ns() // 1_000_000
         tl = self._timeline
         groups = dict(self._groups)
@@ -241,6 +241,7 @@ class _Part:
             int(settings.retention_seconds * 1000),
             settings.dead_letter_entries_max,
             settings.batch_record_seconds,
+            layout,
             len(groups),
             *window_args,
             len(self._cands),
@@ -382,6 +383,11 @@ class _Lane:
                     await self._redis.nodes_manager.initialize()
 
 
+def _layout(partition: int, partitions: int) -> str:
+    """What ``…:layout`` of a partition holds (see ``_lua``)."""
+    return f"{partition}/{partitions}"
+
+
 def _wait_reply(reply: Any, replicas: int) -> None:
     if int(reply) < replicas:
         raise NotReplicatedError(f"WAIT: {int(reply)} of {replicas} replicas confirmed the write")
@@ -455,7 +461,7 @@ class AppendPipeline:
                 _lua.APPEND,
                 1,
                 f"{prefix}:ingest",
-                *part.args(prefix, batch_id, self._settings),
+                *part.args(prefix, batch_id, self._settings, _layout(p, len(self._prefixes))),
             )
             if self._wait:
                 packed = conn.pack_commands(
@@ -619,6 +625,9 @@ class WindowStore:
     def partitions(self) -> int:
         return len(self._prefixes)
 
+    def _layout(self, p: int) -> str:
+        return _layout(p, len(self._prefixes))
+
     async def _script(self, p: int, script: str, key_suffix: str, *args: Any) -> Any:
         key = f"{self._prefixes[p]}:{key_suffix}"
         return await _call(self._redis, key, self.settings, "EVAL", script, 1, key, *args)
@@ -646,7 +655,10 @@ class WindowStore:
         replies = await self._each(
             [
                 self._script(
-                    p, _lua.APPEND, "ingest", *part.args(self._prefixes[p], batch_id, self.settings)
+                    p,
+                    _lua.APPEND,
+                    "ingest",
+                    *part.args(self._prefixes[p], batch_id, self.settings, self._layout(p)),
                 )
                 for p, part in parts
             ]
@@ -709,6 +721,7 @@ class WindowStore:
                     from_beat,
                     to_beat,
                     now_ns,
+                    self._layout(p),
                 )
                 for p, prefix in enumerate(self._prefixes)
             ]
@@ -788,7 +801,12 @@ class WindowStore:
 
         def mark(p: int) -> Any:
             return self._script(
-                p, _lua.MARK_REPORTED, f"w:{window_id}:agg", self._prefixes[p], *args
+                p,
+                _lua.MARK_REPORTED,
+                f"w:{window_id}:agg",
+                self._prefixes[p],
+                *args,
+                self._layout(p),
             )
 
         if self.partitions > 1:
