@@ -129,3 +129,28 @@ def test_a_pending_change_is_serialised_as_its_own_event() -> None:
     assert pb.StreamBeatsResponse.FromString(data) == pb.StreamBeatsResponse(
         pending=change_pb(change)
     )
+
+
+async def test_the_timeout_counts_from_the_last_event_handed_out() -> None:
+    hub = BeatHub()
+    sub, _ = hub.subscribe(None)
+
+    async def feed() -> None:
+        for n in range(12):
+            await asyncio.sleep(0.1)
+            hub.offer(_frame(n))
+
+    feeder = asyncio.create_task(feed())
+    # Events come every 100 ms: a 600 ms timeout never runs out while they flow, although the
+    # whole run is twice as long as the timeout.
+    got = [await sub.get(0.6) for _ in range(12)]
+    assert [f.beat_index for f in got if isinstance(f, BeatFrame)] == list(range(12))
+    await feeder
+    with pytest.raises(TimeoutError):
+        await sub.get(0.6)
+    # A shorter timeout asked later is honoured, and the stream still ends on its marker.
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(sub.get(0.01), 5.0)
+    hub.close_all()
+    assert await sub.get(5.0) is None
+    hub.unsubscribe(sub)

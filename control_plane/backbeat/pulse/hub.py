@@ -34,16 +34,24 @@ class Subscription:
 
     A deque and one waiter future instead of ``asyncio.Queue`` + ``asyncio.wait_for``: with
     hundreds of streams every beat wakes each of them, and ``wait_for`` creates a task and a
-    timer per call. Here a wake-up is one ``set_result`` and a wait is one timer handle.
-    Identity semantics (kept in a set).
+    timer per call. Here a wake-up is one ``set_result``, and the timeout of ``get`` (the
+    stream's progress interval) is one timer per interval, not per event: it is armed for the
+    deadline counted from the last event handed out and, when it fires after a newer event,
+    armed again for the later deadline. Arming and cancelling a timer for every event and
+    stream cost more than the rest of the fan-out (the event loop's timer heap grows with the
+    cancelled ones). Identity semantics (kept in a set).
     """
 
-    __slots__ = ("_events", "_limit", "_waiter", "dropped")
+    __slots__ = ("_events", "_last", "_limit", "_timer", "_timer_at", "_waiter", "dropped")
 
     def __init__(self, limit: int = SUBSCRIBER_QUEUE) -> None:
         self._events: deque[HubEvent | None] = deque()
         self._limit = limit
         self._waiter: asyncio.Future[None] | None = None
+        #: When (loop time) the last event was handed out (None: not yet asked).
+        self._last: float | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
         #: Events dropped because the subscriber fell ``limit`` events behind.
         self.dropped = 0
 
@@ -68,25 +76,41 @@ class Subscription:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
+    def _expire(self) -> None:
+        self._timer = None
+        self._wake()
+
     async def get(self, timeout_s: float) -> HubEvent | None:
-        """The next event (None: the stream ends). Raises TimeoutError after ``timeout_s``."""
-        if not self._events:
-            loop = asyncio.get_running_loop()
+        """The next event (None: the stream ends). Raises TimeoutError when none came for
+        ``timeout_s`` since the last event handed out (or since the first call)."""
+        loop = asyncio.get_running_loop()
+        while not self._events:
+            now = loop.time()
+            if self._last is None:
+                self._last = now
+            deadline = self._last + timeout_s
+            if now >= deadline:
+                self._last = now
+                raise TimeoutError
+            timer = self._timer
+            if timer is None or self._timer_at > deadline:
+                if timer is not None:
+                    timer.cancel()
+                self._timer = loop.call_at(deadline, self._expire)
+                self._timer_at = deadline
             waiter = self._waiter = loop.create_future()
-            timer = loop.call_later(timeout_s, _expire, waiter)
             try:
                 await waiter
             finally:
-                timer.cancel()
                 self._waiter = None
-            if not self._events:
-                raise TimeoutError
+        self._last = loop.time()
         return self._events.popleft()
 
-
-def _expire(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_result(None)
+    def close(self) -> None:
+        """Drop the pending timer (the subscriber is gone)."""
+        timer, self._timer = self._timer, None
+        if timer is not None:
+            timer.cancel()
 
 
 class BeatHub:
@@ -182,6 +206,7 @@ class BeatHub:
 
     def unsubscribe(self, sub: Subscription) -> None:
         self._subs.discard(sub)
+        sub.close()
 
     def close_all(self) -> None:
         """Wake every subscriber with an end-of-stream marker."""
