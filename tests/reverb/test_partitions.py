@@ -17,6 +17,7 @@ from backbeat.core.claims import RejectReason
 from backbeat.core.messages import BarReport, StatusClaim
 from backbeat.core.timeline import Timeline
 from backbeat.embedded import NatsServer, RedisClusterServers, RedisServer
+from backbeat.reverb.server import ReverbSettings
 from backbeat.reverb.store import StoreSettings, WindowStore
 from backbeat.service.redis_connect import cluster_seeds, is_cluster_url, redis_client
 from reverb_rollup import InProcessRollup, RollupEvent, RollupOutcome
@@ -87,6 +88,13 @@ def test_cluster_urls_name_their_seeds() -> None:
     assert cluster_seeds("rediss+cluster://h:1")[1] == {"ssl": True}
     with pytest.raises(ValueError, match="host:port"):
         cluster_seeds("redis+cluster://nohost")
+
+
+def test_batches_hold_up_to_a_thousand_claims_per_partition() -> None:
+    assert ReverbSettings().ingest_settings().max_batch == 1000
+    assert ReverbSettings(claim_partitions=3).ingest_settings().max_batch == 3000
+    # Never more than the buffer holds.
+    assert ReverbSettings(claim_partitions=100).ingest_settings().max_batch == 50_000
 
 
 def test_partition_tags_lie_one_per_slot_band() -> None:

@@ -47,6 +47,9 @@ class ReverbSettings:
     #: 0 picks a free port; -1 runs without the admin server.
     admin_port: int = 0
     buffer_capacity: int = 50_000
+    #: Claims per script call at most: a batch holds up to this many per partition (split over
+    #: P partitions, a batch of 1,000 would give each script call 1,000/P claims, and the
+    #: script's per-call cost weighs P times more per claim: ``bench redis_cluster``).
     max_batch: int = 1000
     retention_seconds: float = 3600.0
     #: Partitions of the claims (``StoreSettings.claim_partitions``); the same everywhere.
@@ -70,7 +73,7 @@ class ReverbSettings:
             bar_length=self.bar_length,
             limits=self.limits,
             buffer_capacity=self.buffer_capacity,
-            max_batch=self.max_batch,
+            max_batch=min(self.max_batch * self.claim_partitions, self.buffer_capacity),
             store=StoreSettings(
                 retention_seconds=self.retention_seconds,
                 claim_partitions=self.claim_partitions,
