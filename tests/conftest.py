@@ -44,8 +44,10 @@ def redis_servers() -> Iterator[list[RedisServer]]:
 
 @pytest.fixture(scope="session")
 def redis_cluster() -> Iterator[RedisClusterServers]:
-    """A Redis Cluster: three masters with one replica each (``url`` is ``redis+cluster://``)."""
-    cluster = RedisClusterServers(masters=3, replicas=1)
+    """A Redis Cluster: three masters with one replica each (``url`` is ``redis+cluster://``).
+    Nothing here kills a node, so a node is taken for failed only after 5 s (a loaded machine
+    must not set off a failover under a test); tests that kill a master start their own."""
+    cluster = RedisClusterServers(masters=3, replicas=1, node_timeout_ms=5000)
     try:
         cluster.start()
         yield cluster

@@ -262,6 +262,7 @@ class LocalStack:
             cluster = RedisClusterServers(
                 3,
                 1,
+                node_timeout_ms=5000,  # a replica takes over a dead master within ~10 s
                 data_dir=self.run_dir / "claims-cluster",
                 persistent=True,
                 appendfsync="everysec",
