@@ -2,11 +2,14 @@
 
 Agents given three replica addresses open their ``StreamBeats`` streams on all three; when a
 replica is killed, its streams reconnect to the other two and the beats go on. The operator
-commands given several addresses reach a live replica past a dead one.
+commands given several addresses reach a live replica past a dead one, and so do the claim
+sinks given several reverb replicas.
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
 from pathlib import Path
 
 import grpc
@@ -14,12 +17,15 @@ import pytest
 
 from backbeat.ctl._common import call_any
 from backbeat.embedded import NatsServer, RedisServer, free_port
+from backbeat.reverb.server import ReverbServer, ReverbSettings
 from backbeat.sdk import Agent, AgentSettings, Beat
+from backbeat.sdk._grpc import GrpcClaimSink
 from backbeat.service.targets import parse_targets, spread
 from backbeat.v1 import pulse_service_pb2 as pb
 from backbeat.v1 import pulse_service_pb2_grpc as pb_grpc
 from tests.pulse.cluster import PulseProcess, wait_for_leader
-from tests.sdk.pulses import pulse_replicas, until
+from tests.reverb.claim_samples import make_claim
+from tests.sdk.pulses import TOKEN, pulse_replicas, until
 
 pytestmark = [pytest.mark.integration, pytest.mark.fault]
 
@@ -116,3 +122,60 @@ async def test_operator_calls_reach_a_live_replica_past_a_dead_one(
             ),
         )
     assert failure.value.code() is grpc.StatusCode.UNAVAILABLE
+
+
+async def test_claim_sinks_spread_over_reverb_replicas_and_skip_a_dead_one(
+    pulse: PulseProcess,
+    redis_servers: list[RedisServer],
+    nats_server: NatsServer,
+    cluster_id: str,
+) -> None:
+    await wait_for_leader([pulse])
+    reverb = ReverbServer(
+        ReverbSettings(cluster_id=cluster_id, nats_url=nats_server.url,
+                       redis_url=redis_servers[0].url, admin_port=-1),
+        token=lambda: TOKEN,
+    )  # fmt: skip
+    async with reverb:
+        assert reverb.grpc is not None
+        dead = f"127.0.0.1:{free_port()}"
+        await _until_accepting(reverb.grpc.address)
+        # Two sinks made one after the other start at successive replicas: one at the dead
+        # one, which fails once and moves on; both deliver their claim to the live one.
+        sinks = [GrpcClaimSink(f"{dead},{reverb.grpc.address}", token=TOKEN) for _ in range(2)]
+        codes: list[grpc.StatusCode] = []
+        details: list[str] = []
+        try:
+            for n, sink in enumerate(sinks):
+                for _ in range(3):
+                    try:
+                        outcomes = await sink.send([make_claim(agent=f"agent:{n}")])
+                        break
+                    except grpc.aio.AioRpcError as error:
+                        codes.append(error.code())
+                        details.append(error.details() or "")
+                else:
+                    raise AssertionError(f"the sink did not move on: {codes} {details}")
+                assert outcomes is not None
+                assert len(outcomes) == 1
+        finally:
+            for sink in sinks:
+                await sink.close()
+        assert codes == [grpc.StatusCode.UNAVAILABLE]
+
+
+async def _until_accepting(address: str, within_s: float = 30.0) -> None:
+    """Until the reverb at ``address`` answers claims (it has seen the timeline)."""
+    sink = GrpcClaimSink(address, token=TOKEN)
+    deadline = time.monotonic() + within_s
+    try:
+        while True:
+            try:
+                await sink.send([make_claim(agent="agent:probe")])
+            except grpc.aio.AioRpcError:
+                assert time.monotonic() < deadline, "the reverb never answered claims"
+                await asyncio.sleep(0.1)
+            else:
+                return
+    finally:
+        await sink.close()

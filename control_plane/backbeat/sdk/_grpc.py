@@ -160,8 +160,13 @@ class GrpcClaimSink:
     agent's trace. Untraced claims keep the long-lived stream.
     """
 
-    def __init__(self, target: str, *, token: str | None = None, timeout_s: float = 5.0) -> None:
-        self._target = target
+    def __init__(
+        self, target: str | Sequence[str], *, token: str | None = None, timeout_s: float = 5.0
+    ) -> None:
+        # Several reverb replicas (a list, or comma-separated): sinks of one process start at
+        # successive ones, and a sink moves on to the next when its replica cannot be reached.
+        self._targets = spread(parse_targets(target)) or [str(target)]
+        self._target = self._targets[0]
         self._token = token
         self._timeout_s = timeout_s
         self._channel: grpc.aio.Channel | None = None
@@ -186,6 +191,8 @@ class GrpcClaimSink:
         try:
             return await self._send(claims, traceparents)
         except grpc.aio.AioRpcError as error:
+            if error.code() is grpc.StatusCode.UNAVAILABLE:
+                await self._next_target()
             if error.code() not in _REFUSED:
                 raise
             advice = _REFUSED[error.code()]
@@ -193,6 +200,15 @@ class GrpcClaimSink:
                 f"the reverb at {self._target} refuses claims ({error.code().name}: "
                 f"{error.details()}): {advice}"
             ) from error
+
+    async def _next_target(self) -> None:
+        """Drop the call and channel; the next send goes to the next replica (the reporter
+        retries the batch: the reverb drops the duplicates of one accepted before)."""
+        if len(self._targets) < 2:
+            return
+        await self.close()
+        position = self._targets.index(self._target)
+        self._target = self._targets[(position + 1) % len(self._targets)]
 
     async def _send(
         self, claims: Sequence[StatusClaim], traceparents: Sequence[str]

@@ -23,12 +23,12 @@ class AgentSettings:
     """How an Agent connects and behaves.
 
     Beats come over NATS when ``nats_url`` is set, otherwise over gRPC ``StreamBeats`` from
-    ``pulse_targets`` (any pulse replica relays the leader's beats: agents of one process start
-    at successive targets, so their streams spread over all of them, and move on to the next
-    target when a replica fails). Claims go
-    over NATS when ``nats_url`` is set, otherwise over gRPC ``SubmitClaims`` to
-    ``reverb_target``. ``nats_url`` may name several servers, comma-separated (a NATS
-    cluster): the agent reconnects to another when its server is lost.
+    ``pulse_targets`` (any pulse replica relays the leader's beats: agents of one process
+    start at successive targets, so their streams spread over all of them, and move on to the
+    next target when a replica fails). Claims go over NATS when ``nats_url`` is set, otherwise
+    over gRPC ``SubmitClaims`` to ``reverb_target`` (one address or several, comma-separated:
+    spread like the pulse targets). ``nats_url`` may name several servers, comma-separated (a
+    NATS cluster): the agent reconnects to another when its server is lost.
     """
 
     cluster_id: str
