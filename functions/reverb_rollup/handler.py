@@ -199,6 +199,9 @@ class Rollup:
                 # Our report, or (when our lease was lost) the record of whoever took over.
                 view = await self._compute(event, owner, started)
             if view.state == RecordState.PUBLISHED:
+                # Marked again (idempotent): a claims-store failover after the record turned
+                # published can have lost a partition's mark, which left the window pending.
+                await self.source.mark_reported(event.window_id, view.report)
                 return RollupResult(event.window_id, RollupOutcome.ALREADY_PUBLISHED, view.report)
             if view.state == RecordState.COMPUTED:
                 return await self._publish(event, view.report)

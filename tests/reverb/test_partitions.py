@@ -5,6 +5,7 @@ partition's slot, merged readers, idempotent retries, and the ingest and the rol
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -13,14 +14,17 @@ import pytest
 from redis import exceptions as redis_errors
 
 from backbeat.core import keys
+from backbeat.core.claim_log import fold_entries
 from backbeat.core.claims import RejectReason
 from backbeat.core.messages import BarReport, StatusClaim
 from backbeat.core.timeline import Timeline
 from backbeat.embedded import NatsServer, RedisClusterServers, RedisServer
+from backbeat.reverb import store as store_module
 from backbeat.reverb.server import ReverbSettings
 from backbeat.reverb.store import StoreSettings, WindowStore
 from backbeat.service.redis_connect import cluster_seeds, is_cluster_url, redis_client
 from reverb_rollup import InProcessRollup, RollupEvent, RollupOutcome
+from reverb_rollup.handler import RollupSettings
 from reverb_rollup.replay import replay_window
 from tests.reverb.claim_samples import make_claim
 from tests.reverb.ingest_harness import BAR, ingest_for
@@ -274,6 +278,93 @@ async def test_ingest_and_rollup_on_a_redis_cluster(
         )
         replay = await replay_window(redis, cluster_id, event.window_id, claim_partitions=3)
         assert replay.identical, (replay.published, replay.recomputed)
+    finally:
+        await nc.close()
+        await redis.aclose()
+
+
+async def test_partition_marks_lost_after_the_report_are_written_again(
+    redis_server: RedisServer, nats_server: NatsServer, cluster_id: str
+) -> None:
+    """A claims-store failover can lose `reported` marks written after the rollup's record
+    turned published (a replica promoted before it got them). A partition other than 0 that
+    lost its mark is marked again by the next scan for unreported windows; partition 0 that
+    lost its mark lists the window again, and the next invocation (ALREADY_PUBLISHED) marks
+    it. Either way the window stops being pending and its keys expire."""
+    redis = redis_client(redis_server.url, socket_timeout=5.0)
+    store = WindowStore(redis, cluster_id, StoreSettings(claim_partitions=3))
+    tl = _timeline(cluster_id)
+    await _append(store, tl, 3, _claims())
+    window = tl.window_id(0)
+
+    async def lose_mark(p: int) -> None:
+        await redis.hdel(store._window_key(p, window, "agg"), "reported")
+        await redis.zadd(f"{store._prefixes[p]}:windows:pending", {window: 0})
+        await redis.persist(store._window_key(p, window, "claims"))
+
+    async def marked(p: int) -> bool:
+        pending = await redis.zscore(f"{store._prefixes[p]}:windows:pending", window)
+        reported = await redis.hget(store._window_key(p, window, "agg"), "reported")
+        ttl = await redis.pttl(store._window_key(p, window, "claims"))
+        return pending is None and reported == b"1" and ttl > 0
+
+    nc = await nats.connect(nats_server.url)
+    try:
+        async with InProcessRollup(
+            cluster_id, redis=redis, nats_client=nc, claim_partitions=3
+        ) as fn:
+            event = RollupEvent.for_window(cluster_id, 0, BAR - 1)
+            assert (await fn.invoke(event)).outcome is RollupOutcome.PUBLISHED
+            assert [await marked(p) for p in range(3)] == [True] * 3
+
+            await lose_mark(1)
+            assert not await marked(1)
+            assert await store.unreported_windows(100) == []
+            assert await marked(1)
+
+            await lose_mark(0)
+            assert [w.window_id for w in await store.unreported_windows(100)] == [window]
+            again = await fn.invoke(event)
+        assert again.outcome is RollupOutcome.ALREADY_PUBLISHED
+        assert [await marked(p) for p in range(3)] == [True] * 3
+        assert await store.unreported_windows(100) == []
+    finally:
+        await nc.close()
+        await redis.aclose()
+
+
+async def test_a_long_fold_keeps_the_rollup_lease(
+    redis_server: RedisServer,
+    nats_server: NatsServer,
+    cluster_id: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A big window's fold holds a core for longer than the lease (400 ms): it runs in a
+    thread, so the event loop renews the lease meanwhile and the first attempt commits."""
+    folds: list[int] = []
+
+    def slow_fold(*args: Any, **kwargs: Any) -> Any:
+        folds.append(1)
+        time.sleep(1.2)  # three lease lengths of CPU-bound work, as far as the loop can tell
+        return fold_entries(*args, **kwargs)
+
+    monkeypatch.setattr(store_module, "fold_entries", slow_fold)
+    redis = redis_client(redis_server.url, socket_timeout=5.0)
+    store = WindowStore(redis, cluster_id, StoreSettings(claim_partitions=3))
+    tl = _timeline(cluster_id)
+    await _append(store, tl, 3, _claims())
+    nc = await nats.connect(nats_server.url)
+    try:
+        async with InProcessRollup(
+            cluster_id,
+            redis=redis,
+            nats_client=nc,
+            claim_partitions=3,
+            settings=RollupSettings(lease_ms=400),
+        ) as fn:
+            result = await fn.invoke(RollupEvent.for_window(cluster_id, 0, BAR - 1))
+        assert result.outcome is RollupOutcome.PUBLISHED
+        assert folds == [1]  # one attempt: the lease was never lost
     finally:
         await nc.close()
         await redis.aclose()

@@ -15,7 +15,7 @@ import re
 import time
 import zlib
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -744,7 +744,10 @@ class WindowStore:
         window hash (the beat stats' snapshot)."""
         if fields is None:
             fields = _mapping(await self._redis.hgetall(self._window_key(0, window_id, "agg")))
-        fold = fold_entries(await self.log_entries(window_id), open_promises)
+        # A big window's fold takes a core for a while (hundreds of ms at 120k claims on a
+        # busy machine): in a thread, the event loop keeps renewing the rollup's lease.
+        entries = await self.log_entries(window_id)
+        fold = await asyncio.to_thread(fold_entries, entries, open_promises)
         return WindowAggregate(
             cluster_id=self.cluster_id,
             window_id=window_id,
@@ -790,6 +793,11 @@ class WindowStore:
         """Record the published report (the first one is kept) and start the retention
         expiry of the window's keys: in every other partition first, then in partition 0,
         whose mark is the one readers go by (so it means every partition is marked)."""
+        if self.partitions > 1:
+            await self._mark(window_id, report_json, range(1, self.partitions))
+        await self._mark(window_id, report_json, [0])
+
+    async def _mark(self, window_id: str, report_json: bytes, partitions: Iterable[int]) -> None:
         now_ns = time.time_ns()
         args = (
             window_id,
@@ -798,20 +806,19 @@ class WindowStore:
             now_ns // 1_000_000,
             int(self.settings.retention_seconds * 1000),
         )
-
-        def mark(p: int) -> Any:
-            return self._script(
-                p,
-                _lua.MARK_REPORTED,
-                f"w:{window_id}:agg",
-                self._prefixes[p],
-                *args,
-                self._layout(p),
-            )
-
-        if self.partitions > 1:
-            await self._each([mark(p) for p in range(1, self.partitions)])
-        await mark(0)
+        await self._each(
+            [
+                self._script(
+                    p,
+                    _lua.MARK_REPORTED,
+                    f"w:{window_id}:agg",
+                    self._prefixes[p],
+                    *args,
+                    self._layout(p),
+                )
+                for p in partitions
+            ]
+        )
 
     async def unreported_windows(self, before_beat: int) -> list[UnreportedWindow]:
         """Windows ending before ``before_beat`` that hold claims (in any partition), were
@@ -832,10 +839,16 @@ class WindowStore:
                     pending_in.setdefault(_text(member), []).append(k - 1)
         out: list[UnreportedWindow] = []
         for window_id, from_beat in sorted(starts.items(), key=lambda item: item[1]):
-            to_beat, reported = await self._redis.hmget(
-                self._window_key(0, window_id, "agg"), ["to_beat", "reported"]
+            to_beat, reported, report = await self._redis.hmget(
+                self._window_key(0, window_id, "agg"), ["to_beat", "reported", "report"]
             )
             if reported == b"1":
+                # Partition 0's mark is written last, so every partition was marked; one
+                # still pending lost its mark since (a failover to a replica that had not
+                # got it). Marked again, or its keys would never expire.
+                lost = [p for p in pending_in.get(window_id, ()) if p]
+                if lost and report is not None:
+                    await self._mark(window_id, report, lost)
                 continue
             for p in pending_in.get(window_id, ()):
                 if to_beat is None and p:
@@ -914,7 +927,8 @@ class WindowStore:
             by_state = {k: v for k, v in published.claims_by_state.items() if v}
             agent_count = published.agents_reporting
         else:
-            fold = fold_entries(await self.log_entries(window_id))
+            entries = await self.log_entries(window_id)
+            fold = await asyncio.to_thread(fold_entries, entries)
             by_state = dict(sorted(fold.claims_by_state.items()))
             agent_count = len(fold.agent_ids)
             agent_ids = tuple(sorted(fold.agent_ids)) if with_agents else ()
