@@ -15,7 +15,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from backbeat.ctl._common import call_any
+from backbeat.ctl._common import call_any, one_of
 from backbeat.embedded import NatsServer, RedisServer, free_port
 from backbeat.reverb.server import ReverbServer, ReverbSettings
 from backbeat.sdk import Agent, AgentSettings, Beat
@@ -46,6 +46,9 @@ def test_spread_starts_each_call_at_the_next_target() -> None:
     assert sorted(order) == sorted(targets)
     assert order in (["a:1", "b:2", "c:3"], ["b:2", "c:3", "a:1"], ["c:3", "a:1", "b:2"])
     assert spread(()) == []
+    # The operator commands that make several calls use one address, the next in turn.
+    assert {one_of("a:1,b:2"), one_of("a:1,b:2")} == {"a:1", "b:2"}
+    assert one_of("a:1") == "a:1"
 
 
 async def test_agents_stream_from_every_replica_and_move_when_one_dies(

@@ -58,8 +58,17 @@ def add_reverb_address(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--reverb",
         default=os.environ.get("BACKBEAT_REVERB_ADDR", f"127.0.0.1:{REVERB_GRPC_PORT}"),
-        help="reverb gRPC address HOST:PORT (env BACKBEAT_REVERB_ADDR)",
+        help=(
+            "reverb gRPC address HOST:PORT, or several comma-separated (any ingest replica: "
+            "a command starts at one in turn; env BACKBEAT_REVERB_ADDR)"
+        ),
     )
+
+
+def one_of(addresses: str) -> str:
+    """The address a command that makes several calls (or follows a stream) uses: the next
+    one in turn of ``addresses`` (comma-separated)."""
+    return (spread(parse_targets(addresses)) or [addresses])[0]
 
 
 def add_output(parser: argparse.ArgumentParser) -> None:

@@ -12,6 +12,7 @@ from backbeat.ctl._common import (
     add_reverb_address,
     add_token,
     auth_metadata,
+    one_of,
     print_json_line,
     report_rpc_error,
     say,
@@ -79,7 +80,7 @@ async def _reports(args: argparse.Namespace) -> int:
         say("--new prints only reports published from now on: use it with --follow")
         return 2
     seen = 0
-    async with grpc.aio.insecure_channel(args.reverb) as channel:
+    async with grpc.aio.insecure_channel(one_of(args.reverb)) as channel:
         stub = reverb_grpc.ReverbServiceStub(channel)
         stream = stub.StreamBarReports(
             reverb_pb.StreamBarReportsRequest(start_beat=start_beat(args)),

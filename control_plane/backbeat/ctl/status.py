@@ -46,15 +46,17 @@ async def _status(args: argparse.Namespace) -> int:
         return report_rpc_error(error, f"pulse at {args.pulse}", args.json)
     result["pulse"] = to_dict(status)
     windows: list[Any] = []
-    async with grpc.aio.insecure_channel(args.reverb) as channel:
-        try:
-            listed = await reverb_grpc.ReverbServiceStub(channel).ListWindows(
+    try:
+        listed = await call_any(
+            args.reverb,
+            lambda channel: reverb_grpc.ReverbServiceStub(channel).ListWindows(
                 reverb_pb.ListWindowsRequest(page_size=args.windows), timeout=args.timeout
-            )
-            windows = list(listed.windows)
-            result["windows"] = [to_dict(w) for w in windows]
-        except grpc.aio.AioRpcError as error:
-            result["reverb_error"] = f"{error.code().name}: {error.details()}"
+            ),
+        )
+        windows = list(listed.windows)
+        result["windows"] = [to_dict(w) for w in windows]
+    except grpc.aio.AioRpcError as error:
+        result["reverb_error"] = f"{error.code().name}: {error.details()}"
     if args.json:
         print_json(result)
         return 0

@@ -17,6 +17,7 @@ from redis.exceptions import RedisError
 from backbeat.ctl._common import (
     add_output,
     add_reverb_address,
+    one_of,
     print_json,
     report_rpc_error,
     say,
@@ -96,7 +97,7 @@ def format_columns(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list
 
 
 async def _windows(args: argparse.Namespace) -> int:
-    async with grpc.aio.insecure_channel(args.reverb) as channel:
+    async with grpc.aio.insecure_channel(one_of(args.reverb)) as channel:
         stub = reverb_grpc.ReverbServiceStub(channel)
         try:
             if args.window_id:
