@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js.errors import NotFoundError
 from rich.console import Console, Group
@@ -51,7 +52,7 @@ from backbeat.embedded import (
 from backbeat.ports import PULSE_ADMIN_PORTS, PULSE_GRPC_PORTS
 from backbeat.processes import ComponentProcess
 from backbeat.secrets import SecretName, env_var
-from backbeat.service.lifecycle import ShutdownSignal
+from backbeat.service.lifecycle import ShutdownSignal, stop_task
 from backbeat.service.nats_connect import connect_nats
 from backbeat.service.nats_permissions import NatsRole, role_credentials, role_users
 from backbeat.service.redis_connect import is_cluster_url
@@ -445,68 +446,73 @@ def _keypress_mode() -> Iterator[bool]:
             termios.tcsetattr(fd, termios.TCSADRAIN, saved)
 
 
-async def _follow(args: argparse.Namespace, stack: LocalStack, console: Console) -> LiveState:
-    ep = stack.endpoints
-    assert ep is not None
-    state = LiveState(cluster=args.cluster, addresses=header_rows(ep, args.token))
-    state.run_dir = stack.run_dir
-    plain = args.no_ui or not console.is_terminal
+class LiveFeeds:
+    """What the live view follows, one method per feed: beats and bar reports from NATS, the
+    leader from the pulse replicas' ``GetStatus``. Each feed writes into :attr:`state` and says
+    what changed (a line per event without the view, ``--no-ui`` or no terminal)."""
 
-    def say(line: str) -> None:
+    def __init__(self, args: argparse.Namespace, stack: LocalStack, console: Console) -> None:
+        ep = stack.endpoints
+        assert ep is not None
+        self.args = args
+        self.stack = stack
+        self.endpoints = ep
+        self.console = console
+        self.plain = args.no_ui or not console.is_terminal
+        self.state = LiveState(cluster=args.cluster, addresses=header_rows(ep, args.token))
+        self.state.run_dir = stack.run_dir
+
+    def say(self, line: str) -> None:
         stamp = time.strftime("%H:%M:%S")
-        if plain:
+        if self.plain:
             print(f"{stamp} {line}", flush=True)
         else:
-            console.log(line, markup=False)
+            self.console.log(line, markup=False)
 
-    nc = await connect_nats(stack.view_nats_url, name="backbeat-up", max_reconnect_attempts=-1)
-
-    async def on_beat(msg: Msg) -> None:
+    async def on_beat(self, msg: Msg) -> None:
         try:
             frame = BeatFrame.decode(msg.data)
         except CodecError:
             return
-        for line in state.on_beat(frame):
-            say(line)
-        if plain and frame.downbeat:
-            say(
+        for line in self.state.on_beat(frame):
+            self.say(line)
+        if self.plain and frame.downbeat:
+            self.say(
                 f"beat {frame.beat_index} downbeat, tempo {frame.tempo_bpm:g} BPM, "
                 f"term {frame.term}{' DEGRADED' if frame.degraded else ''}"
             )
 
-    async def on_report(msg: Msg) -> None:
+    async def on_report(self, msg: Msg) -> None:
         try:
             report = BarReport.decode(msg.data)
         except CodecError:
             return
-        state.reports.append(report)
-        state.reports_seen += 1
-        if plain:
-            say(
+        self.state.reports.append(report)
+        self.state.reports_seen += 1
+        if self.plain:
+            self.say(
                 f"report bar {report.from_beat}-{report.to_beat}: "
                 f"{report.agents_reporting} agents, {report.accepted_claims} claims, "
                 f"on-time reviews {report.on_time_reviews}, drift {report.tempo_drift_ms:.2f} ms"
                 + (f", issues: {issue_codes(report)}" if report.issues else "")
             )
 
-    await nc.subscribe(beat(args.cluster), cb=on_beat)
-
-    async def follow_reports() -> None:
+    async def follow_reports(self, nc: NatsClient) -> None:
         # An ordered JetStream consumer replays every retained report in order, so none is
         # missed between start-up and the first downbeat (the trigger creates the stream).
         js = nc.jetstream()
         while True:
             try:
-                await js.subscribe(bars_wildcard(args.cluster), cb=on_report, ordered_consumer=True)
+                await js.subscribe(
+                    bars_wildcard(self.args.cluster), cb=self.on_report, ordered_consumer=True
+                )
             except NotFoundError:
                 await asyncio.sleep(0.2)
             else:
                 return
 
-    await asyncio.wait_for(follow_reports(), timeout=30)
-
-    async def poll_leader() -> None:
-        channels = [grpc.aio.insecure_channel(f"127.0.0.1:{p}") for p in ep.pulse_grpc]
+    async def poll_leader(self) -> None:
+        channels = [grpc.aio.insecure_channel(f"127.0.0.1:{p}") for p in self.endpoints.pulse_grpc]
         try:
             while True:
                 for channel in channels:
@@ -515,19 +521,45 @@ async def _follow(args: argparse.Namespace, stack: LocalStack, console: Console)
                             pulse_pb.GetStatusRequest(), timeout=1
                         )
                         leader = status.leader_id or "?"
-                        if leader != state.leader:
-                            say(f"leader is {leader} (term {status.term})")
-                        state.leader = leader
+                        if leader != self.state.leader:
+                            self.say(f"leader is {leader} (term {status.term})")
+                        self.state.leader = leader
                         break
                 await asyncio.sleep(1)
         finally:
             for channel in channels:
                 await channel.close(None)
 
-    poller = asyncio.create_task(poll_leader())
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + args.duration if args.duration > 0 else None
-    try:
+    def check_components(self) -> None:
+        """A component that exited is a problem the view shows, once."""
+        for name in self.stack.check():
+            problem = f"{name} exited; see {self.stack.components[name].log_path}"
+            if problem not in self.state.problems:
+                self.state.problems.append(problem)
+                self.say(problem)
+
+    async def run(self) -> LiveState:
+        """Follow every feed until ``q``, a stop signal or ``--duration``; the state seen."""
+        nc = await connect_nats(
+            self.stack.view_nats_url, name="backbeat-up", max_reconnect_attempts=-1
+        )
+        poller: asyncio.Task[None] | None = None
+        try:
+            await nc.subscribe(beat(self.args.cluster), cb=self.on_beat)
+            await asyncio.wait_for(self.follow_reports(nc), timeout=30)
+            poller = asyncio.create_task(self.poll_leader())
+            await self.show()
+        finally:
+            await stop_task(poller)
+            await nc.close()
+        return self.state
+
+    async def show(self) -> None:
+        """The live view (or nothing, plain), refreshed until stopped."""
+        loop = asyncio.get_running_loop()
+        duration = self.args.duration
+        deadline = loop.time() + duration if duration > 0 else None
+        console = self.console
         async with ShutdownSignal((signal.SIGINT,)) as stop:
             for sig in (signal.SIGTERM, signal.SIGHUP):
                 # Every one of these stops the view, a repeat too (the loop drops the handler
@@ -541,30 +573,22 @@ async def _follow(args: argparse.Namespace, stack: LocalStack, console: Console)
                     )
                 live = (
                     contextlib.nullcontext()
-                    if plain
-                    else Live(state.render(console.height), console=console, refresh_per_second=8)
+                    if self.plain
+                    else Live(
+                        self.state.render(console.height), console=console, refresh_per_second=8
+                    )
                 )
                 with live as view:
                     while not stop.is_set():
                         if deadline is not None and loop.time() >= deadline:
                             break
-                        for name in stack.check():
-                            problem = f"{name} exited; see {stack.components[name].log_path}"
-                            if problem not in state.problems:
-                                state.problems.append(problem)
-                                say(problem)
+                        self.check_components()
                         if view is not None:
-                            view.update(state.render(console.height))
+                            view.update(self.state.render(console.height))
                         with contextlib.suppress(TimeoutError):
                             await asyncio.wait_for(stop.wait(), 0.125)
                 if keys:
                     loop.remove_reader(sys.stdin.fileno())
-    finally:
-        poller.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await poller
-        await nc.close()
-    return state
 
 
 class StopRequested(Exception):
@@ -683,7 +707,7 @@ def run(args: argparse.Namespace) -> int:
             console.print("[bold]starting BACKBEAT…[/]")
             ep = stack.start(console)
             _print_endpoints(console, args, ep, run_dir)
-            state = asyncio.run(_follow(args, stack, console))
+            state = asyncio.run(LiveFeeds(args, stack, console).run())
         except (KeyboardInterrupt, StopRequested):
             pass  # stopped before the live view took over: still shut down cleanly below
         except ServerError as exc:
