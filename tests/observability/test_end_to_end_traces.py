@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from datetime import timedelta
 
 import aiohttp
 import nats
@@ -97,7 +98,7 @@ async def test_one_trace_from_a_pulse_downbeat_to_its_report(
             cluster_id,
             nats_url=nats_server.url,
             redis_url=redis_servers[0].url,
-            grace_ms=20.0,
+            grace=timedelta(milliseconds=20),
             durable=f"e2e-{cluster_id}"[:60],
         )
     )

@@ -4,6 +4,7 @@ report it publishes (real Redis + NATS; trigger and function in this process).""
 from __future__ import annotations
 
 import time
+from datetime import timedelta
 
 import nats
 import nats.aio.client
@@ -40,7 +41,9 @@ async def test_one_trace_from_downbeat_to_report(
         term=1,
         scheduled_ns=now,
     )
-    settings = TriggerSettings(cluster_id, grace_ms=10.0, durable=f"d-{cluster_id}"[:60])
+    settings = TriggerSettings(
+        cluster_id, grace=timedelta(milliseconds=10), durable=f"d-{cluster_id}"[:60]
+    )
     async with ReverbTrigger(settings, redis=redis, nats_client=nc) as trigger:
         with trace.get_tracer("test").start_as_current_span("pulse.beat") as beat_span:
             headers = inject_headers({"Nats-Msg-Id": f"{cluster_id}:4"})

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
+from datetime import timedelta
 
 import nats
 import nats.aio.client
@@ -61,7 +62,11 @@ def refused(trigger: ReverbTrigger, reason: str) -> float:
 
 
 def settings(cluster_id: str, **overrides: object) -> TriggerSettings:
-    base: dict[str, object] = {"grace_ms": 20.0, "backoff_ms": 10.0, "backoff_max_ms": 100.0}
+    base: dict[str, object] = {
+        "grace": timedelta(milliseconds=20),
+        "backoff": timedelta(milliseconds=10),
+        "backoff_max": timedelta(milliseconds=100),
+    }
     return TriggerSettings(cluster_id, **(base | overrides))  # type: ignore[arg-type]
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from datetime import timedelta
 
 import nats.aio.client
 import pytest
@@ -48,7 +49,12 @@ async def test_an_invocation_without_answer_fails_and_is_retried(
 ) -> None:
     tl = Timeline.start(cluster_id, 120.0, time.time_ns())
     invoker = SilentOnceInvoker(cluster_id=cluster_id, redis=redis, nats_client=nc)
-    settings = TriggerSettings(cluster_id, grace_ms=20.0, backoff_ms=10.0, invoke_timeout_s=0.5)
+    settings = TriggerSettings(
+        cluster_id,
+        grace=timedelta(milliseconds=20),
+        backoff=timedelta(milliseconds=10),
+        invoke_timeout_s=0.5,
+    )
     async with ReverbTrigger(settings, invoker=invoker, redis=redis, nats_client=nc) as trigger:
         await publish_downbeat(nc, tl, 4)
         await wait_report(nc, cluster_id, tl.window_id(0), within=60.0)
@@ -62,7 +68,7 @@ def watchdog_settings(cluster_id: str) -> TriggerSettings:
     # the longest wait a healthy loop may make, a fetch's bound).
     return TriggerSettings(
         cluster_id,
-        grace_ms=20.0,
+        grace=timedelta(milliseconds=20),
         invoke_timeout_s=3600.0,
         stall_after_s=FETCH_WAIT_S + 1.0,
         ack_wait_s=2.0,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from datetime import timedelta
 
 import nats.aio.client
 import pytest
@@ -51,7 +52,11 @@ async def test_a_claim_that_arrived_before_the_deadline_is_not_late(
     # A live replica still holds a claim that arrived long before the deadline.
     behind = Watermark("reverb-2", time.time_ns() - 10_000_000_000, time.time_ns())
     await store.write_watermark(behind)
-    trigger_settings = settings(cluster_id, grace_ms=0.0, max_watermark_wait_ms=60_000.0)
+    trigger_settings = settings(
+        cluster_id,
+        grace=timedelta(milliseconds=0),
+        max_watermark_wait=timedelta(milliseconds=60_000),
+    )
     async with ReverbTrigger(trigger_settings, redis=redis, nats_client=nc) as trigger:
         calls = await _hgetall_calls(redis)
         await publish_downbeat(nc, tl, 4)
@@ -81,7 +86,7 @@ async def test_the_wait_is_bounded_and_stale_replicas_are_not_waited_for(
     assert await append(store, tl, 7, [claim("a1", "t1", 1), claim("a1", "t1", 5)]) == "aa"
     now = time.time_ns()
     await store.write_watermark(Watermark("gone", now - 60_000_000_000, now - 60_000_000_000))
-    trigger_settings = settings(cluster_id, max_watermark_wait_ms=200.0)
+    trigger_settings = settings(cluster_id, max_watermark_wait=timedelta(milliseconds=200))
     async with ReverbTrigger(trigger_settings, redis=redis, nats_client=nc) as trigger:
         await publish_downbeat(nc, tl, 4)
         await wait_report(nc, cluster_id, tl.window_id(0))

@@ -4,6 +4,7 @@ report published again are one window each (real Redis + NATS, the in-process fu
 from __future__ import annotations
 
 import time
+from datetime import timedelta
 
 import nats.aio.client
 import pytest
@@ -39,13 +40,13 @@ async def test_duplicate_triggers_and_a_republished_report_count_each_window_onc
     async with (
         ingest_for(cluster_id, redis_server.url, nats_server.url) as ingest,
         ReverbTrigger(
-            TriggerSettings(cluster_id, grace_ms=20.0),
+            TriggerSettings(cluster_id, grace=timedelta(milliseconds=20)),
             redis=redis,
             nats_client=nc,
             registry=replicas[0],
         ),
         ReverbTrigger(
-            TriggerSettings(cluster_id, grace_ms=20.0),
+            TriggerSettings(cluster_id, grace=timedelta(milliseconds=20)),
             redis=redis,
             nats_client=nc,
             registry=replicas[1],

@@ -25,6 +25,13 @@ def nanoseconds(duration: timedelta) -> int:
     return duration // timedelta(microseconds=1) * 1000
 
 
+def milliseconds(duration: timedelta) -> float | int:
+    """``duration`` in milliseconds, the unit of flags, logs and JSON (an int when whole, as
+    the flags take them)."""
+    ms = duration / timedelta(milliseconds=1)
+    return int(ms) if ms.is_integer() else ms
+
+
 MIN_TEMPO_BPM = 20.0
 MAX_TEMPO_BPM = 300.0
 #: Largest relative change of one tempo step (±10 % of the current tempo).

@@ -8,7 +8,7 @@ from datetime import timedelta
 from typing import Any
 
 from backbeat.core.subjects import check_cluster_id, default_cluster_id
-from backbeat.core.timeline import validate_tempo
+from backbeat.core.timeline import milliseconds, validate_tempo
 from backbeat.service import streams
 from backbeat.service.nats_connect import DEFAULT_CONNECT_TIMEOUT_S, check_connect_timeout
 from backbeat.service.settings import mask_url
@@ -52,7 +52,9 @@ class PulseSettings:
         if not self.node_id or "|" in self.node_id:
             raise ValueError(f"node id {self.node_id!r} must be non-empty and without '|'")
         if self.lock_ttl < timedelta(milliseconds=100):
-            raise ValueError(f"lock TTL {_ms(self.lock_ttl):g} ms is too short (minimum 100 ms)")
+            raise ValueError(
+                f"lock TTL {milliseconds(self.lock_ttl):g} ms is too short (minimum 100 ms)"
+            )
         if not self.redis_urls:
             raise ValueError("at least one --redis URL is required")
         check_connect_timeout(self.nats_connect_timeout_s)
@@ -68,7 +70,7 @@ class PulseSettings:
         """The settings with secrets masked, for the start-up log line."""
         out = asdict(self)
         for name in _DURATIONS:  # logged in ms, as the flags take them
-            out[f"{name}_ms"] = _ms(out.pop(name))
+            out[f"{name}_ms"] = milliseconds(out.pop(name))
         out["token"] = "***" if self.token else ""
         out["redis_urls"] = [_mask_url(u) for u in self.redis_urls]
         out["nats_url"] = _mask_url(self.nats_url)
@@ -91,12 +93,6 @@ class PulseSettings:
 
 #: The settings that are durations.
 _DURATIONS = ("lock_ttl", "commit_lead", "redis_timeout")
-
-
-def _ms(duration: timedelta) -> float | int:
-    """``duration`` in milliseconds (an int when whole, as the flags take them)."""
-    ms = duration / timedelta(milliseconds=1)
-    return int(ms) if ms.is_integer() else ms
 
 
 def _mask_url(url: str) -> str:

@@ -23,6 +23,7 @@ from collections import Counter as Tally
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any, Final
 
 import redis.asyncio as aioredis
@@ -47,7 +48,7 @@ from backbeat.core.claims import (
 )
 from backbeat.core.hlc import DEFAULT_MAX_OFFSET_MS
 from backbeat.core.messages import BarReport, CodecError, StatusClaim
-from backbeat.core.timeline import Timeline
+from backbeat.core.timeline import Timeline, nanoseconds
 from backbeat.core.watermark import Watermark
 from backbeat.errors import NotReadyError
 from backbeat.reverb.metrics import ReverbMetrics
@@ -96,7 +97,7 @@ class IngestSettings:
     bar_length: int = 4
     limits: ClaimLimits = DEFAULT_LIMITS
     #: A claim whose HLC stamp is further ahead of our clock than this is rejected (clock_skew).
-    max_clock_skew_ms: int = DEFAULT_MAX_OFFSET_MS
+    max_clock_skew: timedelta = timedelta(milliseconds=DEFAULT_MAX_OFFSET_MS)
     #: Claims held in memory at most (NATS and gRPC together) before producers wait.
     buffer_capacity: int = 50_000
     #: Claims applied per Redis call at most.
@@ -244,7 +245,7 @@ class ClaimIngest:
         self._beat_start = 0
         self._beat_end = -1
         self._beat_timeline: Timeline | None = None
-        self._skew_ns = settings.max_clock_skew_ms * 1_000_000
+        self._skew_ns = nanoseconds(settings.max_clock_skew)
         self._log = get_logger(
             component="reverb", cluster=settings.cluster_id, node=settings.node_id
         )

@@ -5,8 +5,11 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+from datetime import timedelta
 from enum import StrEnum
 from typing import Any
+
+from backbeat.core.timeline import milliseconds
 
 #: Field names that hold secrets: printed masked. Identifiers (``key_id``, ``role_id``,
 #: ``node_id``) are not secrets, but an AppRole ``secret_id`` is a credential.
@@ -66,7 +69,8 @@ def url_has_credentials(url: str) -> bool:
 
 
 def masked(settings: Any) -> dict[str, Any]:
-    """A settings dataclass as a dict, with secrets and URL passwords masked, for start-up logs."""
+    """A settings dataclass as a dict, with secrets and URL passwords masked, for start-up logs;
+    a duration ``x`` is logged as ``x_ms``."""
     out: dict[str, Any] = {}
     for field in dataclasses.fields(settings):
         value = getattr(settings, field.name)
@@ -78,6 +82,8 @@ def masked(settings: Any) -> dict[str, Any]:
             out[field.name] = [mask_url(v) if isinstance(v, str) else v for v in value]
         elif isinstance(value, StrEnum):
             out[field.name] = value.value
+        elif isinstance(value, timedelta):  # logged in ms, as the flags take them
+            out[f"{field.name}_ms"] = milliseconds(value)
         else:
             out[field.name] = value
     return out

@@ -6,10 +6,12 @@ import argparse
 import asyncio
 import time
 from dataclasses import replace
+from datetime import timedelta
 
 from aiohttp import web
 
 from backbeat.core.subjects import check_cluster_id
+from backbeat.core.timeline import milliseconds
 from backbeat.ports import TRIGGER_ADMIN_PORT
 from backbeat.reverb.cli import add_claims_store_arguments
 from backbeat.secrets import (
@@ -64,13 +66,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--grace-ms",
         type=float,
-        default=d.grace_ms,
+        default=milliseconds(d.grace),
         help="wait after the downbeat before rolling up (default 100 ms)",
     )
     parser.add_argument(
         "--max-watermark-wait-ms",
         type=float,
-        default=d.max_watermark_wait_ms,
+        default=milliseconds(d.max_watermark_wait),
         help="after the grace, wait at most this long for the ingest replicas' watermarks "
         "before sealing (default 1000 ms)",
     )
@@ -83,10 +85,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--backoff-ms",
         type=float,
-        default=d.backoff_ms,
+        default=milliseconds(d.backoff),
         help="first retry delay, doubled per attempt up to --backoff-max-ms",
     )
-    parser.add_argument("--backoff-max-ms", type=float, default=d.backoff_max_ms)
+    parser.add_argument("--backoff-max-ms", type=float, default=milliseconds(d.backoff_max))
     parser.add_argument(
         "--catch-up-beats",
         type=int,
@@ -103,7 +105,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--durable", default=DEFAULT_DURABLE, help="durable consumer name shared by the replicas"
     )
     parser.add_argument(
-        "--lease-ms", type=int, default=d.lease_ms, help="lease of an in-process rollup attempt"
+        "--lease-ms",
+        type=int,
+        default=milliseconds(d.lease),
+        help="lease of an in-process rollup attempt",
     )
     add_claims_store_arguments(parser)
     add_tls_arguments(parser)
@@ -116,15 +121,15 @@ def settings_from(args: argparse.Namespace) -> TriggerSettings:
         nats_url=args.nats,
         redis_url=args.redis,
         bar_length=args.bar_length,
-        grace_ms=args.grace_ms,
-        max_watermark_wait_ms=args.max_watermark_wait_ms,
+        grace=timedelta(milliseconds=args.grace_ms),
+        max_watermark_wait=timedelta(milliseconds=args.max_watermark_wait_ms),
         max_attempts=args.max_attempts,
-        backoff_ms=args.backoff_ms,
-        backoff_max_ms=args.backoff_max_ms,
+        backoff=timedelta(milliseconds=args.backoff_ms),
+        backoff_max=timedelta(milliseconds=args.backoff_max_ms),
         catch_up_beats=args.catch_up_beats,
         stale_after_beats=args.stale_after_beats,
         durable=args.durable,
-        lease_ms=args.lease_ms,
+        lease=timedelta(milliseconds=args.lease_ms),
         nats_connect_timeout_s=check_connect_timeout(args.connect_timeout_s),
         require_signed_frames=require_signed_frames(args),
         stream_replicas=args.stream_replicas,
@@ -188,7 +193,7 @@ async def _main(args: argparse.Namespace) -> int:
             nats_url=secrets.nats_url(settings.nats_url),
             redis_url=secrets.redis_url(settings.redis_url),
         )
-        if settings.grace_ms <= 0:
+        if settings.grace <= timedelta(0):
             log.warning("grace period is 0: claims still in flight at the downbeat will be late")
         log.info("starting", invoker=args.invoker, tls=tls.enabled, **masked(settings))
         invoke_key = RotatingSecret(secrets.source, SecretName.ROLLUP_INVOKE_KEY)

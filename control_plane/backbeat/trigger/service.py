@@ -19,6 +19,7 @@ import contextlib
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
+from datetime import timedelta
 from enum import StrEnum
 from typing import Any, Final
 
@@ -36,7 +37,7 @@ from backbeat.core.ed25519 import PrivateKeyringProvider, PublicKeyringProvider
 from backbeat.core.frame_guard import MAX_BAR_LENGTH, FrameGuard, GuardSettings
 from backbeat.core.kpi import FailedWindow
 from backbeat.core.messages import BeatFrame, CodecError, load_object
-from backbeat.core.timeline import NS_PER_MIN
+from backbeat.core.timeline import NS_PER_MIN, nanoseconds
 from backbeat.core.watermark import lagging
 from backbeat.errors import InvokeError
 from backbeat.reverb.store import StoreSettings, WindowStore
@@ -75,17 +76,18 @@ class TriggerSettings:
     bar_length: int = 4
     #: Wait after the downbeat's scheduled time before rolling up (claims in flight land).
     #: Downbeat + grace is the window's deadline: a claim that arrives later is late.
-    grace_ms: float = 100.0
+    grace: timedelta = timedelta(milliseconds=100)
     #: After the grace, the seal waits until every live ingest replica has applied all it
     #: received before the deadline (its low watermark), but at most this long.
-    max_watermark_wait_ms: float = 1000.0
+    max_watermark_wait: timedelta = timedelta(seconds=1)
     #: A replica whose watermark is older than this is taken for gone and not waited for.
-    watermark_stale_ms: float = 5000.0
-    watermark_poll_ms: float = 5.0
+    watermark_stale: timedelta = timedelta(seconds=5)
+    watermark_poll: timedelta = timedelta(milliseconds=5)
     #: Failed attempts (over all replicas) before a window goes to the dead letters.
     max_attempts: int = 5
-    backoff_ms: float = 50.0
-    backoff_max_ms: float = 2000.0
+    #: First retry delay, doubled per attempt up to ``backoff_max``.
+    backoff: timedelta = timedelta(milliseconds=50)
+    backoff_max: timedelta = timedelta(seconds=2)
     #: Windows with beats but no claims are caught up only when they started at most this many
     #: beats before the current one (older ones are skipped and counted). Windows holding
     #: claims are caught up however old, as long as the claims store retains them.
@@ -96,7 +98,7 @@ class TriggerSettings:
     durable: str = DEFAULT_DURABLE
     ack_wait_s: float = 30.0
     #: Lease of an in-process rollup attempt (see reverb_rollup.RollupSettings).
-    lease_ms: int = 400
+    lease: timedelta = timedelta(milliseconds=400)
     #: How long start() waits for the first NATS connection (0: for ever); reconnects after
     #: that follow the client's reconnect policy.
     nats_connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S
@@ -121,12 +123,13 @@ class TriggerSettings:
         streams.check_replicas(self.stream_replicas)
         if self.stall_after_s <= FETCH_WAIT_S:
             raise ValueError(f"stall_after_s must be more than a fetch's bound, {FETCH_WAIT_S:g} s")
-        if self.max_watermark_wait_ms < 0 or self.watermark_stale_ms <= 0:
+        if self.max_watermark_wait < timedelta(0) or self.watermark_stale <= timedelta(0):
             raise ValueError("max_watermark_wait_ms must be >= 0 and watermark_stale_ms > 0")
 
     def backoff_s(self, attempt: int) -> float:
-        delay_ms = self.backoff_ms * 2.0 ** max(attempt - 1, 0)
-        return min(delay_ms, self.backoff_max_ms) / 1000.0
+        """The delay before retry ``attempt`` (seconds, as JetStream's nak takes it)."""
+        delay = self.backoff * 2.0 ** max(attempt - 1, 0)
+        return min(delay, self.backoff_max).total_seconds()
 
 
 class Attempt(StrEnum):
@@ -273,7 +276,7 @@ class ReverbTrigger:
 
     @property
     def _max_wait_s(self) -> float:
-        return (self.guard.settings.max_clock_skew_ns / 1e6 + self.settings.grace_ms) / 1e3
+        return self.guard.settings.max_clock_skew_ns / 1e9 + self.settings.grace.total_seconds()
 
     @property
     def invoker(self) -> Invoker:
@@ -314,7 +317,7 @@ class ReverbTrigger:
                 s.cluster_id,
                 redis=self._redis,
                 nats_client=self._nc,
-                settings=RollupSettings(lease_ms=s.lease_ms),
+                settings=RollupSettings(lease_ms=s.lease // timedelta(milliseconds=1)),
                 report_keys=self._report_keys,
                 stream_replicas=s.stream_replicas,
                 claim_partitions=s.claim_partitions,
@@ -427,7 +430,7 @@ class ReverbTrigger:
                 except Exception as exc:  # one bad downbeat must not stop the trigger
                     self._log.exception("downbeat handling failed", error=repr(exc))
                     with contextlib.suppress(Exception):
-                        await msg.nak(delay=self.settings.backoff_max_ms / 1000.0)
+                        await msg.nak(delay=self.settings.backoff_max.total_seconds())
 
     async def _handle(self, msg: Any) -> None:
         s = self.settings
@@ -492,14 +495,14 @@ class ReverbTrigger:
             await msg.ack()
             await self._catch_up(event.from_beat + bar_length)
             return
-        deadline_ns = downbeat_ns + round(s.grace_ms * 1e6)
+        deadline_ns = downbeat_ns + nanoseconds(s.grace)
         # At most one bar past the grace: a frame stamped far ahead must not hold the loop.
         wait_s = (deadline_ns - time.time_ns()) / 1e9
         if wait_s > 0:
             # Bounded twice: by a bar (hangs), and by the guard, which refused downbeats further
             # ahead than the clock skew allows.
             await asyncio.sleep(
-                min(wait_s, s.grace_ms / 1000 + bar_length * beat_ns / 1e9, self._max_wait_s)
+                min(wait_s, s.grace.total_seconds() + bar_length * beat_ns / 1e9, self._max_wait_s)
             )
         await self._await_watermarks(deadline_ns, log)
         self.metrics.seal_delay.observe(max(time.time_ns() - downbeat_ns, 0) / 1e9)
@@ -526,11 +529,11 @@ class ReverbTrigger:
 
     async def _await_watermarks(self, deadline_ns: int, log: Any) -> None:
         """Wait until every live ingest replica has applied what it received before
-        ``deadline_ns`` (``backbeat.core.watermark``), at most ``max_watermark_wait_ms``."""
+        ``deadline_ns`` (``backbeat.core.watermark``), at most ``max_watermark_wait``."""
         assert self._store is not None
         s = self.settings
-        give_up = time.monotonic() + s.max_watermark_wait_ms / 1000.0
-        stale_ns = round(s.watermark_stale_ms * 1e6)
+        give_up = time.monotonic() + s.max_watermark_wait.total_seconds()
+        stale_ns = nanoseconds(s.watermark_stale)
         while True:
             try:
                 marks = await asyncio.wait_for(self._store.watermarks(), timeout=1.0)
@@ -548,7 +551,7 @@ class ReverbTrigger:
                     behind_ms=round((deadline_ns - behind[0].low_ns) / 1e6, 1),
                 )
                 return
-            await asyncio.sleep(s.watermark_poll_ms / 1000.0)
+            await asyncio.sleep(s.watermark_poll.total_seconds())
 
     async def _roll_up(self, event: RollupEvent) -> Attempt:
         # The invocation is a client span; the event carries its context to the function, so
