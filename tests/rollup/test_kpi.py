@@ -66,7 +66,7 @@ def test_typical_window_hand_computed() -> None:
     assert missing.agent_ids == ("a4",)
     assert missing.count == 1
     assert report.issues[1].message == "1 claim(s) rejected as out_of_range"
-    # Seed INT-C fields are all present in the JSON form.
+    # Seed BarReport fields are all present in the JSON form.
     encoded = json.loads(report.encode())
     for name in (
         "type",

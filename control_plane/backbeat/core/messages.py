@@ -1,4 +1,4 @@
-"""JSON wire forms: INT-A BeatFrame, INT-B StatusClaim, INT-C BarReport.
+"""JSON wire forms of the BeatFrame, the StatusClaim and the BarReport.
 
 Decoding is strict about types (a bool is not an integer, a string is not a number, NaN is not
 JSON) and tolerant of extra fields. Every error names the field at fault.

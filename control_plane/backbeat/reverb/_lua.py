@@ -34,7 +34,7 @@ end
 #     traceparents, repeats) -- the batch's claims grouped by window, in arrival order:
 #     members: JSON array of dedupe members ("agent US task US beat"), one per claim;
 #     metas: the claims' log entry ``m`` (backbeat.core.claim_log), stored as it comes;
-#     payloads: the claims' INT-B JSON, concatenated; lengths: JSON array of their lengths;
+#     payloads: the claims' StatusClaim JSON, concatenated; lengths: JSON array of their lengths;
 #     traceparents: JSON array of traceparents, or "" when no claim has one;
 #     repeats: "1" when a member occurs twice in the group (the ingest knows), else "0";
 #   ncand, ncand x window index (late/reject targets, oldest first),

@@ -283,7 +283,7 @@ class ClaimIngest:
             self.metrics.nats_connected.set(1)
             await self._nc.subscribe(subjects.beat(self.settings.cluster_id), cb=self._on_beat)
             # Reports published by the rollup (JetStream publishes reach core subscribers too):
-            # the reverb metrics and PER-002 follow them.
+            # the reverb metrics and the rollup SLO follow them.
             await self._nc.subscribe(
                 subjects.bars_wildcard(self.settings.cluster_id), cb=self._on_report
             )
@@ -482,7 +482,7 @@ class ClaimIngest:
     async def submit(
         self, claims: Sequence[StatusClaim | ClaimVerdict | bytes], traceparent: str = ""
     ) -> list[ClaimOutcome]:
-        """Submit claims (decoded, pre-rejected or raw INT-B JSON) and wait for their outcomes.
+        """Submit claims (decoded, pre-rejected or raw StatusClaim JSON); wait for their outcomes.
 
         A ``ClaimVerdict`` without a claim is a claim that could not even be read (e.g. a
         protobuf claim with a bad HLC): it is dead-lettered with its reason. Raises
@@ -819,7 +819,7 @@ def _trace_id(headers: dict[str, str] | None) -> str | None:
 
 
 def _claim_json(claim: StatusClaim) -> bytes:
-    """INT-B JSON of a decoded claim; NaN and infinities (refused later) written as text."""
+    """StatusClaim JSON of a decoded claim; NaN and infinities (refused later) written as text."""
     try:
         return claim.encode()
     except ValueError:

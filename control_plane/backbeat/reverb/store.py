@@ -278,7 +278,7 @@ class AppendBatch:
         return keys_window_id(self._timeline, self._timeline.bar_start(beat_index))
 
     def add_claim(self, claim: StatusClaim, payload: bytes, traceparent: str = "") -> None:
-        """A claim that passed validation; ``payload`` is its INT-B JSON as buffered and
+        """A claim that passed validation; ``payload`` is its StatusClaim JSON as buffered and
         ``traceparent`` a checked W3C traceparent or "" (see ``valid_traceparent``)."""
         self.add_fields(claim_fields(claim), payload, traceparent)
 
@@ -949,7 +949,7 @@ class WindowStore:
         )
 
     async def window_claims(self, window_id: str) -> list[tuple[bytes, str]]:
-        """Every accepted claim of a window: (INT-B JSON, traceparent), in append order
+        """Every accepted claim of a window: (StatusClaim JSON, traceparent), in append order
         within each partition, partition after partition."""
         out: list[tuple[bytes, str]] = []
         for p in range(self.partitions):

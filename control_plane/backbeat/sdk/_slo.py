@@ -1,16 +1,17 @@
-"""The agent-side SLOs: PER-001 (beat delivery) and PER-003 (timer drift without frames).
+"""The agent-side SLOs: beat delivery (``slo="PER-001"``) and timer drift without frames
+(``slo="PER-003"``).
 
 ``register_slo_metrics(agent, registry)`` hooks a beat callback (register it before your own,
 so it sees the beat first) that measures
 
 * **delivery latency** — callback time minus the beat's scheduled time on the leader's grid,
-  for every beat (frame or local): ``backbeat_sdk_beat_delivery_seconds`` and PER-001
-  (p95 <= 100 ms);
+  for every beat (frame or local): ``backbeat_sdk_beat_delivery_seconds`` and the
+  beat delivery SLO (p95 <= 100 ms);
 * **drift** — while frames are cut off, beats come from the local timeline. Over one such
   stretch, drift is how far the local beats' lateness moved since the stretch began, divided
   by the time elapsed: a timer that stays on the grid keeps it near 0. Recorded once a stretch
   is at least ``min_stretch_s`` old (shorter ones are dominated by timer noise):
-  ``backbeat_sdk_drift_ratio`` and PER-003 (<= 1 %).
+  ``backbeat_sdk_drift_ratio`` and the drift SLO (<= 1 %).
 """
 
 from __future__ import annotations
@@ -74,5 +75,5 @@ class SdkSloRecorder:
 
 
 def register_slo_metrics(agent: Agent, registry: CollectorRegistry) -> SdkSloRecorder:
-    """Measure PER-001 and PER-003 for ``agent`` and expose them in ``registry``."""
+    """Measure beat delivery and timer drift for ``agent`` and expose them in ``registry``."""
     return SdkSloRecorder(agent, registry)
