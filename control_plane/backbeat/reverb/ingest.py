@@ -815,7 +815,10 @@ _DEAD_LETTER_TRIM_S = 10.0
 def _trace_id(headers: dict[str, str] | None) -> str | None:
     """The trace id of a message's ``traceparent`` header, for log lines."""
     parts = (headers or {}).get("traceparent", "").split("-")
-    return parts[1] if len(parts) == 4 else None
+    if len(parts) != 4:
+        return None
+    _version, trace_id, _span_id, _flags = parts
+    return trace_id
 
 
 def _claim_json(claim: StatusClaim) -> bytes:

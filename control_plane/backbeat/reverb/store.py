@@ -287,7 +287,8 @@ class AppendBatch:
         the claim's window start (``from_beat``)."""
         if self._count == 1:
             return self._parts[0].add_fields(fields, payload, traceparent)
-        p = zlib.crc32(fields[1].encode()) % self._count  # keys.claim_partition, inlined
+        _agent_id, task_id, _beat_index, _state, _beats_left, _key_id = fields
+        p = zlib.crc32(task_id.encode()) % self._count  # keys.claim_partition, inlined
         self._where.append(p)
         return self._parts[p].add_fields(fields, payload, traceparent)
 
@@ -536,6 +537,12 @@ class WindowDetail:
     agent_ids: tuple[str, ...] = ()
     report_json: bytes | None = None
     reported_ns: int | None = None
+
+
+def _entry_order(entry: tuple[bytes, Any]) -> tuple[int, ...]:
+    """A stream entry's place in time: its id ``<ms>-<seq>`` as numbers."""
+    entry_id, _data = entry
+    return tuple(int(x) for x in _text(entry_id).split("-"))
 
 
 def _text(value: bytes | str) -> str:
@@ -787,7 +794,8 @@ class WindowStore:
             out += (data for _, data in page)
             if len(page) < LOG_PAGE_ENTRIES:
                 return out
-            start = "(" + _text(page[-1][0])
+            last_id, _data = page[-1]
+            start = "(" + _text(last_id)
 
     async def mark_reported(self, window_id: str, report_json: bytes) -> None:
         """Record the published report (the first one is kept) and start the retention
@@ -981,7 +989,7 @@ class WindowStore:
         )
         entries = [entry for page in found for entry in page]
         if len(found) > 1:
-            entries.sort(key=lambda e: tuple(int(x) for x in _text(e[0]).split("-")), reverse=True)
+            entries.sort(key=_entry_order, reverse=True)
         return [_mapping(data) for _, data in reversed(entries[:count])]
 
     async def late_entries(self, count: int = 1000) -> list[dict[str, bytes]]:
