@@ -40,8 +40,9 @@ import nats
 from redis.asyncio import Redis
 
 from backbeat.core import keys, subjects
-from backbeat.core.messages import BeatFrame, CodecError
+from backbeat.core.messages import BeatFrame
 from backbeat.embedded import NatsServer, RedisServer, free_port
+from backbeat.errors import CodecError
 from backbeat.processes import ComponentProcess
 from bench.pulse_cluster import pulse_process, quantile
 from bench.result import Result

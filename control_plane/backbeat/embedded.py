@@ -27,7 +27,7 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import quote
 
-from backbeat.errors import ServerError as ServerError  # noqa: PLC0414 (re-exported)
+from backbeat.errors import ServerError
 from backbeat.service.nats_permissions import NatsUser, render_authorization
 
 #: Ports handed out by free_port are taken from below the kernel's ephemeral range, from here.

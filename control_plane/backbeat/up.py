@@ -39,16 +39,16 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from backbeat.core.messages import BarReport, BeatFrame, CodecError
+from backbeat.core.messages import BarReport, BeatFrame
 from backbeat.core.subjects import bars_wildcard, beat, check_cluster_id
 from backbeat.embedded import (
     NatsCluster,
     NatsServer,
     RedisClusterServers,
     RedisServer,
-    ServerError,
     free_port,
 )
+from backbeat.errors import CodecError, ServerError
 from backbeat.ports import PULSE_ADMIN_PORTS, PULSE_GRPC_PORTS
 from backbeat.processes import ComponentProcess
 from backbeat.secrets import SecretName, env_var

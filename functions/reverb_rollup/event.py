@@ -21,9 +21,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Final
 
-from backbeat.core.messages import BeatFrame, CodecError, load_object
+from backbeat.core.messages import BeatFrame, load_object
 from backbeat.core.timeline import NS_PER_MIN
 from backbeat.core.timeline import window_id as compute_window_id
+from backbeat.errors import CodecError
 
 ROLLUP_EVENT_TYPE: Final = "backbeat.rollup.v1"
 #: The CloudEvent ``type`` attribute of a rollup request.

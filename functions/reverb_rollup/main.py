@@ -18,7 +18,7 @@ from typing import Any
 import flask
 import functions_framework
 
-from backbeat.core.messages import CodecError
+from backbeat.errors import CodecError
 from reverb_rollup.handler import WindowNotClosed, WrongClusterError
 from reverb_rollup.invocation_auth import SIGNATURE_HEADER, InvocationRefused
 from reverb_rollup.process import runtime

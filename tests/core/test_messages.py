@@ -8,12 +8,12 @@ import pytest
 from backbeat.core.messages import (
     BarReport,
     BeatFrame,
-    CodecError,
     ReportIssue,
     StatusClaim,
     parse_utf8_json,
 )
 from backbeat.core.rfc3339 import format_ns, parse_ns
+from backbeat.errors import CodecError
 
 # The three interface examples of the specification, verbatim.
 SEED_BEATFRAME = """{

@@ -21,7 +21,8 @@ from nats.aio.msg import Msg
 
 from backbeat.agentsim.model import Behaviour, SimAgent, make_fleet
 from backbeat.core import subjects
-from backbeat.core.messages import BarReport, CodecError, StatusClaim
+from backbeat.core.messages import BarReport, StatusClaim
+from backbeat.errors import CodecError
 from backbeat.sdk import Agent, AgentSettings, Beat
 from backbeat.service.nats_connect import connect_nats
 

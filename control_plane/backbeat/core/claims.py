@@ -13,10 +13,10 @@ from backbeat.core.hlc import DEFAULT_MAX_OFFSET_MS, physical_ms
 from backbeat.core.messages import (
     STATUSCLAIM_TYPE,
     TASK_STATES,
-    CodecError,
     StatusClaim,
     parse_utf8_json,
 )
+from backbeat.errors import CodecError
 
 
 class RejectReason(StrEnum):

@@ -15,7 +15,7 @@ from typing import Any, Final, TypeVar
 
 from backbeat.core.hlc import HLCTimestamp
 from backbeat.core.rfc3339 import format_ns, parse_ns
-from backbeat.errors import CodecError as CodecError  # noqa: PLC0414 (re-exported)
+from backbeat.errors import CodecError
 
 BEATFRAME_TYPE: Final = "backbeat.beatframe.v1"
 STATUSCLAIM_TYPE: Final = "backbeat.statusclaim.v1"

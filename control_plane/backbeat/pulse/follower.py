@@ -15,8 +15,8 @@ from collections.abc import Callable
 from nats.aio.msg import Msg
 
 from backbeat.core.frame_guard import FrameGuard
-from backbeat.core.messages import BeatFrame, CodecError
-from backbeat.errors import TempoError
+from backbeat.core.messages import BeatFrame
+from backbeat.errors import CodecError, TempoError
 from backbeat.pulse.hub import BeatHub
 from backbeat.pulse.metrics import PulseMetrics
 from backbeat.pulse.publisher import BeatPublisher

@@ -13,7 +13,8 @@ from nats.js.api import StreamConfig
 from nats.js.errors import NotFoundError
 
 from backbeat.core import subjects
-from backbeat.core.messages import BeatFrame, CodecError
+from backbeat.core.messages import BeatFrame
+from backbeat.errors import CodecError
 from backbeat.pulse.handoff import HandoffMessage
 from backbeat.service import streams
 from backbeat.service.nats_connect import (

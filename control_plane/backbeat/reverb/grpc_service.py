@@ -19,9 +19,9 @@ from backbeat.core import subjects
 from backbeat.core.claims import ClaimVerdict, RejectReason
 from backbeat.core.ed25519 import PublicKeyringProvider, verify_report
 from backbeat.core.hlc import HLCTimestamp
-from backbeat.core.messages import BarReport, CodecError, StatusClaim
+from backbeat.core.messages import BarReport, StatusClaim
 from backbeat.core.protobuf import bar_report_to_pb, status_claim_from_pb, timestamp_from_ns
-from backbeat.errors import NotReadyError
+from backbeat.errors import CodecError, NotReadyError
 from backbeat.reverb.ingest import ClaimIngest, ClaimOutcome
 from backbeat.reverb.store import WindowDetail
 from backbeat.service import streams

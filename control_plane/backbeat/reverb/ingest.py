@@ -47,10 +47,10 @@ from backbeat.core.claims import (
     validate_claim,
 )
 from backbeat.core.hlc import DEFAULT_MAX_OFFSET_MS
-from backbeat.core.messages import BarReport, CodecError, StatusClaim
+from backbeat.core.messages import BarReport, StatusClaim
 from backbeat.core.timeline import Timeline, nanoseconds
 from backbeat.core.watermark import Watermark
-from backbeat.errors import NotReadyError
+from backbeat.errors import CodecError, NotReadyError
 from backbeat.reverb.metrics import ReverbMetrics
 from backbeat.reverb.store import (
     AppendBatch,

@@ -16,9 +16,10 @@ from aiohttp import web
 from backbeat.core.claims import DEFAULT_LIMITS, ClaimLimits
 from backbeat.core.ed25519 import PublicKeyringProvider
 from backbeat.core.frame_guard import FrameGuard, GuardSettings
-from backbeat.core.messages import BarReport, CodecError
+from backbeat.core.messages import BarReport
 from backbeat.core.signing import KeyringProvider, claim_signature_check
 from backbeat.core.subjects import default_cluster_id
+from backbeat.errors import CodecError
 from backbeat.reverb.grpc_service import SERVICE_NAME, ReverbServicer, ensure_bar_stream
 from backbeat.reverb.ingest import ClaimIngest, IngestSettings
 from backbeat.reverb.store import StoreSettings, WindowDetail

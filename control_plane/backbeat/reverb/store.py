@@ -25,11 +25,11 @@ from redis.asyncio.cluster import RedisCluster
 from backbeat.core import keys
 from backbeat.core.claim_log import Promise, fold_entries
 from backbeat.core.claims import DEFAULT_LIMITS, ClaimFields, RejectReason, claim_fields
-from backbeat.core.messages import BarReport, CodecError, StatusClaim
+from backbeat.core.messages import BarReport, StatusClaim
 from backbeat.core.timeline import Timeline
 from backbeat.core.watermark import Watermark
 from backbeat.core.window import BeatStats, UnreportedWindow, WindowAggregate
-from backbeat.errors import BackbeatError
+from backbeat.errors import BackbeatError, CodecError
 from backbeat.reverb import _lua
 
 #: How many windows, starting at the current beat's, may take late claims and rejects.

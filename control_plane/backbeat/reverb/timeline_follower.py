@@ -14,9 +14,9 @@ from collections.abc import Callable
 
 from backbeat.core.frame_guard import FrameGuard
 from backbeat.core.frame_order import FrameOrder
-from backbeat.core.messages import BeatFrame, CodecError
+from backbeat.core.messages import BeatFrame
 from backbeat.core.timeline import Timeline, default_phases
-from backbeat.errors import TempoError
+from backbeat.errors import CodecError, TempoError
 
 Clock = Callable[[], int]
 

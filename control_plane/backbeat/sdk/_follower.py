@@ -22,8 +22,9 @@ from collections.abc import Awaitable, Callable
 
 from backbeat.core.frame_guard import FrameGuard, Refusal
 from backbeat.core.frame_order import FrameOrder
-from backbeat.core.messages import BeatFrame, CodecError
+from backbeat.core.messages import BeatFrame
 from backbeat.core.timeline import NS_PER_MIN, Timeline, TimelineChange, default_phases
+from backbeat.errors import CodecError
 from backbeat.sdk._clock import Clock, OffsetEstimate
 from backbeat.sdk._types import AgentStats, AgentStatus, Beat, BeatSource, FrameDrop, TempoChange
 

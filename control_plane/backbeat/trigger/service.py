@@ -36,10 +36,10 @@ from backbeat.core import subjects
 from backbeat.core.ed25519 import PrivateKeyringProvider, PublicKeyringProvider
 from backbeat.core.frame_guard import MAX_BAR_LENGTH, FrameGuard, GuardSettings
 from backbeat.core.kpi import FailedWindow
-from backbeat.core.messages import BeatFrame, CodecError, load_object
+from backbeat.core.messages import BeatFrame, load_object
 from backbeat.core.timeline import NS_PER_MIN, nanoseconds
 from backbeat.core.watermark import lagging
-from backbeat.errors import InvokeError
+from backbeat.errors import CodecError, InvokeError
 from backbeat.reverb.store import StoreSettings, WindowStore
 from backbeat.service import streams
 from backbeat.service.frame_checks import register_frame_guard
