@@ -26,9 +26,9 @@ import hashlib
 import json
 import re
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
-from typing import Any, Final, Protocol
+from typing import Any, Final
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -40,10 +40,15 @@ from backbeat.core.signing import (
     DEFAULT_GRACE_NS,
     Verification,
     VerifyStatus,
+    WindowedKey,
+    active_key,
     canonical_frame,
     canonical_report,
     canonical_timeline_record,
+    key_retirements,
     key_validity,
+    order_keys,
+    unexpired_keys,
 )
 from backbeat.errors import SigningError
 
@@ -60,16 +65,7 @@ def raw_key_id(public: bytes) -> str:
     return "ed25519-" + hashlib.sha256(b"backbeat-ed25519-key-id\n" + public).hexdigest()[:12]
 
 
-class _Windowed(Protocol):
-    @property
-    def key_id(self) -> str: ...
-    @property
-    def activates_ns(self) -> int: ...
-    @property
-    def expires_ns(self) -> int | None: ...
-
-
-def _check_key_fields(key: _Windowed) -> None:
+def _check_key_fields(key: WindowedKey) -> None:
     if not _KEY_ID_RE.fullmatch(key.key_id):
         raise SigningError(
             f"key id {key.key_id!r} must be 1-64 characters of letters, digits or ._:-"
@@ -122,28 +118,6 @@ class PrivateKey:
         )
 
 
-def _ordered(keys: Iterable[_Windowed]) -> list[Any]:
-    ordered = sorted(keys, key=lambda k: (k.activates_ns, k.key_id))
-    seen: set[str] = set()
-    for key in ordered:
-        if key.key_id in seen:
-            raise SigningError(f"key id {key.key_id!r} appears twice in the keyring")
-        seen.add(key.key_id)
-    return ordered
-
-
-def _retirements(ordered: Sequence[_Windowed]) -> dict[str, int | None]:
-    """A key retires when it expires or when the next newer key activates, whichever is first."""
-    retired: dict[str, int | None] = {}
-    for i, key in enumerate(ordered):
-        successor = next(
-            (k.activates_ns for k in ordered[i + 1 :] if k.activates_ns > key.activates_ns), None
-        )
-        ends = [t for t in (key.expires_ns, successor) if t is not None]
-        retired[key.key_id] = min(ends) if ends else None
-    return retired
-
-
 class PublicKeyring:
     """Public key versions: verifies what the matching private keyring signed."""
 
@@ -156,7 +130,7 @@ class PublicKeyring:
         grace_ns: int = DEFAULT_GRACE_NS,
         clock_skew_ns: int = DEFAULT_CLOCK_SKEW_NS,
     ) -> None:
-        ordered: list[PublicKey] = _ordered(keys)
+        ordered = order_keys(keys)
         self._ordered = tuple(ordered)
         self._by_id = {k.key_id: k for k in ordered}
         try:
@@ -165,7 +139,7 @@ class PublicKeyring:
             }
         except ValueError as exc:
             raise SigningError(f"invalid Ed25519 public key: {exc}") from None
-        self._retired = _retirements(ordered)
+        self._retired = key_retirements(ordered)
         self.grace_ns = grace_ns
         self.clock_skew_ns = clock_skew_ns
 
@@ -214,11 +188,7 @@ class PublicKeyring:
         )
 
     def without_expired(self, now_ns: int) -> PublicKeyring:
-        keep = [
-            k
-            for k in self._ordered
-            if (r := self._retired[k.key_id]) is None or now_ns < r + self.grace_ns
-        ]
+        keep = unexpired_keys(self._ordered, self._retired, now_ns, self.grace_ns)
         return PublicKeyring(keep, grace_ns=self.grace_ns, clock_skew_ns=self.clock_skew_ns)
 
     def to_document(self) -> str:
@@ -268,7 +238,7 @@ class PrivateKeyring:
     __slots__ = ("_ordered", "_signers")
 
     def __init__(self, keys: Iterable[PrivateKey] = ()) -> None:
-        ordered: list[PrivateKey] = _ordered(keys)
+        ordered = order_keys(keys)
         self._ordered = tuple(ordered)
         self._signers = {k.key_id: Ed25519PrivateKey.from_private_bytes(k.seed) for k in ordered}
 
@@ -290,10 +260,7 @@ class PrivateKeyring:
 
     def signing_key(self, now_ns: int) -> PrivateKey:
         """The newest key active at ``now_ns``. Raises SigningError when there is none."""
-        for key in reversed(self._ordered):
-            if key.activates_ns <= now_ns and (key.expires_ns is None or now_ns < key.expires_ns):
-                return key
-        raise SigningError(f"no signing key is active at {format_ns(now_ns)}")
+        return active_key(self._ordered, now_ns)
 
     def sign(self, content: bytes, now_ns: int) -> tuple[str, str]:
         """``(key_id, signature hex)`` of ``content`` by the newest key active at ``now_ns``."""
@@ -309,13 +276,11 @@ class PrivateKeyring:
         )
 
     def retired_ns(self) -> dict[str, int | None]:
-        return _retirements(self._ordered)
+        return key_retirements(self._ordered)
 
     def without_expired(self, now_ns: int, grace_ns: int = DEFAULT_GRACE_NS) -> PrivateKeyring:
-        retired = _retirements(self._ordered)
-        return PrivateKeyring(
-            k for k in self._ordered if (r := retired[k.key_id]) is None or now_ns < r + grace_ns
-        )
+        retired = key_retirements(self._ordered)
+        return PrivateKeyring(unexpired_keys(self._ordered, retired, now_ns, grace_ns))
 
     def to_document(self) -> str:
         return _document([("private_key", k.seed.hex(), k) for k in self._ordered])
@@ -340,7 +305,7 @@ class PrivateKeyring:
 # -- documents ------------------------------------------------------------------------------
 
 
-def _document(entries: list[tuple[str, str, _Windowed]]) -> str:
+def _document(entries: list[tuple[str, str, WindowedKey]]) -> str:
     keys: list[dict[str, Any]] = []
     for field_name, value, key in entries:
         entry: dict[str, Any] = {

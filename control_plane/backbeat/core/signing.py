@@ -41,10 +41,10 @@ import json
 import re
 import struct
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
-from typing import Any, Final
+from typing import Any, Final, Protocol, TypeVar
 
 from backbeat.core.messages import (
     BARREPORT_TYPE,
@@ -329,28 +329,14 @@ class Keyring:
         grace_ns: int = DEFAULT_GRACE_NS,
         clock_skew_ns: int = DEFAULT_CLOCK_SKEW_NS,
     ) -> None:
-        ordered = sorted(keys, key=lambda k: (k.activates_ns, k.key_id))
-        by_id: dict[str, SigningKey] = {}
-        for key in ordered:
-            if key.key_id in by_id:
-                raise SigningError(f"key id {key.key_id!r} appears twice in the keyring")
-            by_id[key.key_id] = key
+        ordered = order_keys(keys)
         self._ordered = tuple(ordered)
-        self._by_id = by_id
+        self._by_id = {k.key_id: k for k in ordered}
         # Keyed HMAC states, copied per message: skips re-deriving the key pads every time.
         self._macs = {k.key_id: hmac.new(k.secret, digestmod=hashlib.sha256) for k in ordered}
         self.grace_ns = grace_ns
         self.clock_skew_ns = clock_skew_ns
-        # A key retires when it expires or when the next newer key activates, whichever is first.
-        retired: dict[str, int | None] = {}
-        for i, key in enumerate(ordered):
-            successor = next(
-                (k.activates_ns for k in ordered[i + 1 :] if k.activates_ns > key.activates_ns),
-                None,
-            )
-            ends = [t for t in (key.expires_ns, successor) if t is not None]
-            retired[key.key_id] = min(ends) if ends else None
-        self._retired = retired
+        self._retired = key_retirements(ordered)
 
     @property
     def keys(self) -> tuple[SigningKey, ...]:
@@ -381,10 +367,7 @@ class Keyring:
 
     def signing_key(self, now_ns: int) -> SigningKey:
         """The newest key active at ``now_ns``. Raises SigningError when there is none."""
-        for key in reversed(self._ordered):
-            if key.activates_ns <= now_ns and (key.expires_ns is None or now_ns < key.expires_ns):
-                return key
-        raise SigningError(f"no signing key is active at {format_ns(now_ns)}")
+        return active_key(self._ordered, now_ns)
 
     def newest(self) -> SigningKey | None:
         return self._ordered[-1] if self._ordered else None
@@ -417,11 +400,7 @@ class Keyring:
 
     def without_expired(self, now_ns: int) -> Keyring:
         """A copy without keys that can no longer verify anything at ``now_ns``."""
-        keep = [
-            k
-            for k in self._ordered
-            if (r := self._retired[k.key_id]) is None or now_ns < r + self.grace_ns
-        ]
+        keep = unexpired_keys(self._ordered, self._retired, now_ns, self.grace_ns)
         return Keyring(keep, grace_ns=self.grace_ns, clock_skew_ns=self.clock_skew_ns)
 
     # -- the keyring document (how key versions are stored in a secret) --------------------
@@ -499,6 +478,58 @@ def sign_claim(claim: StatusClaim, keyring: Keyring, *, now_ns: int | None = Non
     key = keyring.signing_key(time.time_ns() if now_ns is None else now_ns)
     signature = keyring.mac_hex(key.key_id, canonical_claim(claim))
     return replace(claim, key_id=key.key_id, signature=signature)
+
+
+class WindowedKey(Protocol):
+    """What the key-version rules below need of a key of any keyring."""
+
+    @property
+    def key_id(self) -> str: ...
+    @property
+    def activates_ns(self) -> int: ...
+    @property
+    def expires_ns(self) -> int | None: ...
+
+
+_K = TypeVar("_K", bound=WindowedKey)
+
+
+def order_keys(keys: Iterable[_K]) -> list[_K]:
+    """Key versions, oldest activation first; a key id may appear once."""
+    ordered = sorted(keys, key=lambda k: (k.activates_ns, k.key_id))
+    seen: set[str] = set()
+    for key in ordered:
+        if key.key_id in seen:
+            raise SigningError(f"key id {key.key_id!r} appears twice in the keyring")
+        seen.add(key.key_id)
+    return ordered
+
+
+def key_retirements(ordered: Sequence[WindowedKey]) -> dict[str, int | None]:
+    """A key retires when it expires or when the next newer key activates, whichever is first."""
+    retired: dict[str, int | None] = {}
+    for i, key in enumerate(ordered):
+        successor = next(
+            (k.activates_ns for k in ordered[i + 1 :] if k.activates_ns > key.activates_ns), None
+        )
+        ends = [t for t in (key.expires_ns, successor) if t is not None]
+        retired[key.key_id] = min(ends) if ends else None
+    return retired
+
+
+def unexpired_keys(
+    ordered: Sequence[_K], retired: Mapping[str, int | None], now_ns: int, grace_ns: int
+) -> list[_K]:
+    """The keys that can still verify something at ``now_ns`` (retired less than the grace ago)."""
+    return [k for k in ordered if (r := retired[k.key_id]) is None or now_ns < r + grace_ns]
+
+
+def active_key(ordered: Sequence[_K], now_ns: int) -> _K:
+    """The newest key active at ``now_ns``. Raises SigningError when there is none."""
+    for key in reversed(ordered):
+        if key.activates_ns <= now_ns and (key.expires_ns is None or now_ns < key.expires_ns):
+            return key
+    raise SigningError(f"no signing key is active at {format_ns(now_ns)}")
 
 
 def key_validity(
