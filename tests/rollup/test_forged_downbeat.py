@@ -21,6 +21,7 @@ from backbeat.core.timeline import Timeline
 from backbeat.embedded import NatsServer
 from backbeat.trigger import ReverbTrigger, TriggerSettings
 from tests.rollup.conftest import eventually
+from tests.rollup.frames import downbeat
 from tests.rollup.test_trigger import wait_report
 
 pytestmark = pytest.mark.integration
@@ -28,23 +29,6 @@ pytestmark = pytest.mark.integration
 S = 1_000_000_000
 CENTURY_NS = 100 * 365 * 86400 * S
 FRAME_KEYS = PrivateKeyring([PrivateKey("frame-1", b"p" * 32, activates_ns=0)])
-
-
-def downbeat(tl: Timeline, beat: int, *, scheduled_ns: int | None = None) -> BeatFrame:
-    at = time.time_ns() if scheduled_ns is None else scheduled_ns
-    return BeatFrame(
-        cluster_id=tl.cluster_id,
-        beat_index=beat,
-        downbeat=True,
-        phase="plan",
-        hlc="7ffd:0001:beef",
-        deadline_ns=at + 500_000_000,
-        tempo_bpm=tl.tempo_bpm,
-        window_id=tl.window_id(beat),
-        term=1,
-        scheduled_ns=at,
-        bar_start_beat=beat,
-    )
 
 
 async def publish(nc: nats.aio.client.Client, frame: BeatFrame) -> None:

@@ -12,7 +12,7 @@ import pytest
 from redis.asyncio import Redis
 
 from backbeat.core import keys, subjects
-from backbeat.core.messages import BarReport, BeatFrame, StatusClaim
+from backbeat.core.messages import BarReport, StatusClaim
 from backbeat.core.timeline import Timeline
 from backbeat.embedded import RedisServer
 from backbeat.pulse.fencing import EmittedBeat, FencedStore, WriteOutcome
@@ -22,6 +22,7 @@ from backbeat.trigger import InvokeError, ReverbTrigger, TriggerSettings
 from backbeat.trigger.invokers import InProcessInvoker
 from reverb_rollup import RollupEvent
 from tests.rollup.conftest import eventually
+from tests.rollup.frames import downbeat
 from tests.rollup.test_exactly_once import stored_reports
 
 pytestmark = pytest.mark.integration
@@ -45,24 +46,11 @@ async def append(
 async def publish_downbeat(
     nc: nats.aio.client.Client, tl: Timeline, beat: int, *, msg_id: str | None = None
 ) -> None:
-    now = time.time_ns()
-    frame = BeatFrame(
-        cluster_id=tl.cluster_id,
-        beat_index=beat,
-        downbeat=True,
-        phase="plan",
-        hlc="7ffd:0001:beef",
-        deadline_ns=now + 500_000_000,
-        tempo_bpm=tl.tempo_bpm,
-        window_id=tl.window_id(beat),
-        term=1,
-        scheduled_ns=now,
-        bar_start_beat=beat,
-    )
+    frame = downbeat(tl, beat)
     await nc.jetstream().publish(
         subjects.downbeat(tl.cluster_id),
         frame.encode(),
-        headers={"Nats-Msg-Id": msg_id or f"{tl.cluster_id}-{beat}-{now}"},
+        headers={"Nats-Msg-Id": msg_id or f"{tl.cluster_id}-{beat}-{frame.scheduled_ns}"},
     )
 
 
