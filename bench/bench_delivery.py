@@ -18,13 +18,12 @@ streams spread over replicas).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import multiprocessing
 import os
 import struct
 import time
 from array import array
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.synchronize import Event as MpEvent
@@ -37,6 +36,7 @@ from backbeat.core import subjects
 from backbeat.core.messages import BeatFrame
 from backbeat.v1 import pulse_service_pb2 as pb
 from backbeat.v1 import pulse_service_pb2_grpc as pb_grpc
+from bench.bare_grpc import start_bare_server
 from bench.pulse_cluster import log_dir, pulse_process, quantile, servers
 from bench.result import Result, record_series
 
@@ -187,32 +187,13 @@ def _bare_server_main(port_out: Connection, stop: MpEvent) -> None:
     (one pre-serialised message per tick, one bounded queue per stream, as the pulse has)."""
 
     async def main() -> None:
-        subs: set[asyncio.Queue[bytes]] = set()
-
-        async def stream(request: bytes, context: object) -> AsyncIterator[bytes]:
-            queue: asyncio.Queue[bytes] = asyncio.Queue(256)
-            subs.add(queue)
-            try:
-                while True:
-                    yield await queue.get()
-            finally:
-                subs.discard(queue)
-
-        handler = grpc.unary_stream_rpc_method_handler(stream)  # bytes in, bytes out
-        server = grpc.aio.server()
-        server.add_generic_rpc_handlers(
-            (grpc.method_handlers_generic_handler("backbeat.bench.Bare", {"Stream": handler}),)
-        )
-        port_out.send(server.add_insecure_port("127.0.0.1:0"))
-        await server.start()
+        server, send = await start_bare_server(port_out)
         next_at = time.monotonic()
         while not stop.is_set():
             next_at += PERIOD_S
             await asyncio.sleep(max(0.0, next_at - time.monotonic()))
             message = struct.pack(">q", time.time_ns()) + b"x" * (BARE_SIZE - 8)
-            for queue in subs:
-                with contextlib.suppress(asyncio.QueueFull):
-                    queue.put_nowait(message)
+            send(message)
         await server.stop(0)
 
     asyncio.run(main())

@@ -23,7 +23,7 @@ import multiprocessing
 import os
 import time
 from array import array
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.synchronize import Event as MpEvent
@@ -33,6 +33,7 @@ import grpc
 from backbeat.processes import ComponentProcess
 from backbeat.service.targets import spread
 from backbeat.v1 import pulse_service_pb2 as pb
+from bench.bare_grpc import start_bare_server
 from bench.pulse_cluster import log_dir, pulse_process, quantile, servers, status
 from bench.result import Result, record_series
 
@@ -97,24 +98,7 @@ def _bare_server_main(template: bytes, port_out: Connection, stop: MpEvent) -> N
     restamped) to every stream at 2 Hz, through one bounded queue per stream."""
 
     async def main() -> None:
-        subs: set[asyncio.Queue[bytes]] = set()
-
-        async def handler(request: bytes, context: object) -> AsyncIterator[bytes]:
-            queue: asyncio.Queue[bytes] = asyncio.Queue(256)
-            subs.add(queue)
-            try:
-                while True:
-                    yield await queue.get()
-            finally:
-                subs.discard(queue)
-
-        method = grpc.unary_stream_rpc_method_handler(handler)  # bytes in, bytes out
-        server = grpc.aio.server()
-        server.add_generic_rpc_handlers(
-            (grpc.method_handlers_generic_handler("backbeat.bench.Bare", {"Stream": method}),)
-        )
-        port_out.send(server.add_insecure_port("127.0.0.1:0"))
-        await server.start()
+        server, send = await start_bare_server(port_out)
         message = pb.StreamBeatsResponse.FromString(template)
         period_ns = int(PERIOD_S * 1e9)
         while not stop.is_set():
@@ -126,9 +110,7 @@ def _bare_server_main(template: bytes, port_out: Connection, stop: MpEvent) -> N
             message.beat.scheduled_time.FromNanoseconds(now)
             message.beat.emitted_time.FromNanoseconds(now)
             data = message.SerializeToString()
-            for queue in subs:
-                with contextlib.suppress(asyncio.QueueFull):
-                    queue.put_nowait(data)
+            send(data)
         await server.stop(0)
 
     asyncio.run(main())
