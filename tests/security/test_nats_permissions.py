@@ -21,7 +21,7 @@ import nats
 import pytest
 import yaml
 from nats.aio.client import Client
-from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.js.api import StreamConfig
 
 from backbeat.core import subjects
@@ -120,21 +120,21 @@ def test_the_shipped_files_are_what_the_code_renders() -> None:
 
 async def _delivered(
     connect: Connect, publisher: NatsRole, observer: NatsRole, subject: str
-) -> tuple[Connection, list[Msg]]:
-    """``publisher`` publishes once on ``subject``; what ``observer`` received of it."""
+) -> tuple[Connection, Connection, Subscription]:
+    """``publisher`` publishes once on ``subject``, which ``observer`` subscribes to.
+
+    The subscription has no callback, so the client queues a delivered message in its read
+    loop before it reads the PONG that ends the observer's flush: once the flushes return,
+    ``sub.delivered`` counts every delivery the server made before them.
+    """
     watcher = await connect(observer)
-    received: list[Msg] = []
-
-    async def on_msg(msg: Msg) -> None:
-        received.append(msg)
-
-    await watcher.nc.subscribe(subject, cb=on_msg)
+    sub = await watcher.nc.subscribe(subject)
     await watcher.nc.flush(timeout=5)
     sender = await connect(publisher)
     await sender.nc.publish(subject, b'{"forged": true}')
     await sender.nc.flush(timeout=5)  # the server has handled the publish...
     await watcher.nc.flush(timeout=5)  # ...and queued any delivery before this PONG
-    return sender, received
+    return sender, watcher, sub
 
 
 # (offender, subject, observer allowed to see the subject)
@@ -168,9 +168,10 @@ PUBLISH_REFUSED = [
 async def test_a_role_cannot_publish_what_is_not_its_own(
     connect: Connect, offender: NatsRole, subject: str, observer: NatsRole
 ) -> None:
-    sender, received = await _delivered(connect, offender, observer, subject)
+    sender, watcher, sub = await _delivered(connect, offender, observer, subject)
     assert subject.lower() in await sender.violation()
-    assert received == []
+    assert sub.delivered == 0
+    assert watcher.errors == []
 
 
 # (publisher, subject, observer): what each role needs, on the same server
@@ -194,9 +195,14 @@ PUBLISH_ALLOWED = [
 async def test_a_role_publishes_what_it_needs(
     connect: Connect, publisher: NatsRole, subject: str, observer: NatsRole
 ) -> None:
-    sender, received = await _delivered(connect, publisher, observer, subject)
-    assert [m.data for m in received] == [b'{"forged": true}']
-    assert sender.errors == []
+    sender, watcher, sub = await _delivered(connect, publisher, observer, subject)
+    # Waiting is harmless here (a refusal would never deliver) and names what went wrong.
+    try:
+        msg = await sub.next_msg(timeout=5)
+    except nats.errors.TimeoutError:
+        pytest.fail(f"no delivery: publisher {sender.errors}, observer {watcher.errors}")
+    assert msg.data == b'{"forged": true}'
+    assert (sender.errors, watcher.errors) == ([], [])
 
 
 SUBSCRIBE_REFUSED = [
@@ -229,18 +235,13 @@ async def test_a_role_cannot_read_what_is_not_for_it(
 async def test_agents_read_no_claims_of_other_agents(connect: Connect) -> None:
     """Even with the subscription refused, nothing of another agent's claim arrives."""
     spy = await connect(AGENT)
-    seen: list[Msg] = []
-
-    async def on_msg(msg: Msg) -> None:
-        seen.append(msg)
-
-    await spy.nc.subscribe(CLAIMS, cb=on_msg)
+    sub = await spy.nc.subscribe(CLAIMS)
     await spy.violation()
     honest = await connect(AGENT)
     await honest.nc.publish(CLAIMS, b"{}")
     await honest.nc.flush(timeout=5)
     await spy.nc.flush(timeout=5)
-    assert seen == []
+    assert sub.delivered == 0
 
 
 async def test_only_the_rollup_role_publishes_reports_through_jetstream(connect: Connect) -> None:
