@@ -21,7 +21,10 @@ class Result:
 
     @property
     def ratio(self) -> float:
-        """How many times better than the baseline (>1 is better)."""
+        """How many times better than the baseline (>1 is better); equal values (both 0 too)
+        are even."""
+        if self.value == self.baseline_value:
+            return 1.0
         if self.value == 0 or self.baseline_value == 0:
             return float("nan")
         if self.better == "higher":
