@@ -59,6 +59,14 @@ class NotLeaderError(BackbeatError, RuntimeError):
         self.leader_address = leader_address
 
 
+class LeaderUnreachableError(BackbeatError, ConnectionError):
+    """A follower could not connect to the leader to forward a call: nothing was sent."""
+
+    def __init__(self, leader_address: str) -> None:
+        super().__init__(f"the leader at {leader_address} accepted no connection")
+        self.leader_address = leader_address
+
+
 class FencedError(BackbeatError, RuntimeError):
     """A Redis master holds a higher term: a newer leader exists and nothing was stored.
 

@@ -1,7 +1,9 @@
 """``backbeat.v1.PulseService`` on every replica.
 
 The leader answers from its own state; followers relay the beats they receive (filtered by
-term in the hub) and forward ``SetTempo`` to the leader, or name it in a NOT_LEADER error.
+term in the hub) and forward ``SetTempo`` to the leader, or name it in a NOT_LEADER error when
+it cannot be reached. A forwarded call the leader did not answer may have been applied, so the
+follower says TEMPO_OUTCOME_UNKNOWN then, never NOT_LEADER (``unanswered_forward``).
 
 ``StreamBeats`` serves hundreds of streams per replica: every event is serialised once
 (``EncodedEvents``) and all streams send the same bytes. The method is therefore registered
@@ -10,6 +12,7 @@ with a pass-through response serialiser (``add_pulse_service``) and yields ``byt
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import hmac
@@ -32,6 +35,7 @@ from backbeat.core.timeline import Timeline, validate_tempo
 from backbeat.errors import (
     FencedError,
     HistoryGone,
+    LeaderUnreachableError,
     NoQuorumError,
     NotLeaderError,
     TempoConflictError,
@@ -42,7 +46,7 @@ from backbeat.errors import (
 )
 from backbeat.pulse.hub import HubEvent
 from backbeat.pulse.node import PulseNode, Role, ScheduledTempoChange
-from backbeat.service.rpc import BearerAuth, abort_with_reason
+from backbeat.service.rpc import BearerAuth, abort_with_reason, error_reason
 from backbeat.v1 import pulse_service_pb2 as pb
 from backbeat.v1 import pulse_service_pb2_grpc as pb_grpc
 
@@ -54,6 +58,9 @@ FORWARDED_HEADER = "x-backbeat-forwarded"
 REPLICA_AUTH_HEADER = "x-backbeat-replica-auth"
 #: How far a replica credential's time may be from the leader's clock (seconds).
 REPLICA_AUTH_MAX_AGE_S = 30
+#: How long a follower tries to connect to the leader before answering NOT_LEADER (at most
+#: half the forwarded call's time).
+FORWARD_CONNECT_S = 1.0
 MAX_REQUEST_ID = 128
 DEFAULT_PROGRESS_MS = 5000
 #: A shorter progress interval is raised to this: progress messages cost every stream a
@@ -146,7 +153,10 @@ class TempoForwarder:
         timeout_s: float = 5.0,
     ) -> pb.SetTempoResponse:
         """Forward ``request`` to the leader at ``address``. The caller must have checked the
-        caller's token; ``caller_authorization`` is not sent (kept for existing callers)."""
+        caller's token; ``caller_authorization`` is not sent (kept for existing callers).
+
+        Raises LeaderUnreachableError when no connection to the leader could be made (nothing
+        was sent), else the call's ``grpc.aio.AioRpcError`` (see ``unanswered_forward``)."""
         channel = self._channels.get(address)
         if channel is None:
             # Instrumented: the forwarded call continues the caller's trace.
@@ -161,6 +171,11 @@ class TempoForwarder:
         if token:
             credential = replica_credential(token, address, request, time.time())
             metadata.append((REPLICA_AUTH_HEADER, credential))
+        try:
+            async with asyncio.timeout(min(FORWARD_CONNECT_S, timeout_s / 2)):
+                await channel.channel_ready()
+        except TimeoutError:
+            raise LeaderUnreachableError(address) from None
         stub = pb_grpc.PulseServiceStub(channel)
         response: pb.SetTempoResponse = await stub.SetTempo(
             request, metadata=metadata, timeout=timeout_s
@@ -388,14 +403,19 @@ class PulseServicer:
                         request,
                         timeout_s=max(0.5, (context.time_remaining() or 5.0) - 0.1),
                     )
+                except LeaderUnreachableError:
+                    pass  # nothing was sent: the caller may retry against the leader
                 except grpc.aio.AioRpcError as error:
-                    if error.code() not in (
-                        grpc.StatusCode.UNAVAILABLE,
-                        grpc.StatusCode.DEADLINE_EXCEEDED,
-                    ):
-                        await context.abort_with_status(  # type: ignore[attr-defined]
-                            _status_of(error)
+                    # The leader's own answer goes back as it is; no answer is no refusal.
+                    if error_reason(error) is None:
+                        await abort_with_reason(
+                            context,
+                            grpc.StatusCode.UNAVAILABLE,
+                            "TEMPO_OUTCOME_UNKNOWN",
+                            unanswered_forward(address, error),
+                            {"leader_address": address},
                         )
+                    await context.abort_with_status(_status_of(error))  # type: ignore[attr-defined]
             await abort_with_reason(
                 context,
                 grpc.StatusCode.UNAVAILABLE,
@@ -478,6 +498,16 @@ def add_pulse_service(servicer: PulseServicer, server: grpc.aio.Server) -> None:
         ),
     }
     server.add_registered_method_handlers(SERVICE_NAME, handlers)  # type: ignore[attr-defined]
+
+
+def unanswered_forward(leader_address: str, error: grpc.aio.AioRpcError) -> str:
+    """The message of TEMPO_OUTCOME_UNKNOWN for a forwarded SetTempo the leader did not answer
+    (its deadline passed, the connection dropped mid-call): the leader may have stored it."""
+    return (
+        f"forwarded to the leader at {leader_address}, which did not answer "
+        f"({error.code().name}: {error.details() or 'no details'}): the change may or may not "
+        "take effect; read GetTimeline before retrying"
+    )
 
 
 def _status_of(error: grpc.aio.AioRpcError) -> grpc.Status:

@@ -29,6 +29,7 @@ from backbeat.core.frame_guard import FrameGuard, GuardSettings
 from backbeat.core.timeline import Timeline
 from backbeat.errors import (
     FencedError,
+    LeaderUnreachableError,
     MalformedBody,
     NoQuorumError,
     NotLeaderError,
@@ -38,7 +39,13 @@ from backbeat.errors import (
     TempoRateLimited,
     TempoRequestError,
 )
-from backbeat.pulse.grpc_service import SERVICE_NAME, PulseServicer, add_pulse_service, apply_tempo
+from backbeat.pulse.grpc_service import (
+    SERVICE_NAME,
+    PulseServicer,
+    add_pulse_service,
+    apply_tempo,
+    unanswered_forward,
+)
 from backbeat.pulse.node import PulseNode, Role, ScheduledTempoChange
 from backbeat.pulse.settings import PulseSettings
 from backbeat.pulse.state import timeline_to_json
@@ -53,7 +60,7 @@ from backbeat.service.admin import (
 )
 from backbeat.service.frame_checks import register_frame_guard
 from backbeat.service.lifecycle import stop_task
-from backbeat.service.rpc import BearerAuth, GrpcServer, TokenSource
+from backbeat.service.rpc import BearerAuth, GrpcServer, TokenSource, error_reason
 from backbeat.service.slo import JITTER, SloTracker
 from backbeat.service.tls import TlsSettings
 from backbeat.v1 import pulse_service_pb2 as pb
@@ -356,15 +363,22 @@ class PulseServer:
                 request.headers.get("Authorization", ""),
                 timeout_s=5.0,
             )
+        except LeaderUnreachableError as unreachable:
+            return error_response(503, "NOT_LEADER", f"{exc}; {unreachable}")
         except grpc.aio.AioRpcError as error:
+            reason = error_reason(error)
+            if reason is None:  # no answer is no refusal: the leader may have stored it
+                message = unanswered_forward(exc.leader_address, error)
+                return error_response(503, "TEMPO_OUTCOME_UNKNOWN", message)
             code = {
                 grpc.StatusCode.INVALID_ARGUMENT: 400,
                 grpc.StatusCode.UNAUTHENTICATED: 401,
                 grpc.StatusCode.PERMISSION_DENIED: 403,
                 grpc.StatusCode.FAILED_PRECONDITION: 409,
+                grpc.StatusCode.ABORTED: 409,
                 grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
             }.get(error.code(), 503)
-            return error_response(code, error.code().name, error.details() or "")
+            return error_response(code, reason, error.details() or "")
         return json_response(
             {
                 "effective_beat": reply.effective_beat,
