@@ -15,7 +15,7 @@ import contextlib
 import itertools
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import grpc
@@ -39,6 +39,7 @@ from backbeat.v1 import reverb_service_pb2_grpc as reverb_grpc
 from tests.pulse.cluster import PulseProcess, wait_for_leader
 from tests.pulse.collect import BeatCollector, assert_strictly_forward
 from tests.reverb.claim_samples import make_claim
+from tests.waiting import eventually
 
 pytestmark = [pytest.mark.integration, pytest.mark.fault, pytest.mark.timeout(150)]
 
@@ -161,15 +162,6 @@ async def stored_messages(js_client: nats.aio.client.Client, stream: str) -> lis
     return out
 
 
-async def wait_until(condition: Callable[[], bool], what: str, within_s: float = 10.0) -> None:
-    deadline = time.monotonic() + within_s
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"not within {within_s:g} s: {what}")
-
-
 def assert_on_grid(frames: list[BeatFrame]) -> None:
     """Every frame sits on the grid of the first one, and indexes only go forward."""
     first = frames[0]
@@ -216,7 +208,11 @@ async def test_the_system_rides_the_loss_of_a_nats_node(
 
         # Beats go on at both consumers (well past the loss), on the grid.
         await beats.wait_for(lambda fs: fs[-1].beat_index >= before_kill + 24, within_s=30)
-        await wait_until(lambda: len(streamed) >= streamed_before + 20, "StreamBeats going on")
+        await eventually(
+            lambda: len(streamed) >= streamed_before + 20,
+            within_s=10.0,
+            what="StreamBeats going on",
+        )
         stop_claims.set()
         await stop_task(claims_task)
         last_claim_beat = beats.frames[-1].beat_index

@@ -5,8 +5,6 @@ and the SLOs."""
 
 from __future__ import annotations
 
-import asyncio
-import time
 from datetime import timedelta
 
 import aiohttp
@@ -29,6 +27,7 @@ from backbeat.reverb.server import ReverbServer, ReverbSettings
 from backbeat.service.tracing import inject_headers
 from backbeat.trigger import ReverbTrigger, TriggerSettings
 from tests.observability.conftest import named, parent_of
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -47,14 +46,6 @@ REVERB_METRICS = (
     "backbeat_reverb_claims_processed_total",
     'backbeat_slo_compliant{slo="PER-002"}',
 )
-
-
-async def eventually(check: object, within: float = 20.0) -> None:
-    deadline = time.monotonic() + within
-    while not check():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.05)
 
 
 def _downbeat_traces(spans: InMemorySpanExporter, cluster: str) -> dict[int, ReadableSpan]:
@@ -109,8 +100,8 @@ async def test_one_trace_from_a_pulse_downbeat_to_its_report(
 
     await nc.subscribe(subjects.beat(cluster_id), cb=on_beat)
     async with pulse, reverb, trigger:
-        await eventually(lambda: pulse.node.role is Role.LEADER)
-        await eventually(lambda: reverb.ingest.readiness()[0])
+        await eventually(lambda: pulse.node.role is Role.LEADER, within_s=20.0)
+        await eventually(lambda: reverb.ingest.readiness()[0], within_s=20.0)
         # A traced claim from an "agent" for the current beat.
         beat = reverb.ingest.follower.current_beat()
         claim = StatusClaim("agent:e2e", "task:1", beat, "executing", 2, 0.5, "0001:0001:beef")
@@ -124,8 +115,10 @@ async def test_one_trace_from_a_pulse_downbeat_to_its_report(
                 for s in named(spans, "reverb.report.publish")
             )
 
-        await eventually(reported, within=30.0)
-        await eventually(lambda: reverb.ingest.metrics.slo.evaluate("PER-002")["samples"] > 0)
+        await eventually(reported, within_s=30.0)
+        await eventually(
+            lambda: reverb.ingest.metrics.slo.evaluate("PER-002")["samples"] > 0, within_s=20.0
+        )
         assert pulse.admin is not None
         assert reverb.admin is not None
         async with aiohttp.ClientSession() as http:

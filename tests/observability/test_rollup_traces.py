@@ -19,7 +19,7 @@ from backbeat.core.timeline import Timeline, default_phases, window_id
 from backbeat.service.tracing import inject_headers
 from backbeat.trigger import ReverbTrigger, TriggerSettings
 from tests.observability.conftest import named, parent_of
-from tests.rollup.conftest import eventually
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -55,7 +55,7 @@ async def test_one_trace_from_downbeat_to_report(
         async def reported() -> bool:
             return bool(named(spans, "reverb.report.publish", **{"backbeat.window_id": window}))
 
-        await eventually(reported, within=20.0)
+        await eventually(reported, within_s=20.0)
         msg = await nc.jetstream().get_last_msg(
             subjects.bar_stream(cluster_id), subjects.bar(cluster_id, window)
         )
@@ -64,7 +64,7 @@ async def test_one_trace_from_downbeat_to_report(
         async def timed() -> bool:
             return bool(trigger.metrics.slo.evaluate("PER-002")["samples"] >= 1)
 
-        await eventually(timed, within=20.0)
+        await eventually(timed, within_s=20.0)
         assert trigger.metrics.slo.evaluate("PER-002")["samples"] == 1
 
     [trig] = named(spans, "reverb.trigger", **{"backbeat.window_id": window})

@@ -24,7 +24,7 @@ from backbeat.service.rpc import error_info, error_reason
 from backbeat.v1 import pulse_service_pb2 as pb
 from backbeat.v1 import pulse_service_pb2_grpc as pb_grpc
 from tests.pulse.cluster import PulseProcess, Pulses, wait_for_leader
-from tests.sdk.pulses import until
+from tests.waiting import eventually
 
 pytestmark = [pytest.mark.integration, pytest.mark.fault, pytest.mark.timeout(120)]
 
@@ -94,10 +94,10 @@ async def test_a_forwarded_call_the_leader_never_answered_has_an_unknown_outcome
     try:
         await wait_for_leader([leader], within_s=30)
         follower = await pulses.server("follower")
-        await until(
+        await eventually(
             lambda: follower.node.status().leader_address == leader.grpc_address,
-            15,
-            "the follower to know the leader",
+            within_s=15,
+            what="the follower to know the leader",
         )
         async with grpc.aio.insecure_channel(follower.grpc.address) as channel:
             stub = pb_grpc.PulseServiceStub(channel)

@@ -8,7 +8,6 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -25,6 +24,7 @@ from backbeat.service.rpc import error_info, error_reason
 from backbeat.v1 import pulse_service_pb2 as pb
 from backbeat.v1 import pulse_service_pb2_grpc as pb_grpc
 from tests.pulse.cluster import Pulses, wait_for_leader
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -332,12 +332,6 @@ async def test_grpc_streams_get_a_pending_tempo_change_before_its_downbeat(
     def beats(name: str) -> list[Any]:
         return [e.beat for _, e in events[name] if e.WhichOneof("event") == "beat"]
 
-    async def wait(predicate: Callable[[], bool], what: str) -> None:
-        deadline = time.monotonic() + 15
-        while not predicate():
-            assert time.monotonic() < deadline, f"timed out waiting for {what}"
-            await asyncio.sleep(0.005)
-
     async with (
         grpc.aio.insecure_channel(leader.grpc.address) as to_leader,
         grpc.aio.insecure_channel(follower.grpc.address) as to_follower,
@@ -350,13 +344,15 @@ async def test_grpc_streams_get_a_pending_tempo_change_before_its_downbeat(
         tasks = [asyncio.create_task(collect(name, s)) for name, s in streams.items()]
         try:
             # Just after a downbeat, so that the change is most of a bar away.
-            await wait(lambda: any(b.downbeat for b in beats("leader")), "a downbeat")
+            await eventually(lambda: any(b.downbeat for b in beats("leader")), what="a downbeat")
             reply = await stubs["leader"].SetTempo(
                 pb.SetTempoRequest(tempo_bpm=252.0, request_id="pending-stream"), timeout=10
             )
             effective = reply.effective_beat
             # Streams opened while the change is pending (the follower learns it over NATS).
-            await wait(lambda: follower.node.hub.pending is not None, "the follower's pending")
+            await eventually(
+                lambda: follower.node.hub.pending is not None, what="the follower's pending"
+            )
             for name, stub in stubs.items():
                 late = stub.StreamBeats(pb.StreamBeatsRequest())
                 first, second = await _next(late), await _next(late)
@@ -366,9 +362,9 @@ async def test_grpc_streams_get_a_pending_tempo_change_before_its_downbeat(
                 assert second.WhichOneof("event") == "pending", name
                 assert second.pending.effective_beat == effective
                 assert second.pending.timeline.tempo_bpm == 252.0
-            await wait(
+            await eventually(
                 lambda: all(b and b[-1].beat_index > effective for b in map(beats, events)),
-                "the switching downbeat",
+                what="the switching downbeat",
             )
         finally:
             for task in tasks:

@@ -12,6 +12,7 @@ from backbeat.embedded import NatsServer, RedisServer
 from backbeat.pulse import PulseSettings, Role
 from backbeat.pulse.reachability import DEFAULT_WINDOW_S, ReachabilityWindow
 from backbeat.pulse.server import PulseServer
+from tests.waiting import eventually
 
 
 class FakeClock:
@@ -69,7 +70,9 @@ async def test_a_master_slow_for_a_moment_stays_reachable_one_gone_does_not(
     )  # fmt: skip
     async with PulseServer(settings) as server:
         node = server.node
-        await until(lambda: node.role is Role.LEADER and node.redis_reachable == 3, 20)
+        await eventually(
+            lambda: node.role is Role.LEADER and node.redis_reachable == 3, within_s=20
+        )
         seen: list[int] = []
         masters[2].pause()
         try:
@@ -79,20 +82,15 @@ async def test_a_master_slow_for_a_moment_stays_reachable_one_gone_does_not(
                 await asyncio.sleep(0.02)
             assert set(seen) == {3}, seen
             # Silent for longer than the window: no longer counted.
-            await until(lambda: node.status().redis_reachable == 2, DEFAULT_WINDOW_S + 15)
-            await until(lambda: _gauge(server) == 2, 5)  # set at the next write
+            await eventually(
+                lambda: node.status().redis_reachable == 2, within_s=DEFAULT_WINDOW_S + 15
+            )
+            await eventually(lambda: _gauge(server) == 2, within_s=5)  # set at the next write
         finally:
             masters[2].resume()
-        await until(lambda: node.status().redis_reachable == 3, 15)
-        await until(lambda: _gauge(server) == 3, 5)
+        await eventually(lambda: node.status().redis_reachable == 3, within_s=15)
+        await eventually(lambda: _gauge(server) == 3, within_s=5)
 
 
 def _gauge(server: PulseServer) -> float | None:
     return server.node.metrics.registry.get_sample_value("backbeat_pulse_redis_reachable")
-
-
-async def until(condition: Callable[[], bool], timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)

@@ -1,10 +1,6 @@
-"""An ingest on a hand-driven grid, and polling with a deadline, for the reverb tests."""
+"""An ingest on a hand-driven grid, for the reverb tests."""
 
 from __future__ import annotations
-
-import asyncio
-import time
-from collections.abc import Awaitable, Callable
 
 from backbeat.core.timeline import Timeline
 from backbeat.reverb.ingest import ClaimIngest, IngestSettings
@@ -12,19 +8,6 @@ from backbeat.reverb.timeline_follower import TimelineFollower
 from tests.reverb.claim_samples import ManualClock
 
 BAR = 4
-
-
-async def eventually(
-    check: Callable[[], Awaitable[bool]], within: float = 20.0, what: str = "condition"
-) -> None:
-    """Poll ``check`` until it holds or ``within`` seconds pass."""
-    deadline = time.monotonic() + within
-    while True:
-        if await check():
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within}s waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 def grid(cluster_id: str, current_beat: int) -> tuple[Timeline, ManualClock]:

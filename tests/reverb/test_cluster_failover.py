@@ -28,7 +28,8 @@ from backbeat.service.redis_connect import redis_client
 from reverb_rollup import InProcessRollup, RollupEvent, RollupOutcome
 from reverb_rollup.replay import replay_window
 from tests.reverb.claim_samples import make_claim
-from tests.reverb.ingest_harness import BAR, eventually, ingest_for
+from tests.reverb.ingest_harness import BAR, ingest_for
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -86,7 +87,7 @@ async def test_a_master_killed_under_load_loses_no_accepted_claim(
 
         producers = [asyncio.create_task(produce()) for _ in range(3)]
         try:
-            await eventually(lambda: at_least(600), within=60, what="claims before the kill")
+            await eventually(lambda: at_least(600), within_s=60, what="claims before the kill")
             replica = await asyncio.to_thread(cluster.replica_of, victim_port)
             assert replica is not None
             # The replica lags: paused, with its link cut, it gets none of the master's next writes.
@@ -101,12 +102,12 @@ async def test_a_master_killed_under_load_loses_no_accepted_claim(
                 owner = await asyncio.to_thread(cluster.slot_master, slot)
                 return owner is not None and owner != victim_port
 
-            await eventually(promoted, within=60, what="the replica to take over")
+            await eventually(promoted, within_s=60, what="the replica to take over")
             # The dead master comes back as a replica of the new one (batches need a replica).
             await asyncio.to_thread(victim.start)
             await asyncio.to_thread(cluster.wait_healthy, 60.0)
             await eventually(
-                lambda: at_least(before + 600), within=60, what="claims after the failover"
+                lambda: at_least(before + 600), within_s=60, what="claims after the failover"
             )
         finally:
             stop.set()

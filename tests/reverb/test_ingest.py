@@ -17,7 +17,8 @@ from backbeat.embedded import NatsServer, RedisServer
 from backbeat.reverb.ingest import ClaimIngest, IngestSettings
 from backbeat.reverb.timeline_follower import TimelineFollower
 from tests.reverb.claim_samples import SEED_CLAIM, ManualClock, make_claim
-from tests.reverb.ingest_harness import BAR, eventually, grid, ingest_for
+from tests.reverb.ingest_harness import BAR, grid, ingest_for
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -55,7 +56,7 @@ async def test_seed_claim_from_nats_lands_in_its_window(
             async def committed() -> bool:
                 return (await ingest.store.totals()).get("accepted", 0) == 1
 
-            await eventually(committed, what="the seed claim to be committed")
+            await eventually(committed, within_s=20.0, what="the seed claim to be committed")
         finally:
             await nc.close()
         timeline = ingest.follower.timeline
@@ -188,7 +189,7 @@ async def test_bad_claims_are_rejected_with_the_right_reason(
             async def all_in() -> bool:
                 return (await ingest.store.totals()).get("received", 0) == len(corpus) + 1
 
-            await eventually(all_in, what="every claim to be processed")
+            await eventually(all_in, within_s=20.0, what="every claim to be processed")
         finally:
             await nc.close()
         dead = await ingest.store.dead_letter_entries()
@@ -281,7 +282,7 @@ async def test_ingest_follows_beat_frames_before_taking_claims(
             async def ready() -> bool:
                 return ingest.readiness()[0]
 
-            await eventually(ready, what="the ingest to learn the timeline")
+            await eventually(ready, within_s=20.0, what="the ingest to learn the timeline")
             learned = ingest.follower.timeline
             assert learned is not None
             assert learned.bar_start(1234) == 1232
@@ -297,7 +298,7 @@ async def test_ingest_follows_beat_frames_before_taking_claims(
             async def committed() -> bool:
                 return (await ingest.store.totals()).get("accepted", 0) == 1
 
-            await eventually(committed, what="the claim to be committed")
+            await eventually(committed, within_s=20.0, what="the claim to be committed")
         finally:
             await nc.close()
 

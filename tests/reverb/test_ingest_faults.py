@@ -19,7 +19,8 @@ from backbeat.embedded import NatsServer, RedisServer
 from backbeat.reverb.ingest import ClaimIngest
 from backbeat.reverb.store import WindowStore
 from tests.reverb.claim_samples import make_claim
-from tests.reverb.ingest_harness import eventually, ingest_for
+from tests.reverb.ingest_harness import ingest_for
+from tests.waiting import eventually
 
 CURRENT = 2003
 
@@ -78,7 +79,7 @@ async def test_redis_restart_under_load_loses_nothing(
         async def some_committed() -> bool:
             return (await ingest.store.totals()).get("accepted", 0) >= 500
 
-        await eventually(some_committed, what="a first part to be committed")
+        await eventually(some_committed, within_s=20.0, what="a first part to be committed")
         await asyncio.to_thread(redis_srv.kill)  # SIGKILL mid-load
         await asyncio.sleep(0.5)
         await asyncio.to_thread(redis_srv.start)
@@ -91,7 +92,7 @@ async def test_redis_restart_under_load_loses_nothing(
                 return False
             return totals.get("received", 0) == len(payloads) and ingest.buffered == 0
 
-        await eventually(all_committed, within=60, what="every claim to be committed")
+        await eventually(all_committed, within_s=60, what="every claim to be committed")
         assert ingest.metrics.redis_retries._value.get() > 0
         totals = await ingest.store.totals()
         assert totals == {"received": 3000, "accepted": 3000}
@@ -121,7 +122,7 @@ async def test_nats_restart_under_load_keeps_counters_exact(
         async def some_committed() -> bool:
             return (await ingest.store.totals()).get("accepted", 0) >= 500
 
-        await eventually(some_committed, what="a first part to be committed")
+        await eventually(some_committed, within_s=20.0, what="a first part to be committed")
         await asyncio.to_thread(nats_srv.restart)
         await publisher
 
@@ -132,13 +133,13 @@ async def test_nats_restart_under_load_keeps_counters_exact(
             await _publish(nats_srv.url, subjects.claims(cluster_id), [after])
             return after in await _stored_claims(ingest.redis, cluster_id)
 
-        await eventually(recovered, within=30, what="the ingest to take claims again")
+        await eventually(recovered, within_s=30, what="the ingest to take claims again")
 
         async def settled() -> bool:
             totals = await ingest.store.totals()
             return ingest.buffered == 0 and totals.get("received", 0) == _processed_total(ingest)
 
-        await eventually(settled, what="the buffer to drain")
+        await eventually(settled, within_s=20.0, what="the buffer to drain")
         totals = await ingest.store.totals()
         stored = await _stored_claims(ingest.redis, cluster_id)
         # Core NATS may lose messages in flight while the server is down; what the ingest
@@ -168,7 +169,7 @@ async def test_redis_pause_with_batches_in_flight_counts_each_claim_once(
         async def some_committed() -> bool:
             return (await ingest.store.totals()).get("accepted", 0) >= 100
 
-        await eventually(some_committed, what="a first part to be committed")
+        await eventually(some_committed, within_s=20.0, what="a first part to be committed")
         await asyncio.to_thread(redis_srv.pause)
         second = asyncio.create_task(ingest.submit(payloads[600:]))
         try:
@@ -176,7 +177,7 @@ async def test_redis_pause_with_batches_in_flight_counts_each_claim_once(
             async def retried() -> bool:
                 return bool(ingest.metrics.redis_retries._value.get() > 0)
 
-            await eventually(retried, within=30, what="the in-flight batches to time out")
+            await eventually(retried, within_s=30, what="the in-flight batches to time out")
         finally:
             await asyncio.to_thread(redis_srv.resume)
         outcomes = await first + await second
@@ -202,7 +203,7 @@ async def test_two_replicas_do_not_double_count(
         async def done() -> bool:
             return (await first.store.totals()).get("received", 0) == 2500
 
-        await eventually(done, what="both replicas to commit every claim")
+        await eventually(done, within_s=20.0, what="both replicas to commit every claim")
         totals = await first.store.totals()
         assert totals == {"received": 2500, "accepted": 2000, "duplicate": 500}
         per_replica = [_processed_total(first), _processed_total(second)]

@@ -8,8 +8,7 @@ the rollup marks as reported. Tests that need real claims use the ingest's store
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 
 import pytest
 
@@ -73,12 +72,3 @@ class CannedWindows:
 @pytest.fixture
 def canned(cluster_id: str) -> CannedWindows:
     return CannedWindows(cluster_id)
-
-
-async def eventually(condition: Callable[[], Awaitable[bool]], *, within: float = 10.0) -> None:
-    """Poll ``condition`` until it holds; fail after ``within`` seconds."""
-    deadline = time.monotonic() + within
-    while not await condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {within}s")
-        await asyncio.sleep(0.02)

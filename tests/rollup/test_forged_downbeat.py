@@ -20,9 +20,9 @@ from backbeat.core.messages import BeatFrame
 from backbeat.core.timeline import Timeline
 from backbeat.embedded import NatsServer
 from backbeat.trigger import ReverbTrigger, TriggerSettings
-from tests.rollup.conftest import eventually
 from tests.rollup.frames import downbeat
 from tests.rollup.test_trigger import wait_report
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -74,7 +74,7 @@ async def test_a_downbeat_a_century_ahead_neither_stalls_nor_survives_a_restart(
         )
         return not info.num_waiting
 
-    await eventually(no_pull_request_left)
+    await eventually(no_pull_request_left, within_s=10.0)
     # Another forgery waits for the next trigger; a restarted one refuses it as well.
     await publish(nc, downbeat(tl, 12, scheduled_ns=time.time_ns() + CENTURY_NS))
     second = await nats.connect(nats_server.url)

@@ -35,9 +35,9 @@ from reverb_rollup import (
 )
 from reverb_rollup.invocation_auth import sign_invocation
 from reverb_rollup.record import RecordState, RollupRecords
-from tests.rollup.conftest import eventually
 from tests.rollup.test_exactly_once import stored_reports
 from tests.rollup.test_trigger import append, claim, wait_report
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -248,6 +248,6 @@ async def test_function_process_killed_mid_rollup(
         view = await RollupRecords(redis, cluster_id).state(event.window_id)
         return view is not None and view.state is RecordState.PUBLISHED
 
-    await eventually(published)
+    await eventually(published, within_s=10.0)
     # For the record (not asserted: wall-clock figures depend on the machine's load).
     print(f"recovered {recovered_s * 1000:.0f} ms after the kill (lease 400 ms, beat 500 ms)")

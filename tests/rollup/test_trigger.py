@@ -21,9 +21,9 @@ from backbeat.reverb.store import WindowStore
 from backbeat.trigger import InvokeError, ReverbTrigger, TriggerSettings
 from backbeat.trigger.invokers import InProcessInvoker
 from reverb_rollup import RollupEvent
-from tests.rollup.conftest import eventually
 from tests.rollup.frames import downbeat
 from tests.rollup.test_exactly_once import stored_reports
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -70,7 +70,7 @@ async def wait_report(
         found.append(msg.data or b"")
         return True
 
-    await eventually(published, within=within)
+    await eventually(published, within_s=within)
     return BarReport.decode(found[0])
 
 
@@ -141,7 +141,7 @@ async def test_missed_trigger_is_caught_up_by_a_later_downbeat(
         async def caught_up() -> bool:
             return bool(trigger.metrics.caught_up._value.get() >= 1)
 
-        await eventually(caught_up)
+        await eventually(caught_up, within_s=10.0)
     assert len(await stored_reports(nc, cluster_id)) == 2
 
 
@@ -184,7 +184,7 @@ async def test_failing_invocations_are_retried_then_dead_lettered_into_the_next_
         async def given_up() -> bool:
             return flaky.calls.get(tl.window_id(4), 0) >= 3
 
-        await eventually(given_up)
+        await eventually(given_up, within_s=10.0)
         await publish_downbeat(nc, tl, 12)
         after = await wait_report(nc, cluster_id, tl.window_id(8))
     failed = [i for i in after.issues if i.code == "rollup_failed"]
@@ -214,7 +214,7 @@ async def test_duplicate_downbeats_and_two_replicas_give_one_report(
             info = await js.consumer_info(subjects.downbeat_stream(cluster_id), "reverb-trigger")
             return bool(info.num_ack_pending == 0 and info.num_pending == 0)
 
-        await eventually(all_acked)
+        await eventually(all_acked, within_s=10.0)
     assert list(await stored_reports(nc, cluster_id)) == [tl.window_id(0)]
 
 
@@ -253,7 +253,7 @@ async def test_window_with_beats_and_no_claims_is_caught_up_after_a_missed_downb
         async def caught_up() -> bool:
             return bool(trigger.metrics.caught_up._value.get() >= 1)
 
-        await eventually(caught_up)
+        await eventually(caught_up, within_s=10.0)
     # Reported windows leave the index.
     assert await store.unreported_windows(8) == []
     assert await redis.zcard(keys.windows_with_beats(cluster_id)) == 0
@@ -287,7 +287,7 @@ async def test_windows_with_claims_are_caught_up_however_old(
         async def skipped() -> bool:
             return bool(trigger.metrics.catch_up_skipped._value.get() == 1)
 
-        await eventually(skipped)
+        await eventually(skipped, within_s=10.0)
         await publish_downbeat(nc, tl, 204)  # scanned again: still counted once
         await wait_report(nc, cluster_id, tl.window_id(200))
         assert trigger.metrics.catch_up_skipped._value.get() == 1

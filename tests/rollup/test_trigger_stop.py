@@ -16,8 +16,8 @@ from redis.asyncio import Redis
 from backbeat.core import subjects
 from backbeat.core.timeline import Timeline
 from backbeat.trigger import ReverbTrigger, TriggerSettings
-from tests.rollup.conftest import eventually
 from tests.rollup.test_trigger import publish_downbeat
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -35,7 +35,7 @@ async def test_close_returns_when_a_downbeat_arrives_as_it_stops(
             info = await js.consumer_info(subjects.downbeat_stream(cluster_id), "reverb-trigger")
             return bool(info.num_waiting > 0)
 
-        await eventually(asking_for_a_downbeat)
+        await eventually(asking_for_a_downbeat, within_s=10.0)
         # The first downbeat of a timeline closes no window: the trigger only acks it.
         await publish_downbeat(nc, tl, 0, msg_id=f"{cluster_id}-{round_}")
         # Closed in the same event-loop step: the cancellation meets the downbeat's arrival.

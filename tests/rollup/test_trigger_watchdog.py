@@ -18,8 +18,8 @@ from backbeat.trigger import ReverbTrigger, TriggerSettings
 from backbeat.trigger.invokers import InProcessInvoker
 from backbeat.trigger.service import FETCH_WAIT_S
 from reverb_rollup import RollupEvent
-from tests.rollup.conftest import eventually
 from tests.rollup.test_trigger import publish_downbeat, wait_report
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -89,7 +89,7 @@ async def test_a_stuck_loop_is_restarted(
         async def restarted() -> bool:
             return sample(trigger, "backbeat_reverb_trigger_loop_restarts_total") == 1
 
-        await eventually(restarted, within=60.0)
+        await eventually(restarted, within_s=60.0)
         # The downbeat the stuck loop held comes back after the ack wait and is reported.
         await wait_report(nc, cluster_id, tl.window_id(0), within=60.0)
         assert invoker.calls == 2
@@ -130,7 +130,7 @@ async def test_a_loop_that_will_not_stop_is_unready_then_fails_the_trigger(
             return not ready
 
         # Unready from the stall on (the watchdog then tries for 10 s to stop the loop).
-        await eventually(unready, within=60.0)
+        await eventually(unready, within_s=60.0)
         assert "loop stalled" in details[-1]
         await asyncio.wait_for(trigger.failed.wait(), 60.0)
         assert trigger.ready() == (False, "failed; NATS connected: True")

@@ -19,8 +19,8 @@ from backbeat.reverb.store import WindowStore
 from backbeat.trigger import ReverbTrigger
 from tests.reverb.claim_samples import ManualClock
 from tests.reverb.ingest_harness import ingest_for
-from tests.rollup.conftest import eventually
 from tests.rollup.test_trigger import TEMPO, append, claim, publish_downbeat, settings, wait_report
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -67,7 +67,7 @@ async def test_a_claim_that_arrived_before_the_deadline_is_not_late(
             sealed = await redis.hget(agg, "sealed") == b"1"
             return sealed or await _hgetall_calls(redis) >= calls + 3
 
-        await eventually(sealed_or_waiting)
+        await eventually(sealed_or_waiting, within_s=10.0)
         # The replica applies the claim it held, then its watermark passes the deadline.
         assert await append(store, tl, 4, [claim("a2", "t2", 3)]) == "a"
         await store.write_watermark(Watermark("reverb-2", time.time_ns(), time.time_ns()))
@@ -109,7 +109,7 @@ async def test_the_ingest_watermark_waits_for_claims_not_yet_applied(
         async def recorded() -> bool:
             return any(m.replica == "reverb-test" for m in await store.watermarks())
 
-        await eventually(recorded)
+        await eventually(recorded, within_s=10.0)
         # Redis holds writes: the claim arrives but cannot be applied.
         await redis.client_pause(1500, all=False)  # writes only
         clock = ingest.follower.clock
@@ -120,7 +120,7 @@ async def test_the_ingest_watermark_waits_for_claims_not_yet_applied(
         async def in_flight() -> bool:
             return ingest.buffered > 0 or bool(ingest._in_flight)
 
-        await eventually(in_flight)
+        await eventually(in_flight, within_s=10.0)
         clock.now_ns += 1_000_000_000  # a second later, the claim is still not applied
         assert ingest.low_watermark() == arrived
         outcome = await asyncio.wait_for(submitted, 30)
@@ -131,6 +131,6 @@ async def test_the_ingest_watermark_waits_for_claims_not_yet_applied(
             marks = {m.replica: m for m in await store.watermarks()}
             return marks["reverb-test"].low_ns == clock.now_ns
 
-        await eventually(passed)
+        await eventually(passed, within_s=10.0)
     # A replica that stopped is not waited for.
     assert [m.replica for m in await store.watermarks()] == []

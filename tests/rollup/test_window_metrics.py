@@ -16,8 +16,8 @@ from backbeat.core.timeline import Timeline
 from backbeat.embedded import NatsServer, RedisServer
 from backbeat.trigger import ReverbTrigger, TriggerSettings
 from tests.reverb.ingest_harness import ingest_for
-from tests.rollup.conftest import eventually
 from tests.rollup.test_trigger import publish_downbeat, wait_report
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -61,7 +61,7 @@ async def test_duplicate_triggers_and_a_republished_report_count_each_window_onc
             info = await js.consumer_info(subjects.downbeat_stream(cluster_id), "reverb-trigger")
             return bool(info.num_ack_pending == 0 and info.num_pending == 0)
 
-        await eventually(all_acked, within=30.0)
+        await eventually(all_acked, within_s=30.0)
         # The function's publish retried after a lost ack: JetStream keeps one copy, core
         # subscribers (the ingest) see both.
         first = await js.get_last_msg(
@@ -81,7 +81,7 @@ async def test_duplicate_triggers_and_a_republished_report_count_each_window_onc
         async def third_window_counted() -> bool:
             return sample(registry, "backbeat_reverb_windows_completed_total") >= 3
 
-        await eventually(third_window_counted, within=30.0)
+        await eventually(third_window_counted, within_s=30.0)
         assert sample(registry, "backbeat_reverb_windows_completed_total") == 3
         assert sample(registry, "backbeat_reverb_window_processing_seconds_count") == 3
         # Each window was counted by the one replica whose invocation published its report.

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import time
 from collections.abc import Callable
@@ -17,6 +16,7 @@ from backbeat.core.timeline import Timeline
 from backbeat.embedded import NatsServer
 from backbeat.sdk import Agent, AgentSettings, AgentStatus, Beat, BeatSource, TempoChange
 from tests.sdk.leader import FrameLeader
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -26,13 +26,6 @@ TEMPO = 300.0  # 200 ms beats keep the tests short
 def _timeline(cluster_id: str) -> Timeline:
     # Beat 0 lies in the past; the first emitted beat is a little ahead of now.
     return Timeline.start(cluster_id, TEMPO, time.time_ns() - 10_000_000_000)
-
-
-async def _wait_for(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.02)
 
 
 def _assert_contiguous(beats: list[Beat]) -> None:
@@ -64,7 +57,9 @@ async def test_every_beat_once_across_failover_and_tempo_change(
         # ...and the old leader wakes up from a pause with its stale term.
         zombie = FrameLeader(nats_server.url, grid, term=1)
         await zombie.start(old.sent[-1] + 4, old.sent[-1] + 8)
-        await _wait_for(lambda: bool(beats) and beats[-1].beat_index >= change_at + 4, 20, "beats")
+        await eventually(
+            lambda: bool(beats) and beats[-1].beat_index >= change_at + 4, within_s=20, what="beats"
+        )
         await successor.stop()
         await zombie.stop()
     after = [b for b in beats if b.beat_index >= beats[0].beat_index]
@@ -98,13 +93,17 @@ async def test_nats_outage_keeps_time_and_resyncs_without_jump_or_repeat(
         await agent.wait_synced(10)
         await leader.wait_sent(leader.sent[0] + 4)
         server.stop()
-        await _wait_for(lambda: agent.degraded, 10, "degraded mode")
+        await eventually(lambda: agent.degraded, within_s=10, what="degraded mode")
         down_at = beats[-1][1].beat_index
-        await _wait_for(lambda: beats[-1][1].beat_index >= down_at + 8, 10, "local beats")
+        await eventually(
+            lambda: beats[-1][1].beat_index >= down_at + 8, within_s=10, what="local beats"
+        )
         server.start()
-        await _wait_for(lambda: agent.status is AgentStatus.SYNCED, 20, "resync")
+        await eventually(lambda: agent.status is AgentStatus.SYNCED, within_s=20, what="resync")
         resumed = beats[-1][1].beat_index
-        await _wait_for(lambda: beats[-1][1].beat_index >= resumed + 3, 10, "beats after resync")
+        await eventually(
+            lambda: beats[-1][1].beat_index >= resumed + 3, within_s=10, what="beats after resync"
+        )
     await leader.stop()
     _assert_contiguous([b for _, b in beats])
     local = [(at, b) for at, b in beats if b.source is BeatSource.LOCAL]
@@ -136,7 +135,7 @@ async def test_claims_are_batched_to_nats(nats_server: NatsServer, cluster_id: s
             for i in range(1000):
                 await agent.report(f"task:{i}", "executing", beats_left=2, progress=0.25)
             assert await agent.flush(10)
-            await _wait_for(lambda: len(received) == 1000, 10, "claims")
+            await eventually(lambda: len(received) == 1000, within_s=10, what="claims")
     finally:
         await leader.stop()
         await nc.close()

@@ -18,7 +18,8 @@ from backbeat.embedded import NatsServer
 from backbeat.sdk import Agent, AgentSettings, Beat, BeatSource, TempoChange
 from tests.pulse.cluster import PulseProcess, wait_for_leader
 from tests.sdk.leader import FrameLeader, GrpcFrameLeader
-from tests.sdk.pulses import set_tempo, until
+from tests.sdk.pulses import set_tempo
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -70,7 +71,11 @@ async def test_sdk_fires_the_switching_beat_with_the_new_tempo_when_its_frame_is
         await leader.start(first)
         await leader.wait_sent(first + 2)
         await leader.announce()  # as the pulse does when SetTempo succeeds
-        await until(lambda: bool(beats) and beats[-1][1].beat_index >= change_at + 3, 20, "beats")
+        await eventually(
+            lambda: bool(beats) and beats[-1][1].beat_index >= change_at + 3,
+            within_s=20,
+            what="beats",
+        )
         await leader.stop()
     _assert_switches_on_time(beats, changes, grid, slower, change_at)
 
@@ -100,8 +105,10 @@ async def test_sdk_on_grpc_fires_the_switching_beat_with_the_new_tempo_when_fram
             await agent.wait_synced(20)
             await leader.wait_sent(first + 2)
             await leader.announce()  # as the pulse does when SetTempo succeeds
-            await until(
-                lambda: bool(beats) and beats[-1][1].beat_index >= change_at + 3, 20, "beats"
+            await eventually(
+                lambda: bool(beats) and beats[-1][1].beat_index >= change_at + 3,
+                within_s=20,
+                what="beats",
             )
     finally:
         await leader.stop()
@@ -126,9 +133,15 @@ async def test_pulse_announces_a_tempo_change_as_soon_as_it_is_accepted(
     try:
         await nc.subscribe(subjects.timeline(cluster_id), cb=on_timeline)
         await nc.subscribe(subjects.beat(cluster_id), cb=on_beat)
-        await until(lambda: any(kind == "beat" for kind, _ in events), 20, "a beat")
+        await eventually(
+            lambda: any(kind == "beat" for kind, _ in events), within_s=20, what="a beat"
+        )
         effective = await set_tempo(leader.grpc_address, 252.0, "announce-test")
-        await until(lambda: ("beat", effective) in events, 30, f"the frame of beat {effective}")
+        await eventually(
+            lambda: ("beat", effective) in events,
+            within_s=30,
+            what=f"the frame of beat {effective}",
+        )
     finally:
         await nc.close()
     switch_frame = events.index(("beat", effective))

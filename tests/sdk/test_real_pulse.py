@@ -11,7 +11,8 @@ import pytest
 from backbeat.embedded import NatsServer
 from backbeat.sdk import Agent, AgentSettings, Beat, TempoChange
 from tests.pulse.cluster import PulseProcess, wait_for_leader
-from tests.sdk.pulses import TEMPO, set_tempo, until
+from tests.sdk.pulses import TEMPO, set_tempo
+from tests.waiting import eventually
 
 pytestmark = [pytest.mark.integration, pytest.mark.fault]
 
@@ -38,20 +39,20 @@ async def test_sdk_over_nats_and_grpc_across_kill_and_tempo_change(
         await a_nats.wait_synced(20)
         await a_grpc.wait_synced(20)
         effective = await set_tempo(leader.grpc_address, TEMPO * 1.1, "sdk-test")
-        await until(
+        await eventually(
             lambda: all(s and s[-1].beat_index >= effective + 2 for s in seen.values()),
-            30,
-            "the tempo change",
+            within_s=30,
+            what="the tempo change",
         )
         leader.kill()
         survivor = await wait_for_leader([r for r in replicas if r is not leader])
         killed_at = max(s[-1].beat_index for s in seen.values())
-        await until(
+        await eventually(
             lambda: all(
                 s[-1].beat_index >= killed_at + 12 and s[-1].term > s[0].term for s in seen.values()
             ),
-            30,
-            f"beats from the new leader {survivor.node_id}",
+            within_s=30,
+            what=f"beats from the new leader {survivor.node_id}",
         )
     for name, beats in seen.items():
         indices = [b.beat_index for b in beats]

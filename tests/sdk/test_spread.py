@@ -25,7 +25,8 @@ from backbeat.v1 import pulse_service_pb2 as pb
 from backbeat.v1 import pulse_service_pb2_grpc as pb_grpc
 from tests.pulse.cluster import PulseProcess, wait_for_leader
 from tests.reverb.claim_samples import make_claim
-from tests.sdk.pulses import TOKEN, pulse_replicas, until
+from tests.sdk.pulses import TOKEN, pulse_replicas
+from tests.waiting import eventually
 
 pytestmark = [pytest.mark.integration, pytest.mark.fault]
 
@@ -75,8 +76,10 @@ async def test_agents_stream_from_every_replica_and_move_when_one_dies(
                 await agent.start()
             for agent in agents:
                 await agent.wait_synced(20)
-            await until(
-                lambda: sum(_streams(r) for r in replicas) == AGENTS, 20, "every stream open"
+            await eventually(
+                lambda: sum(_streams(r) for r in replicas) == AGENTS,
+                within_s=20,
+                what="every stream open",
             )
             # Successive agents of one process start at successive replicas: two on each, unless
             # a stream lost its first connection on a busy machine and moved to the next one.
@@ -86,16 +89,16 @@ async def test_agents_stream_from_every_replica_and_move_when_one_dies(
             victim.kill()
             survivors = [r for r in replicas if r is not victim]
             killed_at = max(s[-1].beat_index for s in seen.values())
-            await until(
+            await eventually(
                 lambda: sum(_streams(r) for r in survivors) == AGENTS,
-                20,
-                "the killed replica's streams on the others",
+                within_s=20,
+                what="the killed replica's streams on the others",
             )
             assert all(_streams(r) >= 2 for r in survivors)
-            await until(
+            await eventually(
                 lambda: all(s[-1].beat_index >= killed_at + 8 for s in seen.values()),
-                20,
-                "beats after the kill on every agent",
+                within_s=20,
+                what="beats after the kill on every agent",
             )
         finally:
             for agent in agents:

@@ -3,11 +3,8 @@ no token, a wrong one, the right one, and a rotated one; the tempo rate limit; g
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import grpc
@@ -25,18 +22,11 @@ from backbeat.v1 import pulse_service_pb2_grpc as pb_grpc
 from backbeat.v1 import reverb_service_pb2 as rpb
 from backbeat.v1 import reverb_service_pb2_grpc as rpb_grpc
 from tests.security.certs import self_signed
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
 TOKEN = "Q" + "w3rTy8uI0pAsDf2Gh4Jk6Lz1Xc5Vb7Nm9"
-
-
-async def until(check: Any, within: float = 15.0) -> None:
-    deadline = time.monotonic() + within
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.02)
 
 
 def settings(cluster_id: str, redis: list[RedisServer], nats: NatsServer) -> PulseSettings:
@@ -60,7 +50,7 @@ async def pulse(
         tempo_changes_per_minute=2,
     )
     async with server:
-        await until(lambda: server.node.role is Role.LEADER)
+        await eventually(lambda: server.node.role is Role.LEADER)
         yield server, token
 
 
@@ -166,7 +156,7 @@ async def test_grpc_over_tls(
         settings(cluster_id, redis_servers, nats_server), token=lambda: TOKEN, tls=tls
     )
     async with server:
-        await until(lambda: server.node.role is Role.LEADER)
+        await eventually(lambda: server.node.role is Role.LEADER)
         address = f"localhost:{server.grpc.port}"
         async with grpc.aio.secure_channel(address, tls.channel_credentials()) as channel:
             stub = pb_grpc.PulseServiceStub(channel)

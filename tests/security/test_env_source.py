@@ -24,7 +24,7 @@ from backbeat.secrets import (
     production_problems,
 )
 from backbeat.service.settings import Environment
-from tests.security.polling import eventually
+from tests.waiting import eventually
 
 STRONG_TOKEN = "Zq8v1kq3Yb0c7n2WmL5pR9tX4sH6jD1eFgA"  # 35 characters, varied
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -33,6 +33,7 @@ from backbeat.reverb.server import ReverbServer, ReverbSettings
 from backbeat.sdk import Agent, AgentSettings
 from backbeat.v1 import pulse_service_pb2 as pb
 from backbeat.v1 import pulse_service_pb2_grpc as pb_grpc
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -41,13 +42,6 @@ CLAIM_KEYS = Keyring([SigningKey("beat-1", b"c" * 32, activates_ns=0)])
 #: What only the pulse holds.
 FRAME_KEYS = PrivateKeyring([PrivateKey("frame-1", b"p" * 32, activates_ns=0)])
 HUGE_TERM, HUGE_BEAT = 2**62, 10**15
-
-
-async def until(check: Callable[[], bool], what: str, within: float = 20.0) -> None:
-    deadline = time.monotonic() + within
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.02)
 
 
 @dataclass
@@ -99,11 +93,19 @@ async def _stack(
     )
     nc = await nats.connect(nats_server.url)
     async with a, b, reverb, agent:
-        await until(lambda: Role.LEADER in (a.node.role, b.node.role), "a leader")
+        await eventually(
+            lambda: Role.LEADER in (a.node.role, b.node.role), within_s=20.0, what="a leader"
+        )
         leader, follower = (a, b) if a.node.role is Role.LEADER else (b, a)
-        await until(lambda: follower.node.hub.timeline is not None, "the follower's timeline")
-        await until(lambda: reverb.ingest.readiness()[0], "the ingest")
-        await until(lambda: agent.stats.frames_accepted >= 2, "the agent's first frames")
+        await eventually(
+            lambda: follower.node.hub.timeline is not None,
+            within_s=20.0,
+            what="the follower's timeline",
+        )
+        await eventually(lambda: reverb.ingest.readiness()[0], within_s=20.0, what="the ingest")
+        await eventually(
+            lambda: agent.stats.frames_accepted >= 2, within_s=20.0, what="the agent's first frames"
+        )
         yield Stack(leader, follower, reverb, agent, nc, cluster_id)
     await nc.close()
 
@@ -184,7 +186,9 @@ async def _forge_and_check(stack: Stack, *, hmac_signed: bool) -> None:
         stream = pb_grpc.PulseServiceStub(channel).StreamBeats(pb.StreamBeatsRequest())
         reader = asyncio.create_task(collect(stream))
         try:
-            await until(lambda: len(beats) >= 2, "StreamBeats beats from the follower")
+            await eventually(
+                lambda: len(beats) >= 2, within_s=20.0, what="StreamBeats beats from the follower"
+            )
             for payload in (forged_frame(cluster_id, hmac_signed=hmac_signed).encode(),):
                 await stack.nc.publish(subjects.beat(cluster_id), payload)
             await stack.nc.publish(
@@ -193,8 +197,16 @@ async def _forge_and_check(stack: Stack, *, hmac_signed: bool) -> None:
             await stack.nc.flush()
             # The genuine grid goes on for every consumer.
             seen, accepted = len(beats), agent.stats.frames_accepted
-            await until(lambda: len(beats) >= seen + 4, "genuine beats after the forgery")
-            await until(lambda: agent.stats.frames_accepted >= accepted + 4, "the agent's beats")
+            await eventually(
+                lambda: len(beats) >= seen + 4,
+                within_s=20.0,
+                what="genuine beats after the forgery",
+            )
+            await eventually(
+                lambda: agent.stats.frames_accepted >= accepted + 4,
+                within_s=20.0,
+                what="the agent's beats",
+            )
             timeline = await pb_grpc.PulseServiceStub(channel).GetTimeline(
                 pb.GetTimelineRequest(), timeout=5
             )
@@ -247,15 +259,25 @@ async def test_a_forged_downbeat_kept_by_jetstream_does_not_floor_the_next_term(
     stack = signed_stack
     leader, follower, agent = stack.leader, stack.follower, stack.agent
     hub = leader.node.hub
-    await until(lambda: hub.last_frame is not None and hub.last_frame.downbeat, "a downbeat")
+    await eventually(
+        lambda: hub.last_frame is not None and hub.last_frame.downbeat,
+        within_s=20.0,
+        what="a downbeat",
+    )
     forged = forged_frame(stack.cluster_id, hmac_signed=True)
     await stack.nc.jetstream().publish(
         subjects.downbeat(stack.cluster_id), forged.encode(), headers={"Nats-Msg-Id": "forged"}
     )
     await leader.node.close(handoff=False)  # before its next downbeat: the forged one is last
-    await until(lambda: follower.node.role is Role.LEADER, "the follower taking over")
+    await eventually(
+        lambda: follower.node.role is Role.LEADER, within_s=20.0, what="the follower taking over"
+    )
     assert follower.node.term < HUGE_TERM
     accepted = agent.stats.frames_accepted
-    await until(lambda: agent.stats.frames_accepted >= accepted + 4, "the new leader's beats")
+    await eventually(
+        lambda: agent.stats.frames_accepted >= accepted + 4,
+        within_s=20.0,
+        what="the new leader's beats",
+    )
     assert agent.last_beat is not None
     assert agent.last_beat.term == follower.node.term

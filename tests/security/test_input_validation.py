@@ -25,7 +25,8 @@ from backbeat.embedded import NatsServer, RedisServer
 from backbeat.service.nats_permissions import NatsRole
 from tests.pulse.cluster import PulseProcess
 from tests.reverb.claim_samples import make_claim
-from tests.reverb.ingest_harness import eventually, ingest_for
+from tests.reverb.ingest_harness import ingest_for
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -83,7 +84,7 @@ async def test_the_ingest_rejects_hostile_ids_from_nats(
                 totals = await ingest.store.totals()
                 return totals.get("received", 0) == len(HOSTILE_IDS) + 1
 
-            await eventually(all_in, what="every claim to be processed")
+            await eventually(all_in, within_s=20.0, what="every claim to be processed")
         finally:
             await nc.close()
         totals = await ingest.store.totals()

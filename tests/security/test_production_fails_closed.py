@@ -8,14 +8,12 @@ require a password and NATS with the per-role users, its secrets in files the te
 
 from __future__ import annotations
 
-import asyncio
 import os
 import secrets
 import ssl
 import subprocess
 import sys
-import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import aiohttp
@@ -28,6 +26,7 @@ from backbeat.secrets._production import estimated_bits, transport_problems, wea
 from backbeat.secrets._settings import SecretsSettings
 from backbeat.service.nats_permissions import NatsRole
 from tests.security.certs import self_signed
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -164,15 +163,6 @@ def test_both_a_static_token_and_the_secret_are_refused() -> None:
 
 
 # -- rotation in a running production pulse ---------------------------------------------------
-
-
-async def eventually(condition: Callable[[], Awaitable[bool]], *, within_s: float = 15.0) -> None:
-    """Return once ``await condition()`` holds; fail the test after ``within_s`` seconds."""
-    deadline = time.monotonic() + within_s
-    while not await condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {within_s} s")
-        await asyncio.sleep(0.05)
 
 
 class ProductionPulse:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -42,19 +42,12 @@ from backbeat.v1 import pulse_service_pb2_grpc as pulse_grpc
 from backbeat.v1 import reverb_service_pb2 as reverb_pb
 from backbeat.v1 import reverb_service_pb2_grpc as reverb_grpc
 from tests.reverb.ingest_harness import ingest_for
+from tests.waiting import eventually
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
 TOKEN = "rb-" + "4f7c2a9e1d8b5036" * 3
 JUNK = b"x" * 60_000  # a rejected "claim" far over the size limit
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], within_s: float = 20.0) -> None:
-    deadline = time.monotonic() + within_s
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {within_s} s")
-        await asyncio.sleep(0.05)
 
 
 async def flood(nats_server: NatsServer, cluster_id: str, count: int) -> None:
@@ -81,7 +74,7 @@ async def test_a_dead_letter_holds_no_more_than_a_claim(
         async def all_in() -> bool:
             return (await ingest.store.totals()).get("received", 0) == 50
 
-        await eventually(all_in)
+        await eventually(all_in, within_s=20.0)
         dead = await ingest.store.dead_letter_entries()
     assert len(dead) == 50
     for entry in dead:
@@ -102,7 +95,7 @@ async def test_dead_letters_are_trimmed_by_size(
         async def all_in() -> bool:
             return (await ingest.store.totals()).get("received", 0) == 400
 
-        await eventually(all_in)
+        await eventually(all_in, within_s=20.0)
         redis = Redis.from_url(redis_server.url)
         try:
             length = await redis.xlen(keys.dead_letters(cluster_id))
@@ -126,12 +119,14 @@ async def test_dead_letters_are_trimmed_by_age(
             async def counted() -> bool:
                 return (await ingest.store.totals()).get("received", 0) == 10
 
-            await eventually(counted)
+            await eventually(counted, within_s=20.0)
 
             async def expired() -> bool:
                 return await redis.xlen(keys.dead_letters(cluster_id)) == 0
 
-            await eventually(expired)  # the ingest trims on its own, no call from the test
+            await eventually(
+                expired, within_s=20.0
+            )  # the ingest trims on its own, no call from the test
         finally:
             await redis.aclose()
         assert (await ingest.store.totals())["rejected"] == 10  # the counts stay
@@ -201,7 +196,7 @@ async def test_streams_are_capped_per_peer_and_freed_on_close(pulse: PulseServer
         async def freed() -> bool:
             return sum(pulse.servicer._streams.values()) == 2
 
-        await eventually(freed)
+        await eventually(freed, within_s=20.0)
         again = stub.StreamBeats(pulse_pb.StreamBeatsRequest())
         assert isinstance(await asyncio.wait_for(again.read(), 10), pulse_pb.StreamBeatsResponse)
         for stream in [*streams, again]:

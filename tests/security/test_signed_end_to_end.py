@@ -4,11 +4,9 @@ rotation in the middle of a window keeps every honest message accepted."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
-from typing import Any
 
 import nats
 import nats.aio.client
@@ -24,6 +22,7 @@ from backbeat.pulse.server import PulseServer
 from backbeat.pulse.settings import PulseSettings
 from backbeat.reverb.server import ReverbServer, ReverbSettings
 from backbeat.sdk import Agent, AgentSettings
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -39,14 +38,6 @@ F0 = PrivateKey("frame-0", b"0" * 32, activates_ns=0, expires_ns=time.time_ns() 
 F1 = PrivateKey("frame-1", b"1" * 32, activates_ns=0)
 F_STRANGER = PrivateKey("frame-x", b"x" * 32, activates_ns=0)
 FRAME_KEYS = PrivateKeyring([F0, F1])
-
-
-async def until(check: Any, within: float = 20.0) -> None:
-    deadline = time.monotonic() + within
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.02)
 
 
 @pytest.fixture
@@ -78,8 +69,8 @@ async def stack(
         require_signed_claims=True,
     )
     async with pulse, reverb:
-        await until(lambda: pulse.node.role is Role.LEADER)
-        await until(lambda: reverb.ingest.readiness()[0])
+        await eventually(lambda: pulse.node.role is Role.LEADER, within_s=20.0)
+        await eventually(lambda: reverb.ingest.readiness()[0], within_s=20.0)
         yield pulse, reverb, ring
 
 
@@ -116,8 +107,8 @@ async def test_forged_claims_are_rejected_and_counted_and_rotation_keeps_honest_
     for c in [honest, *forged]:
         await nc.publish(subjects.claims(cluster_id), c.encode())
     await nc.flush()
-    await until(lambda: processed(reverb, "rejected", "bad_signature") == 5)
-    await until(lambda: processed(reverb, "rejected", "wrong_cluster") == 1)
+    await eventually(lambda: processed(reverb, "rejected", "bad_signature") == 5, within_s=20.0)
+    await eventually(lambda: processed(reverb, "rejected", "wrong_cluster") == 1, within_s=20.0)
     assert processed(reverb, "accepted") == 1
 
     # Rotation mid-window: key 2 takes over now; claims signed by key 1 just before the switch
@@ -130,7 +121,7 @@ async def test_forged_claims_are_rejected_and_counted_and_rotation_keeps_honest_
     for c in (before, after):
         await nc.publish(subjects.claims(cluster_id), c.encode())
     await nc.flush()
-    await until(lambda: processed(reverb, "accepted") == 3)
+    await eventually(lambda: processed(reverb, "accepted") == 3, within_s=20.0)
     assert processed(reverb, "rejected", "bad_signature") == 5
     entries = await reverb.ingest.store.dead_letter_entries()
     details = [bytes(e.get("detail", b"")).decode() for e in entries]
@@ -154,7 +145,7 @@ async def test_forged_frames_are_dropped_by_the_sdk(
         )
     )
     async with agent:
-        await until(lambda: agent.stats.frames_accepted >= 2)
+        await eventually(lambda: agent.stats.frames_accepted >= 2, within_s=20.0)
         template = pulse.node.hub.last_frame if hasattr(pulse.node.hub, "last_frame") else None
         base = BeatFrame(
             cluster_id=cluster_id,
@@ -178,9 +169,11 @@ async def test_forged_frames_are_dropped_by_the_sdk(
         for frame in forged:
             await nc.publish(subjects.beat(cluster_id), frame.encode())
         await nc.flush()
-        await until(lambda: agent.stats.frames_dropped.get("bad_signature", 0) >= 3)
+        await eventually(
+            lambda: agent.stats.frames_dropped.get("bad_signature", 0) >= 3, within_s=20.0
+        )
         # Honest frames keep coming and keep being accepted; the grid was not hijacked.
         accepted = agent.stats.frames_accepted
-        await until(lambda: agent.stats.frames_accepted > accepted + 1)
+        await eventually(lambda: agent.stats.frames_accepted > accepted + 1, within_s=20.0)
         assert agent.last_beat is not None
         assert agent.last_beat.beat_index < 10_000_000

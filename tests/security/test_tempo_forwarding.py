@@ -7,7 +7,6 @@ forwarded call. Real pulse processes, real Redis masters, an impostor gRPC serve
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +24,7 @@ from backbeat.service.nats_permissions import NatsRole
 from backbeat.v1 import pulse_service_pb2 as pb
 from backbeat.v1 import pulse_service_pb2_grpc as pb_grpc
 from tests.pulse.cluster import PulseProcess
+from tests.waiting import eventually
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -58,14 +58,6 @@ class Impostor:
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
-
-
-async def eventually(condition: Callable[[], bool], within_s: float = 30.0) -> None:
-    deadline = time.monotonic() + within_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {within_s} s")
-        await asyncio.sleep(0.05)
 
 
 def status(pulse: PulseProcess) -> dict[str, Any]:
@@ -105,7 +97,10 @@ async def test_a_forged_leader_record_collects_no_token(
         for client in clients:
             await client.set(keys.lock(cluster_id), f"evil|{impostor.address}|00", px=120_000)
         pulse.start(timeout=30)
-        await eventually(lambda: status(pulse).get("leader", {}).get("address") == impostor.address)
+        await eventually(
+            lambda: status(pulse).get("leader", {}).get("address") == impostor.address,
+            within_s=30.0,
+        )
 
         with pytest.raises(grpc.aio.AioRpcError):
             await set_tempo(pulse.grpc_address, TOKEN)
@@ -118,7 +113,7 @@ async def test_a_forged_leader_record_collects_no_token(
         # What the impostor collected is worth nothing at the real replica either.
         for client in clients:
             await client.delete(keys.lock(cluster_id))
-        await eventually(lambda: status(pulse).get("is_leader") is True)
+        await eventually(lambda: status(pulse).get("is_leader") is True, within_s=30.0)
         async with grpc.aio.insecure_channel(pulse.grpc_address) as channel:
             stub = pb_grpc.PulseServiceStub(channel)
             request = pb.SetTempoRequest.FromString(impostor.request)
@@ -151,9 +146,11 @@ async def test_an_honest_follower_forwards_with_its_replica_credential(
     try:
         for pulse in pulses:
             pulse.start(timeout=30)
-        await eventually(lambda: any(status(p).get("is_leader") for p in pulses))
+        await eventually(lambda: any(status(p).get("is_leader") for p in pulses), within_s=30.0)
         follower = next(p for p in pulses if not status(p).get("is_leader"))
-        await eventually(lambda: bool(status(follower).get("leader", {}).get("address")))
+        await eventually(
+            lambda: bool(status(follower).get("leader", {}).get("address")), within_s=30.0
+        )
 
         reply = await set_tempo(follower.grpc_address, TOKEN)
         assert reply.target_tempo_bpm == pytest.approx(126.0) or reply.timeline.tempo_bpm

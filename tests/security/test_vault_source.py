@@ -17,8 +17,8 @@ from backbeat.secrets import (
     VaultSecretSource,
     VaultSettings,
 )
-from tests.security.polling import eventually
 from tests.security.vault_double import VaultDouble
+from tests.waiting import eventually
 
 MOUNT = "secret"
 PREFIX = "backbeat/test"
