@@ -18,9 +18,10 @@
   ``grid_gap_wrong``); tempo changes only at a downbeat (``tempo_change_off_downbeat``) and by
   at most 10 % per step (``tempo_step_too_large``); a frame naming the revision and tempo of an
   announced timeline lies where that timeline says (``frame_off_timeline``).
-* **Tempo calls.** Every tempo change seen in the frames is explained by a call whose outcome
-  is ok or unknown (its requested tempo, or the next step of its ramp); one explained only by
-  a refused call is ``refused_tempo_applied``, one explained by nothing
+* **Tempo calls.** Every tempo change seen in the frames, or named by an announced timeline
+  that the frames show in force (a change inside a gap of lost beats), is explained by a call
+  whose outcome is ok or unknown (its requested tempo, or the next step of its ramp); one
+  explained only by a refused call is ``refused_tempo_applied``, one explained by nothing
   ``tempo_change_unexplained``. An acknowledged call takes effect at its announced beat with
   its tempo unless a concurrent or later call replaced it (``acknowledged_tempo_not_applied``).
   An acknowledged ramp reaches its target unless a later call replaced it, when the healthy
@@ -216,11 +217,12 @@ def check_history(events: Iterable[Event]) -> CheckResult:
     result.checked["beats"] = len(beats)
     bar_length = int(meta.get("bar_length", 4))
     check_grid(beats, bar_length, result)
-    check_announced(beats, announced_timelines(history), result)
+    timelines = announced_timelines(history)
+    check_announced(beats, timelines, result)
     calls = [e for e in history if e["type"] == "tempo"]
     for call in calls:
         result.checked[f"tempo_{call['outcome']}"] += 1
-    check_tempo_changes(beats, bar_length, calls, result)
+    check_tempo_changes(beats, bar_length, calls, result, timelines)
     check_acknowledged(beats, bar_length, calls, result)
     check_ramps(beats, bar_length, calls, _healed_ns(history), result)
     check_reports(history, meta, result)
@@ -585,10 +587,46 @@ def tempo_changes(beats: Mapping[int, Beat], bar_length: int) -> list[tuple[int,
     return changes
 
 
+def announced_changes(
+    beats: Mapping[int, Beat], bar_length: int, timelines: Sequence[Announced]
+) -> list[tuple[int, Beat, Beat]]:
+    """(downbeat, before, after) of the changes an announced timeline names, when the frames
+    show it in force (a later frame carries its revision and tempo) and show the bar before
+    its anchor: this finds a change the frames alone miss because beats around it were lost."""
+    indexes = sorted(beats)
+    changes: list[tuple[int, Beat, Beat]] = []
+    for timeline in timelines:
+        at = bisect.bisect_left(indexes, timeline.anchor_beat)
+        if at == 0:
+            continue
+        prev = beats[indexes[at - 1]]
+        if _same_tempo(prev.tempo, timeline.tempo) or downbeats_between(
+            prev, timeline.anchor_beat, bar_length
+        ) != [timeline.anchor_beat]:
+            continue
+        in_force = next(
+            (
+                beats[i]
+                for i in indexes[at:]
+                if beats[i].revision == timeline.revision
+                and _same_tempo(beats[i].tempo, timeline.tempo)
+            ),
+            None,
+        )
+        if in_force is not None:
+            changes.append((timeline.anchor_beat, prev, in_force))
+    return changes
+
+
 def check_tempo_changes(
-    beats: Mapping[int, Beat], bar_length: int, calls: Sequence[Event], result: CheckResult
+    beats: Mapping[int, Beat],
+    bar_length: int,
+    calls: Sequence[Event],
+    result: CheckResult,
+    timelines: Sequence[Announced] = (),
 ) -> None:
-    """Every observed tempo change comes from a call that was not refused."""
+    """Every tempo change, seen in the frames or named by an announced timeline in force,
+    comes from a call that was not refused."""
     ordered = [beats[i] for i in sorted(beats)]
     for prev, cur in itertools.pairwise(ordered):
         if (
@@ -596,7 +634,15 @@ def check_tempo_changes(
             and len(downbeats_between(prev, cur.index, bar_length)) > 1
         ):
             result.unverified["tempo_changes_in_gaps"] += 1
-    for downbeat, prev, cur in tempo_changes(beats, bar_length):
+    seen: set[tuple[int, float, float]] = set()
+    for downbeat, prev, cur in [
+        *tempo_changes(beats, bar_length),
+        *announced_changes(beats, bar_length, timelines),
+    ]:
+        key = (downbeat, round(prev.tempo, 6), round(cur.tempo, 6))
+        if key in seen:
+            continue
+        seen.add(key)
         result.checked["tempo_changes"] += 1
         possible = [c for c in calls if c["outcome"] in ("ok", "unknown")]
         if any(explains(c, prev.tempo, cur.tempo) for c in possible):

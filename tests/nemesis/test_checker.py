@@ -430,6 +430,21 @@ def test_a_refused_change_that_takes_effect_is_caught() -> None:
     assert checker.REFUSED_APPLIED in result.kinds(), result.summary()
 
 
+def test_a_refused_change_inside_a_gap_is_caught_from_its_announced_timeline() -> None:
+    """No frame of the bars around downbeat 60 arrived (beats 57-66), so the frames alone show
+    261 BPM only across two downbeats; the announced timeline names the change at 60."""
+    changes = (*CLEAN_CHANGES, (60, 261.0))
+    calls = [
+        *history_calls(CLEAN_CHANGES),
+        _call("late", "step", 261.0, "refused", at_beat=50, reason="NOT_LEADER"),
+    ]
+    result = check_history(history(changes, calls, missing=lambda beat: 57 <= beat <= 66))
+    assert checker.REFUSED_APPLIED in result.kinds(), result.summary()
+    calls[-1] = _call("late", "step", 261.0, "unknown", at_beat=50, reason="TEMPO_OUTCOME_UNKNOWN")
+    result = check_history(history(changes, calls, missing=lambda beat: 57 <= beat <= 66))
+    assert result.ok, result.summary()
+
+
 def test_a_change_nobody_asked_for_is_caught() -> None:
     changes = (*CLEAN_CHANGES, (60, 270.0))
     result = check_history(history(changes, history_calls(CLEAN_CHANGES)))
