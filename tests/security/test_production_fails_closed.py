@@ -8,6 +8,7 @@ require a password and NATS with the per-role users, its secrets in files the te
 
 from __future__ import annotations
 
+import math
 import os
 import secrets
 import ssl
@@ -22,7 +23,13 @@ import pytest
 from backbeat.core.ed25519 import PrivateKey, PrivateKeyring
 from backbeat.embedded import NatsServer, RedisServer, free_port
 from backbeat.secrets import SecretName, production_check
-from backbeat.secrets._production import estimated_bits, transport_problems, weakness
+from backbeat.secrets._production import (
+    MIN_PASSWORD_BITS,
+    MIN_TOKEN_BITS,
+    estimated_bits,
+    transport_problems,
+    weakness,
+)
 from backbeat.secrets._settings import SecretsSettings
 from backbeat.service.nats_permissions import NatsRole
 from tests.security.certs import self_signed
@@ -93,17 +100,21 @@ def test_secrets_check_refuses_missing_redis_nats_and_signing_secrets() -> None:
     ],
 )
 def test_weak_tokens_are_named(value: str, why: str) -> None:
-    found = weakness(value, what="the token", min_chars=32, min_bits=96)
+    found = weakness(value, what="the token", min_chars=32, min_bits=MIN_TOKEN_BITS)
     assert found is not None
     assert why in found
 
 
 def test_random_tokens_pass() -> None:
-    for _ in range(200):
+    for _ in range(2000):
         for token in (secrets.token_hex(16), secrets.token_hex(32), secrets.token_urlsafe(32)):
-            assert weakness(token, what="t", min_chars=32, min_bits=96) is None, token
-        assert weakness(secrets.token_urlsafe(12), what="p", min_chars=16, min_bits=48) is None
-    assert estimated_bits("ab" * 20) == 1.0 * 2
+            assert weakness(token, what="t", min_chars=32, min_bits=MIN_TOKEN_BITS) is None, token
+        for password in (secrets.token_urlsafe(12), secrets.token_hex(10)):
+            found = weakness(password, what="p", min_chars=16, min_bits=MIN_PASSWORD_BITS)
+            assert found is None, password
+    # A random token the uncorrected estimate put at 95.6 bits (refused at 96).
+    assert estimated_bits("f23a7b90a07229373871a22002203028") > 100
+    assert estimated_bits("ab" * 20) == pytest.approx(2 * (1.0 + 1 / (4 * math.log(2))))
 
 
 def test_transport_problems() -> None:
