@@ -3,17 +3,21 @@ and only its owner brings an existing one in line (against a real nats-server)."
 
 from __future__ import annotations
 
+import asyncio
+
 import nats
 import nats.aio.client
 import pytest
 from nats.js.api import StreamConfig
 
 from backbeat.core import subjects
-from backbeat.embedded import NatsServer
+from backbeat.embedded import NatsCluster, NatsServer
 from backbeat.pulse.publisher import BeatPublisher
 from backbeat.service import streams
+from backbeat.service.nats_connect import TRANSIENT_JETSTREAM_ERRORS
 from backbeat.service.nats_permissions import NatsRole
 from reverb_rollup.publisher import BarPublisher
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -95,3 +99,53 @@ async def test_a_replica_count_larger_than_the_servers_is_refused(
     js = nc.jetstream()
     with pytest.raises(nats.js.errors.APIError):
         await streams.ensure_stream(js, streams.timeline_stream_config(cluster_id, replicas=3))
+
+
+async def test_the_timeline_stream_is_in_line_as_created(
+    nc: nats.aio.client.Client, cluster_id: str
+) -> None:
+    """It asks for no duplicate window of its own (0: the server's default): the stream the
+    server creates is in line with it, so its owner has nothing to align at every start."""
+    js = nc.jetstream()
+    wanted = streams.timeline_stream_config(cluster_id)
+    await streams.ensure_stream(js, wanted, owner=True)
+    info = await js.stream_info(subjects.timeline_stream(cluster_id))
+    assert info.config.duplicate_window  # the server filled in its default
+    assert streams.differences(info.config, wanted) == {}
+
+
+@pytest.mark.fault
+@pytest.mark.timeout(120)
+async def test_a_stream_is_created_once_jetstream_answers_again(
+    nats_cluster: NatsCluster, cluster_id: str
+) -> None:
+    """Two nodes of three down: JetStream has no meta leader and creates nothing. Creating the
+    timeline stream (three replicas) is tried again until ``within_s``, then the error is
+    raised; tried again while the nodes come back, it is created."""
+    alive, *down = nats_cluster.nodes
+    for node in down:
+        node.kill()
+    client = await nats.connect(alive.url_as(NatsRole.PULSE), connect_timeout=5)
+    try:
+        js = client.jetstream(timeout=1)
+        wanted = streams.timeline_stream_config(cluster_id, replicas=3)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        with pytest.raises(TRANSIENT_JETSTREAM_ERRORS):
+            await streams.ensure_stream(js, wanted, owner=True, within_s=2)
+        assert loop.time() - started >= 1.5  # tried again, not given up at the first error
+        ensuring = asyncio.create_task(streams.ensure_stream(js, wanted, owner=True, within_s=60))
+        for node in down:
+            await asyncio.to_thread(node.start)
+        await asyncio.wait_for(ensuring, 90)
+
+        async def in_line() -> bool:
+            try:
+                info = await js.stream_info(wanted.name or "")
+            except TRANSIENT_JETSTREAM_ERRORS:
+                return False  # the new stream may still be electing its leader
+            return streams.differences(info.config, wanted) == {}
+
+        await eventually(in_line, within_s=60, what="the stream to answer, in line")
+    finally:
+        await client.close()

@@ -230,9 +230,10 @@ def _abandon(fetching: asyncio.Future[Any]) -> None:
     fetching.add_done_callback(lambda done: done.cancelled() or done.exception())
 
 
-#: What a JetStream publish meets while a cluster moves a stream's leader or a client moves to
-#: another server: no answer in time, no responder yet, "temporarily unavailable" (503).
-_TRANSIENT_PUBLISH_ERRORS: Final = (
+#: What a JetStream request meets while a cluster elects its leaders or moves a stream's leader,
+#: or a client moves to another server: no answer in time, no responder yet, "temporarily
+#: unavailable" (503). Worth trying again.
+TRANSIENT_JETSTREAM_ERRORS: Final = (
     nats_errors.TimeoutError,
     js_errors.NoStreamResponseError,
     js_errors.ServiceUnavailableError,
@@ -270,7 +271,7 @@ async def publish_retrying(
                 headers=dict(headers),
                 timeout=max(min(attempt_timeout_s, left), 0.01),
             )
-        except _TRANSIENT_PUBLISH_ERRORS:
+        except TRANSIENT_JETSTREAM_ERRORS:
             if loop.time() + pause_s >= deadline:
                 raise
         await asyncio.sleep(pause_s)

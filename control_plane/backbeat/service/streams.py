@@ -15,6 +15,7 @@ replica count larger than the cluster.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from typing import Final
 
@@ -24,6 +25,7 @@ from nats.js.api import DiscardPolicy, StorageType, StreamConfig
 from nats.js.errors import BadRequestError, NotFoundError
 
 from backbeat.core import subjects
+from backbeat.service.nats_connect import TRANSIENT_JETSTREAM_ERRORS
 
 log = structlog.get_logger(component="nats")
 
@@ -42,6 +44,12 @@ REPLICAS_ENV: Final = "BACKBEAT_STREAM_REPLICAS"
 DEFAULT_REPLICAS: Final = 1
 #: JetStream's own limit on a stream's replicas.
 MAX_REPLICAS: Final = 5
+
+#: How long creating or aligning a stream is tried again while JetStream does not answer (a new
+#: cluster still electing its leaders, a stream leader moving) before the error is raised.
+ENSURE_WITHIN_S: Final = 60.0
+#: The first pause between tries (doubled each time, up to 5 s).
+_FIRST_PAUSE_S: Final = 0.25
 
 #: JetStream error code: the stream name is taken (a concurrent creator won the race).
 _STREAM_NAME_IN_USE: Final = 10058
@@ -130,6 +138,8 @@ def differences(existing: StreamConfig, wanted: StreamConfig) -> dict[str, tuple
             continue
         if name == "num_replicas":
             has = has or 1
+        elif name == "duplicate_window" and not want:
+            continue  # 0 asks for the server's default window (2 minutes), whatever it is
         elif name in ("duplicate_window", "max_age") and has is not None:
             has, want = round(float(has), 3), round(float(want), 3)
         if has != want:
@@ -137,10 +147,42 @@ def differences(existing: StreamConfig, wanted: StreamConfig) -> dict[str, tuple
     return out
 
 
-async def ensure_stream(js: JetStreamContext, config: StreamConfig, *, owner: bool = False) -> None:
+async def ensure_stream(
+    js: JetStreamContext,
+    config: StreamConfig,
+    *,
+    owner: bool = False,
+    within_s: float = ENSURE_WITHIN_S,
+) -> None:
     """Create the stream unless it exists. ``owner``: also bring an existing stream in line with
     ``config`` (an update; the caller needs that permission). A non-owner finding a stream out
-    of line logs it once and uses it as it is. Safe to run from every replica at once."""
+    of line logs it once and uses it as it is. Safe to run from every replica at once.
+
+    Tried again, with growing pauses, while JetStream does not answer, for ``within_s``; then
+    the last such error (``nats.errors.TimeoutError``, ...) is raised, any other error at once.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within_s
+    pause = _FIRST_PAUSE_S
+    while True:
+        try:
+            await _ensure_once(js, config, owner=owner)
+        except TRANSIENT_JETSTREAM_ERRORS as exc:
+            if loop.time() + pause >= deadline:
+                raise
+            log.warning(
+                "JetStream did not answer; trying again",
+                stream=config.name,
+                error=repr(exc),
+                retry_in_s=pause,
+            )
+        else:
+            return
+        await asyncio.sleep(pause)
+        pause = min(2 * pause, 5.0)
+
+
+async def _ensure_once(js: JetStreamContext, config: StreamConfig, *, owner: bool) -> None:
     assert config.name is not None
     try:
         info = await js.stream_info(config.name)
