@@ -283,6 +283,9 @@ class RedisServer(ServerProcess):
         super().__init__(port, data_dir)
         #: Set: the server runs in cluster mode (``RedisClusterServers`` joins it).
         self.cluster_node_timeout_ms = cluster_node_timeout_ms
+        #: The cluster bus port, chosen free like the client port (Redis would take port + 10000,
+        #: which nothing reserved: another connection may hold it).
+        self.cluster_port = free_port() if cluster_node_timeout_ms is not None else None
         if appendfsync not in {"always", "everysec", "no"}:
             raise ValueError(f"appendfsync must be always, everysec or no, not {appendfsync!r}")
         self.persistent = persistent
@@ -310,6 +313,7 @@ class RedisServer(ServerProcess):
             args += [
                 "--cluster-enabled", "yes",
                 "--cluster-config-file", f"nodes-{self.port}.conf",
+                "--cluster-port", str(self.cluster_port),
                 "--cluster-node-timeout", str(self.cluster_node_timeout_ms),
                 # A replica takes over however long its link was down (the tests kill masters).
                 "--cluster-replica-validity-factor", "0",
@@ -470,7 +474,9 @@ class RedisClusterServers:
         try:
             ids = [str(c.execute_command("CLUSTER", "MYID"), "ascii") for c in clients]
             for server in self.servers[1:]:
-                clients[0].execute_command("CLUSTER", "MEET", "127.0.0.1", server.port)
+                clients[0].execute_command(
+                    "CLUSTER", "MEET", "127.0.0.1", server.port, server.cluster_port
+                )
             for k, (first, last) in enumerate(slot_bands(self.masters_count)):
                 clients[k].execute_command("CLUSTER", "ADDSLOTSRANGE", first, last)
             deadline = time.monotonic() + timeout
